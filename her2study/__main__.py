@@ -1,0 +1,34 @@
+"""``python -m her2study [task=...] [+exp=...]``: compose the config, run the task, exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from her2study.config import register_configs
+from her2study.errors import USER_ERRORS
+
+register_configs()
+log = logging.getLogger("her2study")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _app(cfg: DictConfig):
+    from her2study.tasks import get_task
+
+    try:
+        return get_task(cfg.task)(cfg)
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Read a cohort manifest and validate all of it before any work.
+
+A manifest is a CSV with one row per lesion: ``case_id``, ``image``, ``mask``, ``label`` and
+optionally ``spacing_x_mm``/``spacing_y_mm``, ``mask_reader2``, ``split`` and clinical columns.
+Paths are relative to the manifest. Every problem of the whole manifest is collected and reported
+at once, each naming the case, the file and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from her2study.cohort.io import ImageReadError, read_image, read_mask
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("image", "mask")
+SPLIT_VALUES = {"train", "test"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One lesion: its files, label and optional second reader's mask."""
+
+    case_id: str
+    image: Path
+    mask: Path
+    label: int
+    mask_reader2: Path | None = None
+    spacing_mm: tuple[float, float] | None = None  # from the manifest or config, else the header
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, with where it is and how to fix it."""
+
+    case_id: str
+    file: str
+    message: str
+    fix: str
+    severity: str = "error"  # error | warning
+
+    def __str__(self) -> str:
+        where = f"case {self.case_id}" if self.case_id else "manifest"
+        file = f" [{self.file}]" if self.file else ""
+        fix = f" -> fix: {self.fix}" if self.fix else ""
+        return f"{self.severity.upper()} {where}{file}: {self.message}{fix}"
+
+
+class CohortError(ValueError):
+    """The cohort cannot be used; ``problems`` holds every error found."""
+
+    def __init__(self, problems: list[Problem], source: str):
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        lines = [f"{len(errors)} problem(s) in {source}:"] + [f"  {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Cohort:
+    """A validated cohort: cases with files (or none, for a features table) and a table."""
+
+    table: pd.DataFrame  # index: case id; columns: label, clinical columns, split (if any)
+    source: str  # "synthetic" or the manifest / features table path
+    synthetic: bool = False
+    cases: list[Case] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    label_column: str = "label"
+
+    @property
+    def labels(self) -> pd.Series:
+        return self.table[self.label_column].astype(int)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.table.index)
+
+
+def _check_labels(df: pd.DataFrame, id_col: str, label_col: str, file: str) -> list[Problem]:
+    problems = []
+    raw = df[label_col]
+    numeric = pd.to_numeric(raw, errors="coerce")
+    bad = df[~numeric.isin([0, 1])]
+    for _, row in bad.iterrows():
+        problems.append(
+            Problem(
+                str(row[id_col]),
+                file,
+                f"label {row[label_col]!r} is not 0 or 1",
+                f"code column '{label_col}' as 1 = positive class, 0 = negative class",
+            )
+        )
+    good = numeric[numeric.isin([0, 1])]
+    if len(good) and good.nunique() < 2:
+        problems.append(
+            Problem(
+                "",
+                file,
+                f"only one class in '{label_col}' (all {int(good.iloc[0])})",
+                "a study needs cases of both classes",
+            )
+        )
+    return problems
+
+
+def check_table(
+    df: pd.DataFrame,
+    file: str,
+    case_column: str,
+    label_column: str,
+    clinical_columns: list[str],
+) -> list[Problem]:
+    """Checks shared by manifests and features tables: ids, labels, clinical columns."""
+    problems: list[Problem] = []
+    missing = [c for c in (case_column, label_column) if c not in df.columns]
+    if missing:
+        return [
+            Problem(
+                "",
+                file,
+                f"missing column(s) {missing}; found {list(df.columns)[:12]}",
+                "add them, or name yours with data.case_column / data.label_column",
+            )
+        ]
+    ids = df[case_column].astype(str).str.strip()
+    for case in ids[ids.eq("") | df[case_column].isna()].index:
+        problems.append(Problem(f"row {case + 2}", file, "empty case id", "give every row an id"))
+    for dup in sorted(ids[ids.duplicated() & ids.ne("")].unique()):
+        rows = ", ".join(str(i + 2) for i in ids.index[ids == dup])
+        problems.append(
+            Problem(dup, file, f"duplicate case id (CSV lines {rows})", "make case ids unique")
+        )
+    problems += _check_labels(df, case_column, label_column, file)
+    for col in clinical_columns:
+        if col not in df.columns:
+            problems.append(
+                Problem(
+                    "",
+                    file,
+                    f"clinical column '{col}' named in config is absent",
+                    f"add it, or remove it from data.clinical_columns ({list(df.columns)[:12]})",
+                )
+            )
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        for i in df.index[values.isna()]:
+            shown = df.at[i, col]
+            what = "missing (NaN)" if pd.isna(shown) else f"not numeric ({shown!r})"
+            problems.append(
+                Problem(
+                    str(df.at[i, case_column]),
+                    file,
+                    f"clinical value '{col}' is {what}",
+                    "fill it in (numeric; code categories as 0/1), or drop the column",
+                )
+            )
+    return problems
+
+
+def _row_spacing(row: pd.Series, spacing_mm: float | None) -> tuple[float, float] | None:
+    sx, sy = row.get("spacing_x_mm"), row.get("spacing_y_mm")
+    if sx is not None and sy is not None and pd.notna(sx) and pd.notna(sy):
+        return float(sx), float(sy)
+    if spacing_mm is not None:
+        return float(spacing_mm), float(spacing_mm)
+    return None
+
+
+def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]:
+    """Read one case's files and report what is wrong with them."""
+    problems = []
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            return str(p)
+
+    try:
+        image, _ = read_image(case.image, case.spacing_mm)
+    except ImageReadError as err:
+        return [Problem(case.case_id, rel(case.image), str(err), err.fix)]
+    plain = case.spacing_mm is not None
+    for path, who in ((case.mask, "mask"), (case.mask_reader2, "second reader's mask")):
+        if path is None:
+            continue
+        try:
+            mask = read_mask(path, image, mask_label, plain_spacing=plain)
+        except ImageReadError as err:
+            problems.append(Problem(case.case_id, rel(path), f"{who}: {err}", err.fix))
+            continue
+        arr = sitk.GetArrayViewFromImage(mask)
+        if not arr.any():
+            problems.append(
+                Problem(
+                    case.case_id,
+                    rel(path),
+                    f"{who} is empty (no lesion pixels"
+                    + (f" with label {mask_label})" if mask_label is not None else ")"),
+                    "segment the lesion, or set data.mask_label to the lesion's label",
+                )
+            )
+        elif arr[0, :].any() or arr[-1, :].any() or arr[:, 0].any() or arr[:, -1].any():
+            problems.append(
+                Problem(
+                    case.case_id,
+                    rel(path),
+                    f"{who} touches the image edge: peritumoral rings will be clipped",
+                    "check the lesion is fully in view; coverage is reported per ring",
+                    severity="warning",
+                )
+            )
+    return problems
+
+
+def load_cohort(
+    manifest: str | Path,
+    *,
+    case_column: str = "case_id",
+    label_column: str = "label",
+    spacing_mm: float | None = None,
+    mask_label: int | None = None,
+    clinical_columns: list[str] | tuple[str, ...] = (),
+    synthetic: bool = False,
+    check_files: bool = True,
+) -> Cohort:
+    """Read and validate a manifest; raise :class:`CohortError` listing every problem.
+
+    Input files are only read, never written to.
+    """
+    manifest = Path(manifest).resolve()
+    file = manifest.name
+    if not manifest.is_file():
+        raise CohortError(
+            [Problem("", str(manifest), "manifest not found", "check data.manifest")], str(manifest)
+        )
+    try:
+        df = pd.read_csv(manifest, dtype={case_column: str}, keep_default_na=True)
+    except Exception as exc:
+        raise CohortError(
+            [Problem("", file, f"cannot read the CSV ({exc})", "save it as UTF-8 CSV")], file
+        ) from None
+    clinical = list(clinical_columns)
+    problems = check_table(df, file, case_column, label_column, clinical)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        problems.append(
+            Problem("", file, f"missing column(s) {missing}", "add image and mask paths")
+        )
+    if any(p.message.startswith("missing column") for p in problems):
+        raise CohortError(problems, str(manifest))
+
+    root = manifest.parent
+    cases = []
+    for i, row in df.iterrows():
+        cid = str(row[case_column]).strip()
+        split = row.get("split")
+        if split is not None and pd.notna(split) and str(split).strip().lower() not in SPLIT_VALUES:
+            problems.append(
+                Problem(cid, file, f"split {split!r} is not train/test", "use train or test")
+            )
+        paths = {}
+        for col in ("image", "mask", "mask_reader2"):
+            value = row.get(col)
+            if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+                if col != "mask_reader2":
+                    problems.append(Problem(cid, file, f"no {col} path", f"fill in '{col}'"))
+                paths[col] = None
+                continue
+            paths[col] = (root / str(value).strip()).resolve()
+        label = pd.to_numeric(pd.Series([row[label_column]]), errors="coerce").iloc[0]
+        if paths["image"] is None or paths["mask"] is None:
+            continue
+        cases.append(
+            Case(
+                case_id=cid,
+                image=paths["image"],
+                mask=paths["mask"],
+                label=int(label) if label in (0, 1) else -1,
+                mask_reader2=paths["mask_reader2"],
+                spacing_mm=_row_spacing(row, spacing_mm),
+                split=str(split).strip().lower() if split is not None and pd.notna(split) else None,
+            )
+        )
+    if check_files:
+        for case in cases:
+            problems += _check_case(case, mask_label, root)
+
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity == "warning"]
+    if errors:
+        raise CohortError(problems, str(manifest))
+    for w in warnings:
+        log.warning("%s", w)
+
+    keep = [label_column] + clinical + (["split"] if "split" in df.columns else [])
+    table = df.assign(**{case_column: df[case_column].astype(str).str.strip()})
+    table = table.set_index(case_column)[keep]
+    table[label_column] = table[label_column].astype(int)
+    for col in clinical:
+        table[col] = pd.to_numeric(table[col])
+    table.index.name = "case_id"
+    return Cohort(
+        table=table,
+        source="synthetic" if synthetic else str(manifest),
+        synthetic=synthetic,
+        cases=cases,
+        warnings=warnings,
+        label_column=label_column,
+    )

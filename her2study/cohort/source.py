@@ -1,0 +1,66 @@
+"""The cohort a config points at: the synthetic default, a manifest, or a features table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from her2study.cohort.manifest import Cohort, load_cohort
+from her2study.cohort.synthetic import SyntheticSpec, write_synthetic_cohort
+from her2study.features.cache import canonical_digest
+
+log = logging.getLogger(__name__)
+
+
+def synthetic_spec(data_cfg) -> SyntheticSpec:
+    from omegaconf import OmegaConf
+
+    values = data_cfg.synthetic
+    if not isinstance(values, SyntheticSpec):
+        values = OmegaConf.to_object(values) if OmegaConf.is_config(values) else values
+    if isinstance(values, dict):
+        values = SyntheticSpec(**values)
+    return values
+
+
+def ensure_synthetic(data_cfg, n_jobs: int = 1) -> Path:
+    """Write the synthetic cohort of this spec (once) and return its manifest path."""
+    from dataclasses import asdict
+
+    spec = synthetic_spec(data_cfg)
+    out = Path(data_cfg.synthetic_dir) / f"n{spec.n_cases}_seed{spec.seed}_{canonical_digest(asdict(spec))[:10]}"
+    manifest = write_synthetic_cohort(spec, out, n_jobs=n_jobs)
+    return Path(manifest)
+
+
+def load_from_config(data_cfg, n_jobs: int = 1):
+    """Cohort (and, for a features table, the features) described by ``cfg.data``.
+
+    Returns ``(cohort, features_or_None)``.
+    """
+    common = dict(
+        case_column=data_cfg.case_column,
+        label_column=data_cfg.label_column,
+        clinical_columns=list(data_cfg.clinical_columns),
+    )
+    if data_cfg.source == "synthetic":
+        manifest = ensure_synthetic(data_cfg, n_jobs)
+        cohort = load_cohort(manifest, **common, mask_label=None, synthetic=True)
+        return cohort, None
+    if data_cfg.source == "manifest":
+        cohort = load_cohort(
+            data_cfg.manifest, **common, spacing_mm=data_cfg.spacing_mm, mask_label=data_cfg.mask_label
+        )
+        return cohort, None
+    if data_cfg.source == "features":
+        from her2study.cohort.table import load_features_table
+
+        return load_features_table(data_cfg.features_table, **common)
+    raise ValueError(f"unknown data.source {data_cfg.source!r}: use synthetic, manifest or features")
+
+
+def describe_source(cohort: Cohort) -> str:
+    """One line for tables, figures and logs: synthetic or which file."""
+    if cohort.synthetic:
+        return "SYNTHETIC cohort (simulated ultrasound; not clinical data)"
+    return f"cohort from {cohort.source}"

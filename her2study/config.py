@@ -1,0 +1,100 @@
+"""Typed configuration schemas, registered in Hydra's ConfigStore.
+
+YAML files under ``conf/`` give the values; these dataclasses give the types, so that a typo or a
+wrong type fails when Hydra composes the config, naming the key. The pyradiomics parameter block
+stays a plain mapping that pyradiomics' own schema validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from her2study.cohort.synthetic import SyntheticSpec
+
+
+@dataclass
+class DataConfig:
+    """Where the cohort comes from and how to read it."""
+
+    source: str = "synthetic"  # synthetic | manifest | features
+    manifest: Optional[str] = None  # CSV, one row per lesion; paths relative to it
+    features_table: Optional[str] = None  # CSV/Parquet replacing images (source=features)
+    case_column: str = "case_id"
+    label_column: str = "label"  # binary outcome, 1 = HER2-low, 0 = HER2-zero by default
+    positive_class: str = "HER2-low"  # what label 1 means, for tables and figures
+    negative_class: str = "HER2-zero"
+    spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
+    mask_label: Optional[int] = None  # label value to use in multi-label masks
+    clinical_columns: List[str] = field(default_factory=list)  # manifest columns used as clinical
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    synthetic_dir: str = "${cache_dir}/synthetic"  # where the synthetic cohort is written
+
+
+@dataclass
+class RegionConfig:
+    """Tumour and peritumoral regions, in millimetres from the mask boundary."""
+
+    include_intra: bool = True  # the tumour mask itself
+    ring_widths_mm: List[float] = field(default_factory=lambda: [1.0, 2.0])  # rings 0 < d <= w
+    bands_mm: List[List[float]] = field(default_factory=list)  # extra bands [inner, outer]
+    fov: str = "nonzero"  # clip rings to: nonzero (image > 0) | none
+    min_coverage: float = 0.8  # warn when a clipped ring keeps less of its full annulus
+    overlays: int = 0  # write this many QA overlay PNGs (task=extract)
+
+
+@dataclass
+class ExtractorConfig:
+    """PyRadiomics settings: a params file used as is, or the inline three-key block."""
+
+    name: str = "custom"
+    params_file: Optional[str] = None  # a pyradiomics params YAML; overrides `params`
+    params: Dict[str, Any] = field(default_factory=dict)  # setting / imageType / featureClass
+
+
+@dataclass
+class ExecutionConfig:
+    """How work is spread over cores or a cluster."""
+
+    n_jobs: int = 2  # parallel cases; -1 = all cores
+    backend: str = "loky"  # joblib backend: loky | threading | dask | ray
+    progress: bool = True  # show a progress bar on long work
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking."""
+
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "${study}"
+    log_model: bool = True
+
+
+@dataclass
+class Her2StudyConfig:
+    """The whole run."""
+
+    task: str = "extract"  # synth | extract | paper | search | export | predict | compare
+    study: str = "her2study"  # study name: MLflow experiment, Optuna study
+    seed: int = 42
+    cache_dir: str = ".her2study_cache"  # features cache and synthetic cohort
+    data: DataConfig = field(default_factory=DataConfig)
+    region: RegionConfig = field(default_factory=RegionConfig)
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas so that ``conf/config.yaml`` can use them as defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="her2study_schema", node=Her2StudyConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="region", name="region_schema", node=RegionConfig)
+    cs.store(group="extractor", name="extractor_schema", node=ExtractorConfig)
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    cs.store(group="execution", name="execution_schema", node=ExecutionConfig)
+

@@ -1,0 +1,269 @@
+"""PyRadiomics features for the tumour and its peritumoral regions, cached and parallel.
+
+Feature columns are named ``<region>_<pyradiomics name>``, e.g. ``intra_original_firstorder_Mean``,
+``peri1mm_wavelet-LH_glcm_Idn``, ``peri0p5mm_...`` or ``band1to2mm_...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import yaml
+
+from her2study.cohort.io import read_image, read_mask
+from her2study.cohort.manifest import Case, Cohort
+from her2study.features.cache import FeatureCache, canonical_digest, file_digest
+from her2study.regions import RegionMaker, RegionSpec, field_of_view, region_image
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached value changes (region definition, value conversion).
+FEATURE_CODE_VERSION = 1
+
+
+class ExtractionError(RuntimeError):
+    """Extraction failed for some cases; the message lists each case, region and reason."""
+
+
+def load_params(params_file: str | None, params: dict | None) -> dict:
+    """The pyradiomics parameter block: a user's params YAML as is, or the inline mapping."""
+    if params_file:
+        path = Path(params_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"pyradiomics params file not found: {path} (extractor.params_file)")
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh) or {}
+    return dict(params or {})
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def build_extractor(params: dict):
+    """A validated pyradiomics extractor (memoised per process and settings)."""
+    import radiomics
+    from radiomics import featureextractor
+
+    key = canonical_digest(params)
+    if key not in _EXTRACTORS:
+        radiomics.setVerbosity(logging.ERROR)
+        logging.getLogger("radiomics").setLevel(logging.ERROR)
+        try:
+            _EXTRACTORS[key] = featureextractor.RadiomicsFeatureExtractor(params)
+        except Exception as exc:  # pykwalify's SchemaError and friends
+            raise ValueError(
+                f"pyradiomics rejected the extractor settings: {exc} "
+                "(see https://pyradiomics.readthedocs.io/en/latest/customization.html)"
+            ) from None
+    return _EXTRACTORS[key]
+
+
+def radiomics_version() -> str:
+    import radiomics
+
+    return str(radiomics.__version__)
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    features: dict[str, dict[str, float]] = field(default_factory=dict)  # region -> name -> value
+    stats: dict[str, dict] = field(default_factory=dict)  # region -> RegionStats as dict
+    n_cached: int = 0
+    n_extracted: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FeatureSet:
+    """Extracted features of a cohort."""
+
+    table: pd.DataFrame  # index case_id; one column per region x feature
+    region_stats: pd.DataFrame  # case_id, region, n_pixels, area_mm2, coverage
+    n_cached: int = 0
+    n_extracted: int = 0
+
+    def columns_for(self, regions: list[str]) -> list[str]:
+        prefixes = tuple(f"{r}_" for r in regions)
+        return [c for c in self.table.columns if c.startswith(prefixes)]
+
+
+def _entry_key(case_digest: dict, spec: RegionSpec, fov: str, params_key: str) -> str:
+    return canonical_digest(
+        {
+            **case_digest,
+            "region": spec.as_dict(),
+            "fov": fov if not spec.is_intra else "",
+            "params": params_key,
+            "pyradiomics": radiomics_version(),
+            "code": FEATURE_CODE_VERSION,
+        }
+    )
+
+
+def _to_float(value) -> float:
+    try:
+        return float(np.asarray(value).item())
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def extract_case(
+    case: Case,
+    specs: list[RegionSpec],
+    params: dict,
+    cache_root: str,
+    fov_mode: str = "nonzero",
+    mask_label: int | None = None,
+) -> CaseResult:
+    """Features of one case for every region, from the cache where possible."""
+    cache = FeatureCache(cache_root)
+    result = CaseResult(case.case_id)
+    digest = {
+        "image": file_digest(case.image),
+        "mask": file_digest(case.mask),
+        "spacing": list(case.spacing_mm) if case.spacing_mm else None,
+        "mask_label": mask_label,
+    }
+    params_key = canonical_digest(params)
+    keys = {spec.name: _entry_key(digest, spec, fov_mode, params_key) for spec in specs}
+    todo = []
+    for spec in specs:
+        entry = cache.get(keys[spec.name])
+        if entry is None:
+            todo.append(spec)
+        else:
+            result.features[spec.name] = entry["features"]
+            result.stats[spec.name] = entry["stats"]
+            result.n_cached += 1
+    if not todo:
+        return result
+
+    image, _ = read_image(case.image, case.spacing_mm)
+    mask = read_mask(case.mask, image, mask_label, plain_spacing=case.spacing_mm is not None)
+    fov = field_of_view(image, fov_mode)
+    outer = max((s.outer_mm for s in todo if not s.is_intra), default=0.0)
+    maker = RegionMaker(mask, fov, outer)
+    extractor = build_extractor(params)
+    min_size = int(params.get("setting", {}).get("minimumROISize", 1) or 1)
+    for spec in todo:
+        region, stats = maker.make(spec)
+        if stats.n_pixels < max(min_size, 1):
+            result.errors.append(
+                f"case {case.case_id} [{case.mask.name}] region {spec.name}: only "
+                f"{stats.n_pixels} pixels -> fix: use a wider ring or check the mask and spacing"
+            )
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skimage's LBP float warning, numpy empty-slice noise
+            try:
+                raw = extractor.execute(image, region_image(region, image), label=1)
+            except Exception as exc:
+                result.errors.append(
+                    f"case {case.case_id} [{case.image.name}] region {spec.name}: "
+                    f"pyradiomics failed ({exc})"
+                )
+                continue
+        values = {k: _to_float(v) for k, v in raw.items() if not k.startswith("diagnostics_")}
+        entry = {"features": values, "stats": asdict(stats)}
+        cache.put(keys[spec.name], entry)
+        result.features[spec.name] = values
+        result.stats[spec.name] = entry["stats"]
+        result.n_extracted += 1
+    return result
+
+
+@contextlib.contextmanager
+def _backend(backend: str, n_jobs: int):
+    """joblib backend context: loky/threading locally, dask or ray for a cluster."""
+    import joblib
+
+    if backend == "dask":
+        from dask.distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=max(n_jobs, 1), threads_per_worker=1, processes=True) as lc:
+            with Client(lc), joblib.parallel_config(backend="dask"):
+                yield
+    elif backend == "ray":
+        from ray.util.joblib import register_ray
+
+        register_ray()
+        with joblib.parallel_config(backend="ray"):
+            yield
+    else:
+        with joblib.parallel_config(backend=backend):
+            yield
+
+
+def extract_features(
+    cohort: Cohort,
+    specs: list[RegionSpec],
+    params: dict,
+    cache_root: str | Path,
+    *,
+    fov_mode: str = "nonzero",
+    mask_label: int | None = None,
+    n_jobs: int = 1,
+    backend: str = "loky",
+    progress: bool = False,
+    min_coverage: float = 0.8,
+) -> FeatureSet:
+    """Features for every case and region of a cohort; cached entries are reused.
+
+    Raises :class:`ExtractionError` listing every failed case and region.
+    """
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    build_extractor(params)  # validate the settings once, before any work
+    cache_root = str(Path(cache_root).resolve())
+    jobs = (
+        delayed(extract_case)(case, specs, params, cache_root, fov_mode, mask_label)
+        for case in cohort.cases
+    )
+    with _backend(backend, n_jobs):
+        runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        results = list(
+            tqdm(
+                runner(jobs),
+                total=len(cohort.cases),
+                desc=f"features ({len(specs)} regions)",
+                disable=not progress,
+                unit="case",
+            )
+        )
+    errors = [e for r in results for e in r.errors]
+    if errors:
+        raise ExtractionError(f"{len(errors)} extraction problem(s):\n  " + "\n  ".join(errors))
+    by_id = {r.case_id: r for r in results}
+    rows, stats = [], []
+    for cid in cohort.ids:
+        r = by_id[cid]
+        row = {}
+        for spec in specs:
+            row.update({f"{spec.name}_{k}": v for k, v in r.features[spec.name].items()})
+            stats.append({"case_id": cid, "region": spec.name, **r.stats[spec.name]})
+        rows.append(row)
+    table = pd.DataFrame(rows, index=pd.Index(cohort.ids, name="case_id"))
+    region_stats = pd.DataFrame(stats)
+    low = region_stats[region_stats["coverage"] < min_coverage]
+    for _, row in low.iterrows():
+        log.warning(
+            "case %s: %s keeps %.0f%% of its full ring after clipping to the image/field of view "
+            "(region.min_coverage=%.2f)", row["case_id"], row["region"], 100 * row["coverage"],
+            min_coverage,
+        )
+    return FeatureSet(
+        table=table,
+        region_stats=region_stats,
+        n_cached=sum(r.n_cached for r in results),
+        n_extracted=sum(r.n_extracted for r in results),
+    )

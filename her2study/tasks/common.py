@@ -1,0 +1,64 @@
+"""Helpers shared by tasks: output folder, regions and features from a config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from her2study.cohort.source import load_from_config
+from her2study.features import FeatureSet, extract_features, load_params
+from her2study.regions import region_specs
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg) -> Path:
+    """The Hydra job's output folder, or ./outputs/<study> outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError):
+        out = Path("outputs") / cfg.study
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+
+def specs_from_config(cfg):
+    r = cfg.region
+    return region_specs(r.include_intra, list(r.ring_widths_mm), [list(b) for b in r.bands_mm])
+
+
+def extractor_params(cfg) -> dict:
+    params = cfg.extractor.params
+    params = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else params
+    return load_params(cfg.extractor.params_file, params)
+
+
+def cohort_and_features(cfg):
+    """Load the configured cohort and its features (extracted and cached, or the given table)."""
+    cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs)
+    log.info("cohort: %d cases (%s)", len(cohort.ids), cohort.source)
+    if table is not None:
+        return cohort, FeatureSet(table=table, region_stats=None)
+    specs = specs_from_config(cfg)
+    fs = extract_features(
+        cohort,
+        specs,
+        extractor_params(cfg),
+        cfg.cache_dir,
+        fov_mode=cfg.region.fov,
+        mask_label=cfg.data.mask_label,
+        n_jobs=cfg.execution.n_jobs,
+        backend=cfg.execution.backend,
+        progress=cfg.execution.progress,
+        min_coverage=cfg.region.min_coverage,
+    )
+    log.info(
+        "features: %d cases x %d columns (%s); %d region entries from cache, %d extracted",
+        fs.table.shape[0], fs.table.shape[1], ", ".join(s.name for s in specs),
+        fs.n_cached, fs.n_extracted,
+    )
+    return cohort, fs
