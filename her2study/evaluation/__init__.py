@@ -1,0 +1,60 @@
+"""Evaluation of predictions: AUC/DeLong, thresholds, calibration, decision curves, figures.
+
+All functions take predictions (``y_true`` in {0, 1}, ``y_score`` or ``prob``),
+never fitted estimators. Higher scores mean "more likely positive" and a case
+is predicted positive when ``score >= threshold``.
+"""
+
+from .calibration import (
+    HosmerLemeshowResult,
+    brier_score,
+    calibration_curve_binned,
+    calibration_slope_intercept,
+    calibration_smoothed,
+    hosmer_lemeshow,
+)
+from .dca import decision_curve, net_benefit
+from .delong import (
+    AUCResult,
+    DeLongTestResult,
+    auc_bootstrap_ci,
+    auc_delong,
+    delong_covariance,
+    delong_test,
+)
+from .figures import (
+    plot_calibration,
+    plot_coefficient_paths,
+    plot_coefficients,
+    plot_dca,
+    plot_lasso_path,
+    plot_roc,
+)
+from .metrics import binary_metrics, check_binary_inputs, choose_threshold, wilson_ci
+
+__all__ = [
+    "AUCResult",
+    "DeLongTestResult",
+    "HosmerLemeshowResult",
+    "auc_bootstrap_ci",
+    "auc_delong",
+    "binary_metrics",
+    "brier_score",
+    "calibration_curve_binned",
+    "calibration_slope_intercept",
+    "calibration_smoothed",
+    "check_binary_inputs",
+    "choose_threshold",
+    "decision_curve",
+    "delong_covariance",
+    "delong_test",
+    "hosmer_lemeshow",
+    "net_benefit",
+    "plot_calibration",
+    "plot_coefficient_paths",
+    "plot_coefficients",
+    "plot_dca",
+    "plot_lasso_path",
+    "plot_roc",
+    "wilson_ci",
+]
