@@ -55,6 +55,73 @@ class ExtractorConfig:
 
 
 @dataclass
+class SplitConfig:
+    """Training/test split (the paper: block randomisation, block size 10, age-matched)."""
+
+    method: str = "block"  # block | column (the manifest's own split column)
+    test_size: float = 0.2584  # 54 of 209
+    block_size: int = 10
+    balance_on: Optional[str] = "age"  # order by this within class before blocking; null = none
+
+
+@dataclass
+class SelectionConfig:
+    """Feature selection inside each fit: z-score, correlation, Mann-Whitney, LASSO-CV."""
+
+    corr_threshold: float = 0.9  # drop one of each pair with |rho| above this
+    corr_method: str = "spearman"  # spearman | pearson
+    corr_rule: str = "mean_abs_corr"  # which of a pair goes: the one more correlated overall
+    mw_alpha: float = 0.05  # keep features with Mann-Whitney p below this
+    mw_correction: Optional[str] = None  # null | fdr_bh | bonferroni
+    lasso_cv: int = 10  # folds for choosing lambda
+    lasso_rule: str = "min"  # min | 1se
+    lasso_scoring: str = "neg_log_loss"  # neg_log_loss (deviance, as glmnet) | roc_auc
+    lasso_n_lambdas: int = 20
+    max_features: Optional[int] = None  # cap on LASSO-selected features
+
+
+@dataclass
+class ClinicalConfig:
+    """Clinical model: univariable screening, then multivariable logistic regression."""
+
+    columns: Optional[List[str]] = None  # null = data.clinical_columns
+    univariable_p: float = 0.05
+    multivariable_p: float = 0.05
+
+
+@dataclass
+class NomogramConfig:
+    """Rad-score of one ring signature + the clinical factors in one logistic model."""
+
+    signature: str = "auto"  # auto = best training cross-validated AUC among ring signatures
+    vif_limit: float = 5.0  # warn above this variance inflation factor (paper: all < 1.2)
+
+
+@dataclass
+class ModelConfig:
+    """The classifier on the selected radiomics features."""
+
+    name: str = "logistic"  # logistic | lasso_logistic | ridge | svm | random_forest
+    params: Dict[str, Any] = field(default_factory=dict)  # passed to the estimator
+    clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
+    nomogram: NomogramConfig = field(default_factory=NomogramConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    """How predictions are judged."""
+
+    threshold: str = "youden"  # youden (chosen on training) | fixed
+    fixed_threshold: float = 0.5
+    ci: str = "delong"  # delong | bootstrap
+    n_boot: int = 2000
+    hl_groups: int = 10
+    dca_max_threshold: float = 0.99
+    net_benefit_at: List[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
+    cv_folds: int = 5  # training-set CV used to pick the nomogram's signature
+
+
+@dataclass
 class ExecutionConfig:
     """How work is spread over cores or a cluster."""
 
@@ -84,6 +151,10 @@ class Her2StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     region: RegionConfig = field(default_factory=RegionConfig)
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -96,5 +167,9 @@ def register_configs() -> None:
     cs.store(group="region", name="region_schema", node=RegionConfig)
     cs.store(group="extractor", name="extractor_schema", node=ExtractorConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    cs.store(group="split", name="split_schema", node=SplitConfig)
+    cs.store(group="selection", name="selection_schema", node=SelectionConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConfig)
     cs.store(group="execution", name="execution_schema", node=ExecutionConfig)
 

@@ -1,0 +1,71 @@
+"""Tables for people: the Table-3-like results next to the paper's, as text and Markdown."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+METRICS = ["auc", "ppv", "npv", "sensitivity", "specificity", "accuracy"]
+
+
+def paper_table3() -> pd.DataFrame:
+    """The source paper's Table 3 (shipped with the package)."""
+    with resources.files("her2study.reference").joinpath("paper_table3.csv").open() as fh:
+        return pd.read_csv(fh)
+
+
+def _ci(est, lo, hi) -> str:
+    if any(pd.isna(v) for v in (est, lo, hi)):
+        return "-"
+    return f"{est:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def _num(v) -> str:
+    return "-" if pd.isna(v) else f"{v:.3f}"
+
+
+def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per set x signature: ours, and the paper's where it has the same signature."""
+    paper = paper_table3().set_index(["set", "signature"])
+    rows = []
+    for _, r in metrics.iterrows():
+        key = (r["set"], r["signature"])
+        p = paper.loc[key] if key in paper.index else None
+        row = {
+            "set": r["set"],
+            "signature": r["signature"],
+            "AUC (95% CI)": _ci(r["auc"], r["auc_ci_low"], r["auc_ci_high"]),
+            "paper AUC (95% CI)": _ci(p["auc"], p["auc_ci_low"], p["auc_ci_high"]) if p is not None else "-",
+        }
+        for m in METRICS[1:]:
+            row[m.upper() if m in ("ppv", "npv") else m.capitalize()] = _num(r[m])
+            row[f"paper {m.upper() if m in ('ppv', 'npv') else m.capitalize()}"] = (
+                _num(p[m]) if p is not None else "-"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "-" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def to_text(df: pd.DataFrame) -> str:
+    """A plain fixed-width table for the terminal."""
+    cells = [list(map(str, df.columns))] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
