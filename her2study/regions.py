@@ -163,9 +163,14 @@ def write_overlay(image: sitk.Image, regions: dict[str, np.ndarray], path, title
     fig, ax = plt.subplots(figsize=(6, 6 * h * sy / (w * sx)))
     ax.imshow(arr, cmap="gray", extent=(0, w * sx, h * sy, 0))
     colors = ["#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#bf5af2", "#ff9f0a"]
+    inside = np.zeros((h, w), dtype=bool)
     for (name, reg), color in zip(regions.items(), colors * 3):
+        # rings are drawn by their outer edge (ring | tumour), so the tumour outline stays visible
+        outline = reg | inside if not name.startswith("intra") else reg
+        if name.startswith("intra"):
+            inside = reg
         ax.contour(
-            np.linspace(0, w * sx, w), np.linspace(0, h * sy, h), reg.astype(float),
+            np.linspace(0, w * sx, w), np.linspace(0, h * sy, h), outline.astype(float),
             levels=[0.5], colors=[color], linewidths=0.8,
         )
         ax.plot([], [], color=color, label=name)
