@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from her2study.config import register_configs
-from her2study.errors import USER_ERRORS
+from her2study.errors import user_errors
 
 register_configs()
 log = logging.getLogger("her2study")
@@ -19,9 +19,10 @@ log = logging.getLogger("her2study")
 def _app(cfg: DictConfig):
     from her2study.tasks import get_task
 
+    logging.captureWarnings(True)  # library warnings go to the run's log, not the terminal
     try:
         return get_task(cfg.task)(cfg)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         log.error("%s", err)
         sys.exit(2)
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from her2study.cohort.synthetic import SyntheticSpec
+from her2study.search_schema import SearchConfig
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Her2StudyConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -171,5 +173,5 @@ def register_configs() -> None:
     cs.store(group="selection", name="selection_schema", node=SelectionConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConfig)
+    cs.store(group="search", name="search_schema", node=SearchConfig)
     cs.store(group="execution", name="execution_schema", node=ExecutionConfig)
-

@@ -16,6 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from her2study.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RegionSpec:
@@ -45,13 +47,13 @@ def intra_spec() -> RegionSpec:
 
 def ring_spec(width_mm: float) -> RegionSpec:
     if width_mm <= 0:
-        raise ValueError(f"ring width must be > 0 mm, got {width_mm}")
+        raise ConfigError(f"ring width must be > 0 mm, got {width_mm}")
     return RegionSpec(f"peri{_mm(width_mm)}mm", 0.0, float(width_mm))
 
 
 def band_spec(inner_mm: float, outer_mm: float) -> RegionSpec:
     if not 0 <= inner_mm < outer_mm:
-        raise ValueError(f"band needs 0 <= inner < outer mm, got {inner_mm}-{outer_mm}")
+        raise ConfigError(f"band needs 0 <= inner < outer mm, got {inner_mm}-{outer_mm}")
     if inner_mm == 0:
         return ring_spec(outer_mm)
     return RegionSpec(f"band{_mm(inner_mm)}to{_mm(outer_mm)}mm", float(inner_mm), float(outer_mm))
@@ -72,7 +74,7 @@ def region_specs(
             seen.add(spec.name)
             out.append(spec)
     if not out:
-        raise ValueError("no region selected: enable region.include_intra or give ring widths")
+        raise ConfigError("no region selected: enable region.include_intra or give ring widths")
     return out
 
 
@@ -91,7 +93,7 @@ def field_of_view(image: sitk.Image, mode: str = "nonzero") -> np.ndarray:
     if mode == "none":
         return np.ones(arr.shape, dtype=bool)
     if mode != "nonzero":
-        raise ValueError(f"unknown region.fov {mode!r}: use nonzero or none")
+        raise ConfigError(f"unknown region.fov {mode!r}: use nonzero or none")
     fov = ndimage.binary_closing(arr > 0, iterations=2, border_value=1)
     return ndimage.binary_fill_holes(fov)
 
@@ -164,14 +166,18 @@ def write_overlay(image: sitk.Image, regions: dict[str, np.ndarray], path, title
     ax.imshow(arr, cmap="gray", extent=(0, w * sx, h * sy, 0))
     colors = ["#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#bf5af2", "#ff9f0a"]
     inside = np.zeros((h, w), dtype=bool)
-    for (name, reg), color in zip(regions.items(), colors * 3):
+    for (name, reg), color in zip(regions.items(), colors * 3, strict=False):
         # rings are drawn by their outer edge (ring | tumour), so the tumour outline stays visible
         outline = reg | inside if not name.startswith("intra") else reg
         if name.startswith("intra"):
             inside = reg
         ax.contour(
-            np.linspace(0, w * sx, w), np.linspace(0, h * sy, h), outline.astype(float),
-            levels=[0.5], colors=[color], linewidths=0.8,
+            np.linspace(0, w * sx, w),
+            np.linspace(0, h * sy, h),
+            outline.astype(float),
+            levels=[0.5],
+            colors=[color],
+            linewidths=0.8,
         )
         ax.plot([], [], color=color, label=name)
     ax.legend(loc="lower right", fontsize=7)

@@ -37,7 +37,9 @@ def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
             "set": r["set"],
             "signature": r["signature"],
             "AUC (95% CI)": _ci(r["auc"], r["auc_ci_low"], r["auc_ci_high"]),
-            "paper AUC (95% CI)": _ci(p["auc"], p["auc_ci_low"], p["auc_ci_high"]) if p is not None else "-",
+            "paper AUC (95% CI)": _ci(p["auc"], p["auc_ci_low"], p["auc_ci_high"])
+            if p is not None
+            else "-",
         }
         for m in METRICS[1:]:
             row[m.upper() if m in ("ppv", "npv") else m.capitalize()] = _num(r[m])
@@ -46,6 +48,24 @@ def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
             )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compact_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The columns that fit a terminal: AUC beside the paper's, then our threshold metrics."""
+    cols = [
+        "set",
+        "signature",
+        "AUC (95% CI)",
+        "paper AUC (95% CI)",
+        "Sensitivity",
+        "Specificity",
+        "PPV",
+        "NPV",
+        "Accuracy",
+    ]
+    return comparison[cols].rename(
+        columns={"Sensitivity": "Sens", "Specificity": "Spec", "Accuracy": "Acc"}
+    )
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -64,8 +84,10 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
 
 def to_text(df: pd.DataFrame) -> str:
     """A plain fixed-width table for the terminal."""
-    cells = [list(map(str, df.columns))] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    cells = [list(map(str, df.columns))] + [
+        [str(v) for v in row] for row in df.itertuples(index=False)
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

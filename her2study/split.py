@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from her2study.errors import ConfigError
+
 
 def block_split(
     table: pd.DataFrame,
@@ -23,11 +25,11 @@ def block_split(
 ) -> pd.Series:
     """A Series (index = case ids) of "train"/"test"."""
     if not 0 < test_size < 1:
-        raise ValueError(f"split.test_size must be in (0, 1), got {test_size}")
+        raise ConfigError(f"split.test_size must be in (0, 1), got {test_size}")
     if block_size < 2:
-        raise ValueError(f"split.block_size must be >= 2, got {block_size}")
+        raise ConfigError(f"split.block_size must be >= 2, got {block_size}")
     if balance_on is not None and balance_on not in table.columns:
-        raise ValueError(
+        raise ConfigError(
             f"split.balance_on={balance_on!r} is not a cohort column; "
             f"use one of {list(table.columns)} or null"
         )
@@ -59,13 +61,17 @@ def split_from_config(table: pd.DataFrame, cfg_split, label_column: str, seed: i
     """The configured split: ``block`` randomisation or the manifest's ``column``."""
     if cfg_split.method == "column":
         if "split" not in table.columns or table["split"].isna().any():
-            raise ValueError(
+            raise ConfigError(
                 "split.method=column needs a 'split' column (train/test) filled for every case"
             )
         return table["split"].astype(str).str.lower().rename("split")
     if cfg_split.method == "block":
         return block_split(
-            table, label_column, cfg_split.test_size, cfg_split.block_size,
-            cfg_split.balance_on, seed,
+            table,
+            label_column,
+            cfg_split.test_size,
+            cfg_split.block_size,
+            cfg_split.balance_on,
+            seed,
         )
-    raise ValueError(f"unknown split.method {cfg_split.method!r}: use block or column")
+    raise ConfigError(f"unknown split.method {cfg_split.method!r}: use block or column")

@@ -735,6 +735,7 @@ class Tracker:
         from mlflow.models import infer_signature
 
         signature = infer_signature(X_example, model.predict_proba(X_example)[:, 1])
+        kwargs.setdefault("skops_trusted_types", _project_types(model))
         info = mlflow.sklearn.log_model(
             model,
             name=name,
@@ -744,6 +745,24 @@ class Tracker:
             **kwargs,
         )
         return info.model_uri
+
+
+def _project_types(model) -> list[str]:
+    """Fully qualified names of her2study's own estimator classes inside ``model``, which skops
+    (MLflow 3's default sklearn format) must be told to trust."""
+    found, stack = set(), [model]
+    while stack:
+        obj = stack.pop()
+        cls = type(obj)
+        if cls.__module__.startswith("her2study."):
+            found.add(f"{cls.__module__}.{cls.__qualname__}")
+        if hasattr(obj, "get_params"):
+            stack.extend(v for v in obj.get_params(deep=False).values() if hasattr(v, "get_params"))
+        for attr in ("steps", "estimators_", "calibrated_classifiers_"):
+            value = getattr(obj, attr, None)
+            if isinstance(value, list):
+                stack.extend(v[1] if isinstance(v, tuple) else v for v in value)
+    return sorted(found)
 
 
 def load_sklearn_model(tracking_uri: str, model_uri: str):

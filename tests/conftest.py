@@ -50,7 +50,9 @@ def make_cohort(tmp_path):
             cid = f"C{i:03d}"
             row = {"case_id": cid, "label": i % 2, "age": 40 + i, "er_pct": 10 * i}
             if fmt == "png":
-                sitk.WriteImage(sitk.GetImageFromArray(img.astype(np.uint8)), str(root / f"img/{cid}.png"))
+                sitk.WriteImage(
+                    sitk.GetImageFromArray(img.astype(np.uint8)), str(root / f"img/{cid}.png")
+                )
                 sitk.WriteImage(sitk.GetImageFromArray(mask), str(root / f"img/{cid}_mask.png"))
                 row.update(image=f"img/{cid}.png", mask=f"img/{cid}_mask.png")
                 row.update(spacing_x_mm=spacing[0], spacing_y_mm=spacing[1])

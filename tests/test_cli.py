@@ -10,13 +10,21 @@ import pytest
 def run_cli(args, cwd, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "her2study", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_extract_on_small_synthetic_cohort(tmp_path):
-    args = ["task=extract", "extractor=fast", "data.synthetic.n_cases=10", "region.overlays=2",
-            "execution.progress=false"]
+    args = [
+        "task=extract",
+        "extractor=fast",
+        "data.synthetic.n_cases=10",
+        "region.overlays=2",
+        "execution.progress=false",
+    ]
     first = run_cli(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "SYNTHETIC" in first.stdout
@@ -40,10 +48,16 @@ def test_config_typo_fails_at_compose_time(tmp_path):
 
 def test_bad_manifest_exits_2_with_every_problem(tmp_path):
     pd.DataFrame(
-        {"case_id": ["a", "a", "b"], "image": ["x.nii.gz", "y.nii.gz", "z.png"],
-         "mask": ["xm.nii.gz", "ym.nii.gz", "zm.png"], "label": [0, 1, 2]}
+        {
+            "case_id": ["a", "a", "b"],
+            "image": ["x.nii.gz", "y.nii.gz", "z.png"],
+            "mask": ["xm.nii.gz", "ym.nii.gz", "zm.png"],
+            "label": [0, 1, 2],
+        }
     ).to_csv(tmp_path / "m.csv", index=False)
-    res = run_cli(["task=extract", "data=manifest", f"data.manifest={tmp_path / 'm.csv'}"], tmp_path, 60)
+    res = run_cli(
+        ["task=extract", "data=manifest", f"data.manifest={tmp_path / 'm.csv'}"], tmp_path, 60
+    )
     assert res.returncode == 2
     err = res.stderr + res.stdout
     assert "duplicate case id" in err and "is not 0 or 1" in err and "file not found" in err

@@ -226,8 +226,12 @@ def test_dicom_cohort_end_to_end(tmp_path):
     _write_us_dicom(tmp_path / "b.dcm", img.astype(np.uint8), delta_cm=(0.01, 0.02))
     sitk.WriteImage(m, str(tmp_path / "b_mask.png"))
     pd.DataFrame(
-        {"case_id": ["A", "B"], "image": ["a.dcm", "b.dcm"], "mask": ["a_mask.png", "b_mask.png"],
-         "label": [0, 1]}
+        {
+            "case_id": ["A", "B"],
+            "image": ["a.dcm", "b.dcm"],
+            "mask": ["a_mask.png", "b_mask.png"],
+            "label": [0, 1],
+        }
     ).to_csv(tmp_path / "m.csv", index=False)
     cohort = load_cohort(tmp_path / "m.csv")
     assert len(cohort.cases) == 2

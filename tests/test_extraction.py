@@ -31,7 +31,9 @@ def test_extraction_names_and_values(cohort, tmp_path):
         assert any(c.startswith(prefix + "original_firstorder_") for c in cols)
     assert "intra_original_shape2D_PixelSurface" in cols
     # the lesion is darker than its surroundings (the fixture scales it by 0.4)
-    assert (fs.table["intra_original_firstorder_Mean"] < fs.table["peri1mm_original_firstorder_Mean"]).all()
+    assert (
+        fs.table["intra_original_firstorder_Mean"] < fs.table["peri1mm_original_firstorder_Mean"]
+    ).all()
     # ring areas agree with pyradiomics' own pixel surface
     stats = fs.region_stats.set_index(["case_id", "region"])
     for cid in cohort.ids:
@@ -88,9 +90,14 @@ def test_user_params_file_and_rejected_settings(cohort, tmp_path):
     )
     params = load_params(str(params_file), {"ignored": True})
     fs = extract_features(cohort, region_specs(True, []), params, tmp_path / "c")
-    assert sorted(fs.table.columns) == ["intra_original_firstorder_Mean", "intra_original_firstorder_Median"]
+    assert sorted(fs.table.columns) == [
+        "intra_original_firstorder_Mean",
+        "intra_original_firstorder_Median",
+    ]
     with pytest.raises(ValueError, match="pyradiomics rejected"):
-        extract_features(cohort, region_specs(True, []), {"setting": {"binWdth": 3}}, tmp_path / "c")
+        extract_features(
+            cohort, region_specs(True, []), {"setting": {"binWdth": 3}}, tmp_path / "c"
+        )
 
 
 DRIVER = """
@@ -110,8 +117,16 @@ def test_resume_after_kill(make_cohort, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(cohort.cases[0].image.parents[1] / "manifest.csv"), str(cache)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            str(cohort.cases[0].image.parents[1] / "manifest.csv"),
+            str(cache),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     store = FeatureCache(cache)
     deadline = time.time() + 120
@@ -127,6 +142,8 @@ def test_resume_after_kill(make_cohort, tmp_path):
     resumed = extract_features(cohort, region_specs(True, [1.0, 2.0]), FAST_PARAMS, cache)
     assert resumed.n_cached == done
     assert resumed.n_cached + resumed.n_extracted == 90
-    fresh = extract_features(cohort, region_specs(True, [1.0, 2.0]), FAST_PARAMS, tmp_path / "fresh")
+    fresh = extract_features(
+        cohort, region_specs(True, [1.0, 2.0]), FAST_PARAMS, tmp_path / "fresh"
+    )
     pd.testing.assert_frame_equal(resumed.table, fresh.table)
     assert np.isfinite(fresh.table.to_numpy()).mean() > 0.95

@@ -141,7 +141,9 @@ def read_image(
     elif file_spacing is not None:
         spacing = (float(file_spacing[0]), float(file_spacing[1]))
     else:
-        what = "DICOM without an ultrasound region calibration" if _is_dicom(path) else "plain image"
+        what = (
+            "DICOM without an ultrasound region calibration" if _is_dicom(path) else "plain image"
+        )
         raise ImageReadError(
             f"pixel spacing unknown ({what})",
             "add spacing_x_mm/spacing_y_mm columns to the manifest or set data.spacing_mm",

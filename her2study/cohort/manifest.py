@@ -260,7 +260,7 @@ def load_cohort(
 
     root = manifest.parent
     cases = []
-    for i, row in df.iterrows():
+    for _, row in df.iterrows():
         cid = str(row[case_column]).strip()
         split = row.get("split")
         if split is not None and pd.notna(split) and str(split).strip().lower() not in SPLIT_VALUES:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from her2study.cohort.manifest import Cohort, load_cohort
 from her2study.cohort.synthetic import SyntheticSpec, write_synthetic_cohort
+from her2study.errors import ConfigError
 from her2study.features.cache import canonical_digest
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,10 @@ def ensure_synthetic(data_cfg, n_jobs: int = 1) -> Path:
     from dataclasses import asdict
 
     spec = synthetic_spec(data_cfg)
-    out = Path(data_cfg.synthetic_dir) / f"n{spec.n_cases}_seed{spec.seed}_{canonical_digest(asdict(spec))[:10]}"
+    out = (
+        Path(data_cfg.synthetic_dir)
+        / f"n{spec.n_cases}_seed{spec.seed}_{canonical_digest(asdict(spec))[:10]}"
+    )
     manifest = write_synthetic_cohort(spec, out, n_jobs=n_jobs)
     return Path(manifest)
 
@@ -49,14 +53,19 @@ def load_from_config(data_cfg, n_jobs: int = 1):
         return cohort, None
     if data_cfg.source == "manifest":
         cohort = load_cohort(
-            data_cfg.manifest, **common, spacing_mm=data_cfg.spacing_mm, mask_label=data_cfg.mask_label
+            data_cfg.manifest,
+            **common,
+            spacing_mm=data_cfg.spacing_mm,
+            mask_label=data_cfg.mask_label,
         )
         return cohort, None
     if data_cfg.source == "features":
         from her2study.cohort.table import load_features_table
 
         return load_features_table(data_cfg.features_table, **common)
-    raise ValueError(f"unknown data.source {data_cfg.source!r}: use synthetic, manifest or features")
+    raise ConfigError(
+        f"unknown data.source {data_cfg.source!r}: use synthetic, manifest or features"
+    )
 
 
 def describe_source(cohort: Cohort) -> str:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 import yaml
 
 from her2study.cohort.io import read_image, read_mask
 from her2study.cohort.manifest import Case, Cohort
+from her2study.errors import ConfigError
 from her2study.features.cache import FeatureCache, canonical_digest, file_digest
 from her2study.regions import RegionMaker, RegionSpec, field_of_view, region_image
 
@@ -38,7 +38,7 @@ def load_params(params_file: str | None, params: dict | None) -> dict:
     if params_file:
         path = Path(params_file)
         if not path.is_file():
-            raise FileNotFoundError(f"pyradiomics params file not found: {path} (extractor.params_file)")
+            raise ConfigError(f"pyradiomics params file not found: {path} (extractor.params_file)")
         with open(path, encoding="utf-8") as fh:
             return yaml.safe_load(fh) or {}
     return dict(params or {})
@@ -59,7 +59,7 @@ def build_extractor(params: dict):
         try:
             _EXTRACTORS[key] = featureextractor.RadiomicsFeatureExtractor(params)
         except Exception as exc:  # pykwalify's SchemaError and friends
-            raise ValueError(
+            raise ConfigError(
                 f"pyradiomics rejected the extractor settings: {exc} "
                 "(see https://pyradiomics.readthedocs.io/en/latest/customization.html)"
             ) from None
@@ -258,7 +258,10 @@ def extract_features(
     for _, row in low.iterrows():
         log.warning(
             "case %s: %s keeps %.0f%% of its full ring after clipping to the image/field of view "
-            "(region.min_coverage=%.2f)", row["case_id"], row["region"], 100 * row["coverage"],
+            "(region.min_coverage=%.2f)",
+            row["case_id"],
+            row["region"],
+            100 * row["coverage"],
             min_coverage,
         )
     return FeatureSet(

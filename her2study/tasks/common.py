@@ -58,7 +58,10 @@ def cohort_and_features(cfg):
     )
     log.info(
         "features: %d cases x %d columns (%s); %d region entries from cache, %d extracted",
-        fs.table.shape[0], fs.table.shape[1], ", ".join(s.name for s in specs),
-        fs.n_cached, fs.n_extracted,
+        fs.table.shape[0],
+        fs.table.shape[1],
+        ", ".join(s.name for s in specs),
+        fs.n_cached,
+        fs.n_extracted,
     )
     return cohort, fs

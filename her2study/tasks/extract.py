@@ -21,7 +21,8 @@ def run(cfg) -> int:
         write_overlays(cfg, cohort, out / "overlays")
     print(f"{describe_source(cohort)}")
     print(
-        f"features: {fs.table.shape[0]} cases x {fs.table.shape[1]} columns -> {out / 'features.parquet'}"
+        f"features: {fs.table.shape[0]} cases x {fs.table.shape[1]} columns"
+        f" -> {out / 'features.parquet'}"
         f" ({fs.n_cached} region entries from cache, {fs.n_extracted} extracted)"
     )
     return 0

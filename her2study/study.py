@@ -1,0 +1,308 @@
+"""The paper's protocol on a training/test split: signatures fitted on training only.
+
+Signatures: ``Clinic`` (clinical model), ``Intra`` (tumour features), ``IntraPeri <w> mm`` (tumour
++ ring of width w) for each configured ring, and ``Nomogram`` (rad-score of one ring signature +
+the clinical factors). Every label-dependent step — scaling, correlation and Mann-Whitney filters,
+LASSO, the model — is a step of a scikit-learn Pipeline fitted on the training cases only; the
+test cases are only ever predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from her2study.errors import ConfigError
+from her2study.evaluation import (
+    auc_delong,
+    binary_metrics,
+    brier_score,
+    calibration_slope_intercept,
+    choose_threshold,
+    delong_test,
+    hosmer_lemeshow,
+    net_benefit,
+)
+from her2study.evaluation.delong import auc_bootstrap_ci
+from her2study.models import (
+    ClinicalModel,
+    CombinedModel,
+    make_radiomics_pipeline,
+    rad_score,
+    signature_coefficients,
+)
+
+log = logging.getLogger(__name__)
+
+
+def ring_label(width_mm: float) -> str:
+    return f"IntraPeri {float(width_mm):g} mm"
+
+
+@dataclass
+class SignatureFit:
+    """One fitted signature and its predicted probabilities for every case."""
+
+    name: str
+    kind: str  # clinical | radiomics | nomogram
+    model: object
+    prob: pd.Series  # index: case ids (train and test)
+    columns: list[str]
+    coefficients: pd.Series | None = None  # selected features -> coefficient
+    details: dict = field(default_factory=dict)  # tables: clinical ORs, VIFs, LASSO CV curve
+
+
+def radiomics_pipeline(sel, model_cfg, seed: int):
+    """The configured selection + model as one unfitted Pipeline."""
+    params = dict(model_cfg.params) if model_cfg.params else {}
+    pipe = make_radiomics_pipeline(
+        corr_threshold=sel.corr_threshold,
+        mw_alpha=sel.mw_alpha,
+        mw_correction=sel.mw_correction,
+        lasso_rule=sel.lasso_rule,
+        lasso_cv=sel.lasso_cv,
+        model=model_cfg.name,
+        model_params=params,
+        random_state=seed,
+    )
+    extra = {
+        "corr__method": sel.corr_method,
+        "corr__rule": sel.corr_rule,
+        "lasso__scoring": sel.lasso_scoring,
+        "lasso__n_lambdas": sel.lasso_n_lambdas,
+        "lasso__max_features": sel.max_features,
+    }
+    valid = pipe.get_params()
+    pipe.set_params(**{k: v for k, v in extra.items() if k in valid})
+    return pipe
+
+
+def selected_coefficients(pipe) -> pd.Series:
+    """Features surviving every selection step, with the final model's coefficients (NaN for
+    models without linear coefficients)."""
+    try:
+        return signature_coefficients(pipe).rename("coefficient")
+    except TypeError:
+        names = pipe[:-1].get_feature_names_out()
+        return pd.Series(np.nan, index=names, name="coefficient")
+
+
+def lasso_details(pipe) -> dict:
+    """The LASSO CV curve in glmnet's terms (binomial deviance, or AUC) for plotting/logging."""
+    lasso = pipe.named_steps.get("lasso")
+    if lasso is None or not hasattr(lasso, "cv_results_"):
+        return {}
+    r = lasso.cv_results_
+    auc = getattr(lasso, "scoring", "neg_log_loss") == "roc_auc"
+    scale = 1.0 if auc else -2.0  # neg_log_loss -> deviance = 2 x log loss
+    curve = pd.DataFrame(
+        {
+            "lambda": np.asarray(r["lambdas"], dtype=float),
+            "mean": scale * np.asarray(r["mean_score"], dtype=float),
+            "se": abs(scale) * np.asarray(r["se_score"], dtype=float),
+            "n_nonzero": np.asarray(r["n_nonzero"]),
+        }
+    )
+    return {
+        "lasso_cv": curve,
+        "lasso_metric": "AUC" if auc else "Binomial deviance",
+        "lasso_lambda_min": float(curve["lambda"].iloc[int(r["best_index"])]),
+        "lasso_lambda": float(curve["lambda"].iloc[int(r["chosen_index"])]),
+    }
+
+
+def cv_auc(estimator, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> float:
+    """Training-set cross-validated AUC (every fold refits the whole pipeline)."""
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prob = cross_val_predict(clone(estimator), X, y, cv=cv, method="predict_proba")[:, 1]
+    return auc_delong(y.to_numpy(), prob).auc
+
+
+def fit_signatures(
+    features: pd.DataFrame,
+    clinical: pd.DataFrame,
+    y: pd.Series,
+    split: pd.Series,
+    ring_widths_mm: list[float],
+    cfg,
+) -> list[SignatureFit]:
+    """Fit the paper's signatures on the training cases; predict every case."""
+    train = split.index[split == "train"]
+    ytr = y.loc[train]
+    fits: list[SignatureFit] = []
+    seed = int(cfg.seed)
+
+    if clinical.shape[1]:
+        ccfg = cfg.model.clinical
+        cm = ClinicalModel(univariable_p=ccfg.univariable_p, multivariable_p=ccfg.multivariable_p)
+        cm.fit(clinical.loc[train], ytr)
+        prob = pd.Series(cm.predict_proba(clinical)[:, 1], index=clinical.index)
+        fits.append(
+            SignatureFit(
+                "Clinic",
+                "clinical",
+                cm,
+                prob,
+                list(clinical.columns),
+                details={
+                    "univariable": cm.univariable_table_,
+                    "multivariable": cm.multivariable_table_,
+                },
+            )
+        )
+
+    groups = {"Intra": ["intra"]}
+    for w in ring_widths_mm:
+        from her2study.regions import ring_spec
+
+        groups[ring_label(w)] = ["intra", ring_spec(w).name]
+    for name, regions in groups.items():
+        cols = [c for c in features.columns if c.split("_", 1)[0] in regions]
+        if not cols:
+            log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
+            continue
+        pipe = radiomics_pipeline(cfg.selection, cfg.model, seed)
+        Xtr = features.loc[train, cols]
+        pipe.fit(Xtr, ytr)
+        prob = pd.Series(pipe.predict_proba(features[cols])[:, 1], index=features.index)
+        fit = SignatureFit(
+            name, "radiomics", pipe, prob, cols, selected_coefficients(pipe), lasso_details(pipe)
+        )
+        log.info("%s: %d features selected of %d", name, len(fit.coefficients), len(cols))
+        fits.append(fit)
+
+    rings = [f for f in fits if f.name.startswith("IntraPeri")]
+    clinic = next((f for f in fits if f.kind == "clinical"), None)
+    if rings and clinic is not None:
+        fits.append(_fit_nomogram(rings, clinic, features, clinical, y, train, cfg))
+    return fits
+
+
+def _fit_nomogram(rings, clinic, features, clinical, y, train, cfg) -> SignatureFit:
+    ncfg = cfg.model.nomogram
+    if ncfg.signature == "auto":
+        if len(rings) == 1:
+            base = rings[0]
+            scores = {base.name: np.nan}
+        else:
+            scores = {
+                f.name: cv_auc(
+                    radiomics_pipeline(cfg.selection, cfg.model, int(cfg.seed)),
+                    features.loc[train, f.columns],
+                    y.loc[train],
+                    cfg.evaluation.cv_folds,
+                    int(cfg.seed),
+                )
+                for f in rings
+            }
+            base = max(rings, key=lambda f: scores[f.name])
+        log.info("nomogram uses %s (training CV AUC: %s)", base.name, scores)
+    else:
+        matches = [f for f in rings if f.name == ncfg.signature]
+        if not matches:
+            raise ConfigError(
+                f"model.nomogram.signature={ncfg.signature!r} is not one of "
+                f"{[f.name for f in rings]} or auto"
+            )
+        base, scores = matches[0], {}
+    clin_cols = list(getattr(clinic.model, "selected_", clinical.columns))
+    design = pd.DataFrame(
+        {"rad_score": rad_score(base.model, features[base.columns])}, index=features.index
+    )
+    design = design.join(clinical[clin_cols])
+    combined = CombinedModel(vif_limit=ncfg.vif_limit)
+    combined.fit(design.loc[train], y.loc[train])
+    prob = pd.Series(combined.predict_proba(design)[:, 1], index=design.index)
+    details = {"base_signature": base.name, "cv_auc": scores, "design": design}
+    for attr in ("vif_", "table_", "coef_table_"):
+        if hasattr(combined, attr):
+            details[attr.rstrip("_")] = getattr(combined, attr)
+    return SignatureFit(
+        "Nomogram", "nomogram", combined, prob, list(design.columns), details=details
+    )
+
+
+def _auc(y, p, ecfg, seed):
+    if ecfg.ci == "bootstrap":
+        return auc_bootstrap_ci(y, p, n_boot=ecfg.n_boot, seed=seed)
+    return auc_delong(y, p)
+
+
+def evaluate_signatures(
+    fits: list[SignatureFit], y: pd.Series, split: pd.Series, cfg
+) -> pd.DataFrame:
+    """Table-3-like rows (set x signature): AUC with CI, threshold metrics, calibration, NB."""
+    ecfg = cfg.evaluation
+    rows = []
+    for fit in fits:
+        ytr, ptr = y[split == "train"].to_numpy(), fit.prob[split == "train"].to_numpy()
+        if ecfg.threshold == "youden":
+            thr = choose_threshold(ytr, ptr, method="youden")
+        else:
+            thr = choose_threshold(ytr, ptr, method="fixed", value=ecfg.fixed_threshold)
+        for set_name in ("train", "test"):
+            mask = split == set_name
+            yy, pp = y[mask].to_numpy(), fit.prob[mask].to_numpy()
+            if len(np.unique(yy)) < 2:
+                raise ValueError(
+                    f"the {set_name} set has one class only: the split cannot be evaluated"
+                )
+            auc = _auc(yy, pp, ecfg, int(cfg.seed))
+            m = binary_metrics(yy, pp, thr)
+            hl = hosmer_lemeshow(yy, np.clip(pp, 1e-9, 1 - 1e-9), groups=ecfg.hl_groups)
+            cal = calibration_slope_intercept(yy, np.clip(pp, 1e-9, 1 - 1e-9))
+            nb = net_benefit(yy, pp, np.asarray(ecfg.net_benefit_at, dtype=float))
+            row = {
+                "set": set_name,
+                "signature": fit.name,
+                "n": len(yy),
+                "auc": auc.auc,
+                "auc_ci_low": auc.ci_low,
+                "auc_ci_high": auc.ci_high,
+                "ppv": m["ppv"],
+                "npv": m["npv"],
+                "sensitivity": m["sensitivity"],
+                "specificity": m["specificity"],
+                "accuracy": m["accuracy"],
+                "threshold": thr,
+                "hl_chi2": hl.chi2,
+                "hl_p": hl.p,
+                "cal_slope": cal["slope"],
+                "cal_intercept": cal["intercept"],
+                "brier": brier_score(yy, pp),
+            }
+            nb_at = zip(ecfg.net_benefit_at, nb, strict=True)
+            row.update({f"net_benefit_{t:g}": v for t, v in nb_at})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_delong(fits: list[SignatureFit], y: pd.Series, split: pd.Series) -> pd.DataFrame:
+    """Paired DeLong tests between every two signatures, per set."""
+    rows = []
+    for set_name in ("train", "test"):
+        mask = split == set_name
+        yy = y[mask].to_numpy()
+        for i, a in enumerate(fits):
+            for b in fits[i + 1 :]:
+                r = delong_test(yy, a.prob[mask].to_numpy(), b.prob[mask].to_numpy())
+                rows.append(
+                    {
+                        "set": set_name,
+                        "a": a.name,
+                        "b": b.name,
+                        "auc_a": r.auc_a,
+                        "auc_b": r.auc_b,
+                        "z": r.z,
+                        "p": r.p,
+                    }
+                )
+    return pd.DataFrame(rows)

@@ -1,0 +1,212 @@
+"""task=paper (``+exp=paper``): the source paper's protocol end to end, tracked in MLflow.
+
+Cohort -> regions -> features (cached) -> split -> signatures fitted on training only ->
+Table-3-like results beside the paper's, figures, MLflow parent + child runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from her2study import __version__
+from her2study.cohort.source import describe_source
+from her2study.reporting import compact_comparison, compare_with_paper, to_markdown, to_text
+from her2study.split import split_from_config
+from her2study.study import evaluate_signatures, fit_signatures, paired_delong
+from her2study.tasks.common import cohort_and_features, output_dir
+from her2study.tracking import Tracker, check_tracking_uri, flatten_config
+
+log = logging.getLogger(__name__)
+
+
+def clinical_columns(cfg) -> list[str]:
+    cols = cfg.model.clinical.columns
+    return list(cols) if cols is not None else list(cfg.data.clinical_columns)
+
+
+def run(cfg) -> float:
+    """Run the study; return the best test AUC (a number Hydra sweepers can use)."""
+    if cfg.tracking.enabled:
+        check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
+    cohort, fs = cohort_and_features(cfg)
+    out = output_dir(cfg)
+    source = describe_source(cohort)
+    y = cohort.labels
+    split = split_from_config(cohort.table, cfg.split, cohort.label_column, int(cfg.seed))
+    widths = [float(w) for w in cfg.region.ring_widths_mm]
+    clinical = cohort.table[clinical_columns(cfg)]
+    fits = fit_signatures(fs.table, clinical, y, split, widths, cfg)
+    metrics = evaluate_signatures(fits, y, split, cfg)
+    comparison = compare_with_paper(metrics)
+    tests = paired_delong(fits, y, split)
+
+    tables = write_tables(out, fits, metrics, comparison, tests, split, source)
+    figures = make_figures(fits, y, split, cfg, source)
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=120)
+
+    n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
+    print(f"\nData: {source}; training {n_train}, test {n_test} cases")
+    print(to_text(compact_comparison(comparison)))
+    print(f"(thresholds: Youden on training; full table with the paper's figures: {out}/table3.md)")
+
+    tags = {
+        "task": "paper",
+        "data_source": "synthetic" if cohort.synthetic else "manifest",
+        "her2study_version": __version__,
+    }
+    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
+    with Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name=run_name,
+        tags=tags,
+    ) as tracker:
+        log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
+        if tracker.run_id:
+            print(
+                f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
+                f"({cfg.tracking.tracking_uri})"
+            )
+    test = metrics[metrics["set"] == "test"].set_index("signature")["auc"]
+    return float(test.max()) if len(test) else float("nan")
+
+
+def write_tables(out: Path, fits, metrics, comparison, tests, split, source) -> list[Path]:
+    """CSV (and Markdown, headed by the data source) for every table of the study."""
+    paths: list[Path] = []
+
+    def save(name: str, df: pd.DataFrame, md: bool = True) -> None:
+        df.to_csv(out / f"{name}.csv", index=False)
+        paths.append(out / f"{name}.csv")
+        if md:
+            (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
+            paths.append(out / f"{name}.md")
+
+    save("table3", comparison)
+    save("metrics", metrics, md=False)
+    save("delong_tests", tests)
+    save("split", split.rename_axis("case_id").reset_index(), md=False)
+    for fit in fits:
+        tag = fit.name.replace(" ", "_")
+        if fit.coefficients is not None:
+            save(f"features_{tag}", fit.coefficients.rename_axis("feature").reset_index())
+        for key in ("univariable", "multivariable"):
+            if fit.details.get(key) is not None:
+                save(f"clinical_{key}", fit.details[key])
+        if "vif" in fit.details:
+            save(
+                "nomogram_vif",
+                fit.details["vif"].rename("vif").rename_axis("predictor").reset_index(),
+            )
+    return paths
+
+
+def make_figures(fits, y, split, cfg, source) -> dict:
+    """ROC, calibration and decision curves per set; LASSO CV curve and coefficients; nomogram."""
+    from her2study.evaluation import decision_curve
+    from her2study.evaluation.figures import (
+        plot_calibration,
+        plot_coefficients,
+        plot_dca,
+        plot_lasso_path,
+        plot_roc,
+    )
+    from her2study.models import plot_nomogram
+
+    note = source if "SYNTHETIC" in source else None
+    figs = {}
+    thresholds = np.round(np.arange(0.01, cfg.evaluation.dca_max_threshold + 1e-9, 0.01), 2)
+    for set_name in ("train", "test"):
+        mask = (split == set_name).to_numpy()
+        yy = y[mask].to_numpy()
+        curves = {f.name: (yy, f.prob[mask].to_numpy()) for f in fits}
+        figs[f"roc_{set_name}"] = plot_roc(curves, title=f"ROC, {set_name} set", note=note)
+        figs[f"calibration_{set_name}"] = plot_calibration(
+            curves, title=f"Calibration, {set_name} set", note=note
+        )
+        dca = decision_curve(yy, {k: v[1] for k, v in curves.items()}, thresholds=thresholds)
+        figs[f"dca_{set_name}"] = plot_dca(dca, title=f"Decision curves, {set_name} set", note=note)
+    for fit in fits:
+        tag = fit.name.replace(" ", "_")
+        d = fit.details
+        if "lasso_cv" in d:
+            figs[f"lasso_cv_{tag}"] = plot_lasso_path(
+                d["lasso_cv"],
+                lambda_min=d["lasso_lambda_min"],
+                higher_is_better=d["lasso_metric"] == "AUC",
+                ylabel=d["lasso_metric"],
+                title=f"LASSO {cfg.selection.lasso_cv}-fold CV, {fit.name}",
+                note=note,
+            )
+        if fit.kind == "radiomics" and fit.coefficients.notna().any():
+            figs[f"coefficients_{tag}"] = plot_coefficients(
+                fit.coefficients, title=f"Selected features, {fit.name}", note=note
+            )
+        if fit.kind == "nomogram":
+            train = d["design"].loc[split.index[split == "train"]]
+            ranges = {c: (float(train[c].min()), float(train[c].max())) for c in train.columns}
+            figs["nomogram"] = plot_nomogram(
+                fit.model, ranges, title=f"Nomogram ({d['base_signature']} rad-score)", note=note
+            )
+    return figs
+
+
+def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in row.items()
+        if k not in ("set", "signature") and isinstance(v, (int, float, np.integer, np.floating))
+    }
+
+
+def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort) -> None:
+    """Parent run: config, all metrics, tables, figures; child run per signature with its model."""
+    if not tracker.enabled:
+        return
+    params = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    params.update(
+        {
+            "data.n_cases": len(cohort.ids),
+            "data.synthetic": cohort.synthetic,
+            "her2study.version": __version__,
+        }
+    )
+    tracker.log_params(params)
+    flat = {}
+    for _, r in metrics.iterrows():
+        flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
+    tracker.log_metrics(flat)
+    for path in tables:
+        tracker.log_artifact(path, "tables")
+    for name, fig in figures.items():
+        tracker.log_figure(fig, f"figures/{name}.png")
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+    if (out / ".hydra").is_dir():
+        tracker.log_artifacts(out / ".hydra", "config/hydra")
+    for log_file in out.glob("*.log"):
+        tracker.log_artifact(log_file, "logs")
+    for fit in fits:
+        with tracker.child(fit.name, tags={"signature": fit.name, "kind": fit.kind}):
+            n_sel = len(fit.coefficients) if fit.coefficients is not None else len(fit.columns)
+            tracker.log_params(
+                {
+                    "signature": fit.name,
+                    "kind": fit.kind,
+                    "n_input_columns": len(fit.columns),
+                    "n_selected": n_sel,
+                }
+            )
+            for _, r in metrics[metrics["signature"] == fit.name].iterrows():
+                tracker.log_metrics(_numbers(r, f"{r['set']}."))
+            if fit.coefficients is not None:
+                coef = fit.coefficients.rename_axis("feature").reset_index()
+                tracker.log_table(coef, "selected_features.csv")
+            if cfg.tracking.log_model and fit.kind == "radiomics":
+                tracker.log_sklearn_model(fit.model, "model", fs.table[fit.columns].head(5))
