@@ -45,6 +45,7 @@ def _finish(fig, ax, title, note):
     if title:
         ax.set_title(title)
     if note:
+        fig.tight_layout(rect=(0, 0.04, 1, 1))  # keep a strip below the axes for the note
         fig.text(
             0.995,
             0.005,

@@ -1,0 +1,84 @@
+"""+exp=paper end to end on a small synthetic cohort: a real MLflow server, a margin sweep,
+task=compare. Real pyradiomics extraction, real SQLite stores, real subprocesses."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow_server import mlflow_server  # noqa: F401  (fixture)
+
+SMALL = ["extractor=fast", "data.synthetic.n_cases=60", "execution.progress=false",
+         "evaluation.cv_folds=3", "selection.lasso_cv=5"]
+
+
+def run_cli(args, cwd, timeout=600):
+    res = subprocess.run(
+        [sys.executable, "-m", "her2study", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res
+
+
+def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
+    srv = mlflow_server
+    res = run_cli(["+exp=paper", *SMALL, f"tracking.tracking_uri={srv.uri}"], tmp_path)
+    out = res.stdout
+    assert "Data: SYNTHETIC cohort" in out
+    for name in ("Clinic", "Intra", "IntraPeri 1 mm", "IntraPeri 2 mm", "Nomogram"):
+        assert name in out
+    # the table files next to the paper's figures
+    folder = next((tmp_path / "outputs" / "paper").iterdir())
+    table3 = pd.read_csv(folder / "table3.csv")
+    assert len(table3) == 10
+    row = table3[(table3["set"] == "test") & (table3["signature"] == "IntraPeri 1 mm")].iloc[0]
+    assert row["paper AUC (95% CI)"] == "0.868 (0.771-0.965)"
+    assert "SYNTHETIC" in (folder / "table3.md").read_text().splitlines()[0]
+    split = pd.read_csv(folder / "split.csv")
+    assert split["split"].value_counts().to_dict() == {"train": 44, "test": 16}
+
+    # through the REST API: parent + five children, metrics, artifacts
+    exp = srv.rest("experiments/get-by-name?experiment_name=paper")["experiment"]
+    runs = srv.rest("runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags, strict=True) if t.get("task") == "paper"]
+    assert len(parents) == 1
+    parent = parents[0]
+    pid = parent["info"]["run_id"]
+    children = [t for t in tags if t.get("mlflow.parentRunId") == pid]
+    assert sorted(t["signature"] for t in children) == sorted(
+        ["Clinic", "Intra", "IntraPeri 1 mm", "IntraPeri 2 mm", "Nomogram"]
+    )
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["IntraPeri_1_mm.test.auc"] == pytest.approx(row_auc(table3), abs=5e-4)
+    assert {"Nomogram.test.hl_p", "Intra.train.brier", "Clinic.test.net_benefit_0.5"} <= set(metrics)
+    params = {p["key"]: p["value"] for p in parent["data"]["params"]}
+    assert params["region.ring_widths_mm"] == "[1.0, 2.0]"
+    assert params["data.synthetic"] == "True"
+    listed = srv.rest(f"artifacts/list?run_id={pid}&path=tables")["files"]
+    assert "tables/table3.csv" in {f["path"] for f in listed}
+    figs = {f["path"] for f in srv.rest(f"artifacts/list?run_id={pid}&path=figures")["files"]}
+    assert {"figures/roc_test.png", "figures/dca_test.png", "figures/nomogram.png"} <= figs
+    config = {f["path"] for f in srv.rest(f"artifacts/list?run_id={pid}&path=config")["files"]}
+    assert "config/resolved.yaml" in config
+
+
+def row_auc(table3):
+    r = table3[(table3["set"] == "test") & (table3["signature"] == "IntraPeri 1 mm")].iloc[0]
+    return float(r["AUC (95% CI)"].split(" ")[0])
+
+
+def test_margin_sweep_and_compare(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_cli(["-m", "+exp=paper", *SMALL, "tracking.log_model=false", "study=sweep",
+             f"tracking.tracking_uri={store}", "region.ring_widths_mm=[0.5],[1.0],[3.0]"], tmp_path)
+    jobs = sorted((tmp_path / "multirun" / "sweep").glob("*/*/table3.csv"))
+    assert len(jobs) == 3
+    res = run_cli(["task=compare", "study=sweep", f"tracking.tracking_uri={store}"], tmp_path)
+    assert "Data: SYNTHETIC" in res.stdout
+    table = pd.read_csv(next((tmp_path / "outputs" / "sweep").glob("*/margins.csv")))
+    assert sorted(table["ring_width_mm"]) == [0.5, 1.0, 3.0]
+    assert table["test_auc"].between(0, 1).all()
+    assert (table["test_auc_ci_low"] <= table["test_auc"]).all()
+    assert next((tmp_path / "outputs" / "sweep").glob("*/margins.png")).stat().st_size > 10_000
