@@ -1,0 +1,651 @@
+"""Models of a radiomics study: the radiomics signature, the clinical model and the nomogram.
+
+- :func:`make_radiomics_pipeline`: scaling, correlation filter, Mann-Whitney filter, LASSO and
+  a classifier as one scikit-learn ``Pipeline`` whose step names are the search-space prefixes
+  (``corr__threshold``, ``mw__alpha``, ``lasso__rule``, ``clf__C``).
+- :func:`rad_score`: the signature's log-odds (the "rad-score").
+- :class:`ClinicalModel`: univariable screening then multivariable logistic regression
+  (statsmodels, odds ratios with Wald CIs).
+- :class:`CombinedModel` and :func:`plot_nomogram`: rad-score plus clinical factors, VIFs and an
+  rms-style nomogram.
+- :func:`variance_inflation_factors`.
+
+Estimators here never log or write files; callers decide what to record.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Number
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils import ClassifierTags
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from statsmodels.stats.outliers_influence import variance_inflation_factor
+
+from her2study.selection import (
+    CorrelationFilter,
+    LassoCVSelector,
+    MannWhitneyFilter,
+    _binary_target,
+    make_logistic_regression,
+)
+
+__all__ = [
+    "MODELS",
+    "ClinicalModel",
+    "CombinedModel",
+    "LassoCVClassifier",
+    "make_radiomics_pipeline",
+    "plot_nomogram",
+    "rad_score",
+    "signature_coefficients",
+    "variance_inflation_factors",
+]
+
+MODELS = ("logistic", "lasso_logistic", "ridge", "svm", "random_forest")
+
+
+# --------------------------------------------------------------------------------------
+# Radiomics signature
+# --------------------------------------------------------------------------------------
+
+
+class LassoCVClassifier(ClassifierMixin, LassoCVSelector):
+    """:class:`~her2study.selection.LassoCVSelector` that also predicts with its own fit.
+
+    The rad-score is the L1-logistic linear predictor at the CV-chosen penalty, i.e. glmnet's
+    ``predict(cv.fit, s = "lambda.min")``; there is no unpenalised refit.
+    """
+
+    def decision_function(self, X):
+        """Log-odds of ``classes_[1]``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_
+
+    def predict_proba(self, X):
+        """Probabilities of ``classes_[0]`` and ``classes_[1]``."""
+        p = _expit(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X):
+        """Class with the larger probability."""
+        eta = self.decision_function(X)
+        return self.classes_[(eta > 0).astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags = ClassifierTags(multi_class=False)
+        return tags
+
+
+def _make_model(model, params, random_state, lasso_kwargs):
+    params = dict(params or {})
+    if model == "logistic":
+        return make_logistic_regression(None, **{"max_iter": 5000, **params})
+    if model == "ridge":
+        return make_logistic_regression("l2", **{"C": 1.0, "max_iter": 5000, **params})
+    if model == "svm":
+        svc = SVC(**{"kernel": "rbf", "C": 1.0, "gamma": "scale", **params})
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=5)
+    if model == "random_forest":
+        return RandomForestClassifier(
+            **{"n_estimators": 500, "random_state": random_state, **params}
+        )
+    if model == "lasso_logistic":
+        return LassoCVClassifier(**{**lasso_kwargs, **params})
+    raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+
+
+def make_radiomics_pipeline(
+    corr_threshold=0.9,
+    mw_alpha=0.05,
+    mw_correction=None,
+    lasso_rule="min",
+    lasso_cv=10,
+    model="logistic",
+    model_params=None,
+    random_state=0,
+):
+    """The paper's radiomics signature as one ``Pipeline``, fitted fold by fold.
+
+    Steps: ``scale`` (z-score), ``corr`` (:class:`CorrelationFilter`), ``mw``
+    (:class:`MannWhitneyFilter`), ``lasso`` (:class:`LassoCVSelector`), ``clf``.
+
+    Parameters
+    ----------
+    corr_threshold, mw_alpha, mw_correction, lasso_rule, lasso_cv
+        Parameters of the ``corr``, ``mw`` and ``lasso`` steps.
+    model : {"logistic", "lasso_logistic", "ridge", "svm", "random_forest"}
+        - ``"logistic"``: unpenalised logistic regression on the LASSO-selected features
+          (the paper).
+        - ``"lasso_logistic"``: the LASSO fit itself is the model; the ``lasso`` step is then
+          a :class:`LassoCVClassifier` and the last step, and there is no ``clf`` step (so
+          ``lasso__*`` keys keep working, ``clf__*`` keys do not apply).
+        - ``"ridge"``: L2 logistic regression, ``C=1``.
+        - ``"svm"``: RBF ``SVC`` wrapped in ``CalibratedClassifierCV(method="sigmoid",
+          cv=5)`` for probabilities (Platt scaling on held-out folds; ``SVC(probability=
+          True)`` is deprecated from scikit-learn 1.9). Its parameters are
+          ``clf__estimator__C`` etc.
+        - ``"random_forest"``: ``RandomForestClassifier(n_estimators=500)``.
+    model_params : dict, optional
+        Keyword arguments of the model (of the inner ``SVC`` for ``"svm"``).
+    random_state : int
+        Seeds the LASSO folds and solver and the random forest.
+    """
+    lasso_kwargs = {"cv": lasso_cv, "rule": lasso_rule, "random_state": random_state}
+    steps = [
+        ("scale", StandardScaler()),
+        ("corr", CorrelationFilter(threshold=corr_threshold)),
+        ("mw", MannWhitneyFilter(alpha=mw_alpha, correction=mw_correction)),
+    ]
+    if model == "lasso_logistic":
+        steps.append(("lasso", _make_model(model, model_params, random_state, lasso_kwargs)))
+    else:
+        steps.append(("lasso", LassoCVSelector(**lasso_kwargs)))
+        steps.append(("clf", _make_model(model, model_params, random_state, lasso_kwargs)))
+    return Pipeline(steps)
+
+
+def rad_score(pipeline, X):
+    """Rad-score of each case: the signature's log-odds of the positive class.
+
+    For the logistic models (``logistic``, ``lasso_logistic``, ``ridge``) this is the linear
+    predictor ``decision_function``; for the others it is ``logit(predict_proba)`` (clipped
+    to ``[1e-6, 1 - 1e-6]``), the same scale.
+    """
+    final = pipeline[-1] if isinstance(pipeline, Pipeline) else pipeline
+    if isinstance(final, (LogisticRegression, LassoCVClassifier)):
+        return np.asarray(pipeline.decision_function(X), dtype=np.float64)
+    p = np.clip(pipeline.predict_proba(X)[:, 1], 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def signature_coefficients(pipeline):
+    """Non-zero coefficients of a fitted logistic signature, indexed by feature name.
+
+    Coefficients are on the z-scored scale of the ``scale`` step (as in the paper's LASSO
+    coefficient plots). Not defined for ``svm`` and ``random_forest``.
+    """
+    final = pipeline[-1]
+    if isinstance(final, LassoCVClassifier):
+        names = pipeline[:-1].get_feature_names_out()
+        coef = pd.Series(final.coef_, index=names)
+        return coef[coef != 0]
+    if isinstance(final, LogisticRegression):
+        names = pipeline[:-1].get_feature_names_out()
+        return pd.Series(final.coef_[0], index=names)
+    raise TypeError(f"{type(final).__name__} has no linear coefficients")
+
+
+# --------------------------------------------------------------------------------------
+# statsmodels logistic models
+# --------------------------------------------------------------------------------------
+
+_TABLE_COLUMNS = ["variable", "coef", "OR", "ci_low", "ci_high", "p"]
+
+
+def _expit(eta):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(eta, dtype=np.float64)))
+
+
+def _as_frame(X, names=None, n_features=None, who="X"):
+    """``X`` as a DataFrame; arrays get ``names`` (or ``x0, x1, ...``) as column names."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    if hasattr(X, "toarray"):
+        raise TypeError(f"{who}: sparse input is not supported; pass a dense array.")
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{who}: expected a 2D array, got shape {arr.shape}. Reshape your data with "
+            "array.reshape(-1, 1) for a single feature or array.reshape(1, -1) for one sample."
+        )
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"X has {arr.shape[1]} features, but {who} is expecting {n_features} features as input."
+        )
+    if names is None or len(names) != arr.shape[1]:
+        names = [f"x{i}" for i in range(arr.shape[1])]
+    return pd.DataFrame(arr, columns=list(names))
+
+
+def _numeric_block(df, columns, who):
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{who}: columns not found in X: {missing}")
+    if "const" in columns:
+        raise ValueError(f"{who}: 'const' names the intercept; rename that column.")
+    block = df[list(columns)]
+    bad = [c for c in columns if not _is_numeric(block[c])]
+    if bad:
+        raise ValueError(
+            f"{who} accepts numeric columns only; encode these upstream (e.g. 0/1 "
+            f"indicators): {bad}"
+        )
+    block = block.astype(np.float64)
+    if not np.isfinite(block.to_numpy()).all():
+        raise ValueError(f"{who}: X contains NaN or infinite values; impute or drop them first.")
+    return block
+
+
+def _is_numeric(column):
+    """Numeric or boolean dtype, or an object column holding numbers only (not strings)."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return True
+    return column.dtype == object and all(isinstance(v, Number) for v in column)
+
+
+def _fit_logit(y01, block):
+    """statsmodels Logit with an intercept; ``None`` when the fit is impossible."""
+    exog = sm.add_constant(block, has_constant="add")
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = sm.Logit(y01, exog).fit(disp=0, maxiter=200)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            error = exc
+    if error is not None:
+        warnings.warn(
+            f"Logistic fit on {list(block.columns)} failed ({error}); treated as not significant.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    trouble = [
+        str(w.message)
+        for w in caught
+        if "separation" in str(w.message).lower() or "converge" in str(w.message).lower()
+    ]
+    if trouble or not np.all(np.isfinite(result.params)):
+        warnings.warn(
+            f"Logistic fit on {list(block.columns)}: {trouble[0] if trouble else 'non-finite'}"
+            " (quasi-complete separation?); odds ratios and p-values are unreliable.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return result
+
+
+def _or_table(result, names):
+    if result is None:
+        table = pd.DataFrame(np.nan, index=range(len(names)), columns=_TABLE_COLUMNS)
+        table["variable"] = list(names)
+        return table
+    ci = result.conf_int()
+    with np.errstate(over="ignore"):
+        table = pd.DataFrame(
+            {
+                "variable": list(names),
+                "coef": result.params[names].to_numpy(),
+                "OR": np.exp(result.params[names].to_numpy()),
+                "ci_low": np.exp(ci.loc[names, 0].to_numpy()),
+                "ci_high": np.exp(ci.loc[names, 1].to_numpy()),
+                "p": result.pvalues[names].to_numpy(),
+            }
+        )
+    return table
+
+
+class _LogitModel(ClassifierMixin, BaseEstimator):
+    """Prediction from ``params_`` (a Series with ``const``) on the ``selected_`` columns."""
+
+    def _setup(self, X, y):
+        who = type(self).__name__
+        if y is None:
+            raise ValueError(f"{who} requires y to be passed, but the target y is None.")
+        df = _as_frame(X, who=who)
+        if df.shape[1] == 0 or df.shape[0] == 0:
+            raise ValueError(
+                f"Found array with {df.shape[1]} feature(s) (shape={df.shape}) while a "
+                f"minimum of 1 is required by {who}."
+            )
+        if isinstance(X, pd.DataFrame):
+            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.n_features_in_ = df.shape[1]
+        self.classes_, y01 = _binary_target(self, column_or_1d(y, warn=True))
+        if len(y01) != len(df):
+            raise ValueError(f"X has {len(df)} rows but y has {len(y01)}")
+        return df, y01
+
+    def decision_function(self, X):
+        """Linear predictor (log-odds of ``classes_[1]``)."""
+        check_is_fitted(self)
+        who = type(self).__name__
+        df = _as_frame(X, getattr(self, "feature_names_in_", None), self.n_features_in_, who)
+        # arrays are checked whole, as scikit-learn does; DataFrames on the columns used
+        block = _numeric_block(df, self.selected_ if X is df else list(df.columns), who)
+        block = block[self.selected_]
+        return self.params_["const"] + block.to_numpy() @ self.params_[self.selected_].to_numpy()
+
+    def predict_proba(self, X):
+        """Probabilities of ``classes_[0]`` and ``classes_[1]``."""
+        p = _expit(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X):
+        """Class with the larger probability."""
+        eta = self.decision_function(X)
+        return self.classes_[(eta > 0).astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags = ClassifierTags(multi_class=False)
+        tags.input_tags.string = False
+        return tags
+
+
+class ClinicalModel(_LogitModel):
+    """Clinical model: univariable screening, then multivariable logistic regression.
+
+    Each candidate column gets a univariable logistic fit (statsmodels, Wald p); those with
+    ``p < univariable_p`` enter a multivariable fit, from which (with ``backward=True``) the
+    variable with the largest p is removed while any ``p >= multivariable_p``. If no variable
+    passes screening, the one with the smallest p is kept and a warning issued.
+
+    Parameters
+    ----------
+    univariable_p : float, default=0.05
+    multivariable_p : float, default=0.05
+    columns : list of str, optional
+        Candidate columns of ``X``; all columns by default. Must be numeric (encode
+        categories upstream).
+    backward : bool, default=True
+        Backward elimination in the multivariable step.
+
+    Attributes
+    ----------
+    univariable_table_, multivariable_table_ : DataFrame
+        Columns ``variable, coef, OR, ci_low, ci_high, p`` (95% Wald CIs of the OR).
+    selected_ : list of str
+        Variables of the final model.
+    params_ : Series
+        Final coefficients including ``const``.
+    result_ : statsmodels results of the final fit.
+    """
+
+    def __init__(self, univariable_p=0.05, multivariable_p=0.05, columns=None, backward=True):
+        self.univariable_p = univariable_p
+        self.multivariable_p = multivariable_p
+        self.columns = columns
+        self.backward = backward
+
+    def fit(self, X, y):
+        """Screen, fit and (optionally) reduce the clinical model."""
+        df, y01 = self._setup(X, y)
+        columns = list(df.columns) if self.columns is None else list(self.columns)
+        block = _numeric_block(df, columns, "ClinicalModel")
+
+        rows = [_or_table(_fit_logit(y01, block[[c]]), [c]) for c in columns]
+        self.univariable_table_ = pd.concat(rows, ignore_index=True)
+        p = self.univariable_table_["p"].to_numpy()
+        keep = [c for c, pc in zip(columns, p, strict=True) if pc < self.univariable_p]
+        if not keep:
+            if np.all(np.isnan(p)):
+                raise ValueError("ClinicalModel: no univariable fit succeeded.")
+            best = columns[int(np.nanargmin(p))]
+            warnings.warn(
+                f"ClinicalModel: no variable has univariable p < {self.univariable_p}; "
+                f"keeping the strongest one ({best}, p = {np.nanmin(p):.3g}).",
+                UserWarning,
+                stacklevel=2,
+            )
+            keep = [best]
+
+        result = _fit_logit(y01, block[keep])
+        while self.backward and len(keep) > 1 and result is not None:
+            pv = result.pvalues[keep]
+            if pv.max() < self.multivariable_p:
+                break
+            keep.remove(pv.idxmax())
+            result = _fit_logit(y01, block[keep])
+        if result is None:
+            raise ValueError(f"ClinicalModel: the multivariable fit on {keep} failed.")
+        self.selected_ = keep
+        self.result_ = result
+        self.params_ = result.params.copy()
+        self.multivariable_table_ = _or_table(result, keep)
+        return self
+
+
+class CombinedModel(_LogitModel):
+    """Nomogram model: logistic regression on rad-score column(s) plus clinical factors.
+
+    Parameters
+    ----------
+    columns : list of str, optional
+        Predictors (e.g. ``["rad_score", "ER"]``); all columns of ``X`` by default.
+    vif_limit : float, default=5.0
+        A ``UserWarning`` is issued for any predictor with a larger VIF (the paper reports
+        1.04-1.18).
+
+    Attributes
+    ----------
+    table_ : DataFrame
+        ``variable, coef, OR, ci_low, ci_high, p`` of the fit.
+    vif_ : Series
+        Variance inflation factor of each predictor.
+    params_ : Series
+        Coefficients including ``const``.
+    coef_, intercept_ : ndarray, float
+        The same numbers in scikit-learn form.
+    selected_ : list of str
+    result_ : statsmodels results.
+    """
+
+    def __init__(self, columns=None, vif_limit=5.0):
+        self.columns = columns
+        self.vif_limit = vif_limit
+
+    def fit(self, X, y):
+        """Fit the logistic model and compute VIFs."""
+        df, y01 = self._setup(X, y)
+        columns = list(df.columns) if self.columns is None else list(self.columns)
+        block = _numeric_block(df, columns, "CombinedModel")
+        self.vif_ = variance_inflation_factors(block)
+        high = self.vif_[self.vif_ > self.vif_limit]
+        if len(high):
+            warnings.warn(
+                f"CombinedModel: VIF above {self.vif_limit} for {high.round(2).to_dict()}; "
+                "the predictors are collinear.",
+                UserWarning,
+                stacklevel=2,
+            )
+        result = _fit_logit(y01, block)
+        if result is None:
+            raise ValueError(f"CombinedModel: the logistic fit on {columns} failed.")
+        self.selected_ = columns
+        self.result_ = result
+        self.params_ = result.params.copy()
+        self.table_ = _or_table(result, columns)
+        self.coef_ = self.params_[columns].to_numpy()
+        self.intercept_ = float(self.params_["const"])
+        return self
+
+
+def variance_inflation_factors(X):
+    """VIF of each column: ``1 / (1 - R^2)`` of its regression on the others plus a constant.
+
+    Uses ``statsmodels.stats.outliers_influence.variance_inflation_factor`` on ``X`` with a
+    constant column added (without it the VIFs are uncentred and meaningless).
+    """
+    df = _as_frame(X)
+    exog = sm.add_constant(df.astype(np.float64), has_constant="add").to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = [variance_inflation_factor(exog, i + 1) for i in range(df.shape[1])]
+    return pd.Series(values, index=list(df.columns), name="VIF", dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Nomogram
+# --------------------------------------------------------------------------------------
+
+# 0.01, 0.02, 0.05, 0.1, 0.2, ..., 0.9, 0.95, 0.98, 0.99
+_PROBABILITY_TICKS = (0.01, 0.02, 0.05, *(k / 10 for k in range(1, 10)), 0.95, 0.98, 0.99)
+
+
+def _linear_params(fitted):
+    """(intercept, Series of coefficients) of a fitted linear logistic model."""
+    params = getattr(fitted, "params_", None)
+    if isinstance(fitted, pd.Series):
+        params = fitted
+    if params is not None:
+        return float(params["const"]), params.drop("const").astype(np.float64)
+    if hasattr(fitted, "coef_") and hasattr(fitted, "intercept_"):
+        coef = np.ravel(fitted.coef_)
+        names = getattr(fitted, "feature_names_in_", [f"x{i}" for i in range(coef.size)])
+        return float(np.ravel(fitted.intercept_)[0]), pd.Series(coef, index=list(names))
+    raise TypeError(f"cannot read linear coefficients from {type(fitted).__name__}")
+
+
+def _axis_spec(name, spec):
+    """(low, high, tick values, tick labels) for one predictor."""
+    if isinstance(spec, dict):
+        values = np.asarray(list(spec), dtype=np.float64)
+        return values.min(), values.max(), values, [str(v) for v in spec.values()]
+    values = list(spec)
+    if len(values) < 2:
+        raise ValueError(f"feature_ranges[{name!r}] needs (low, high) or >= 2 tick values")
+    if len(values) > 2:
+        ticks = np.asarray(values, dtype=np.float64)
+        return ticks.min(), ticks.max(), ticks, [_fmt(v) for v in ticks]
+    lo, hi = float(min(values)), float(max(values))
+    if lo == hi:
+        raise ValueError(f"feature_ranges[{name!r}] is empty: {spec!r}")
+    if all(float(v).is_integer() for v in values) and hi - lo <= 10:
+        ticks = np.arange(lo, hi + 1)
+    else:
+        ticks = MaxNLocator(nbins=6).tick_values(lo, hi)
+        ticks = ticks[(ticks >= lo - 1e-12) & (ticks <= hi + 1e-12)]
+    return lo, hi, ticks, [_fmt(v) for v in ticks]
+
+
+def _fmt(v):
+    return f"{v:g}"
+
+
+def _thin(positions, labels, char_width=0.9):
+    """Drop ticks whose labels would touch the previous kept one.
+
+    Positions are on the 0-100 axis scale; an 8-pt character is about 0.9 units wide on the
+    default 10-inch figure.
+    """
+    kept_p, kept_l = [], []
+    for pos, lab in sorted(zip(positions, labels, strict=True)):
+        if kept_p:
+            needed = char_width * (len(kept_l[-1]) + len(lab)) / 2 + 1.0
+            if pos - kept_p[-1] < needed:
+                continue
+        kept_p.append(pos)
+        kept_l.append(lab)
+    return kept_p, kept_l
+
+
+def plot_nomogram(fitted_combined, feature_ranges, title=None, note=None):
+    """Draw an rms-style nomogram of a fitted logistic model.
+
+    Each predictor gets an axis whose length is its coefficient times its range; the one
+    with the largest effect spans 0-100 points. Points add up on the total-points axis,
+    which maps to the linear predictor and the predicted probability.
+
+    Parameters
+    ----------
+    fitted_combined : CombinedModel, ClinicalModel, fitted LogisticRegression or Series
+        Anything with ``params_`` (including ``const``), or ``coef_``/``intercept_``.
+    feature_ranges : dict
+        For every predictor: ``(low, high)`` (integer ranges of width <= 10 get a tick per
+        integer, others "nice" ticks), a list of tick values, or ``{value: label}`` for
+        coded categories, e.g. ``{0: "ER-", 1: "ER+"}``.
+    title, note : str, optional
+        Figure title and a footnote.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Built without pyplot (no global backend state); save it with ``fig.savefig``.
+    """
+    intercept, coefs = _linear_params(fitted_combined)
+    missing = [n for n in coefs.index if n not in feature_ranges]
+    if missing:
+        raise ValueError(f"feature_ranges lacks {missing}")
+    specs = {n: _axis_spec(n, feature_ranges[n]) for n in coefs.index}
+    effects = {n: abs(coefs[n]) * (specs[n][1] - specs[n][0]) for n in coefs.index}
+    top = max(effects.values())
+    if not np.isfinite(top) or top <= 0:
+        raise ValueError("every predictor has zero effect over its range; nothing to draw")
+    scale = 100.0 / top  # points per unit of linear predictor
+    low_lp = {n: min(coefs[n] * specs[n][0], coefs[n] * specs[n][1]) for n in coefs.index}
+    total_max = sum(effects.values()) * scale
+    lp0 = intercept + sum(low_lp.values())
+
+    def total_x(points):
+        return np.asarray(points, dtype=float) * 100.0 / total_max
+
+    rows = ["Points", *coefs.index, "Total points", "Linear predictor", "Probability"]
+    fig = Figure(figsize=(10, 0.62 * len(rows) + 1.4))
+    ax = fig.add_axes((0.2, 0.1 if note else 0.04, 0.76, 0.82 if title else 0.9))
+    ax.set_xlim(-2, 104)
+    ax.set_ylim(-len(rows) + 0.4, 0.8)
+    ax.axis("off")
+
+    def draw(row, positions, labels, x_from, x_to):
+        y = -row
+        ax.plot([x_from, x_to], [y, y], color="black", lw=1)
+        positions, labels = _thin(positions, labels)
+        for pos, lab in zip(positions, labels, strict=True):
+            ax.plot([pos, pos], [y, y + 0.12], color="black", lw=1)
+            ax.text(pos, y + 0.17, lab, ha="center", va="bottom", fontsize=8)
+        ax.text(-4, y, rows[row], ha="right", va="center", fontsize=10, transform=ax.transData)
+
+    # Guides on the 0-100 scale only: the total-points rows below have their own scale.
+    ax.vlines(range(0, 101, 10), -len(coefs) - 0.3, 0.3, color="0.9", lw=0.6, zorder=0)
+    draw(0, list(range(0, 101, 10)), [str(v) for v in range(0, 101, 10)], 0, 100)
+
+    for row, name in enumerate(coefs.index, start=1):
+        lo, hi, ticks, labels = specs[name]
+        pts = (coefs[name] * np.asarray(ticks) - low_lp[name]) * scale
+        ends = (coefs[name] * np.array([lo, hi]) - low_lp[name]) * scale
+        draw(row, list(pts), labels, ends.min(), ends.max())
+
+    row = len(coefs) + 1
+    totals = MaxNLocator(nbins=10).tick_values(0, total_max)
+    totals = totals[(totals >= 0) & (totals <= total_max + 1e-9)]
+    draw(row, list(total_x(totals)), [_fmt(t) for t in totals], 0, 100)
+
+    lp_ticks = MaxNLocator(nbins=8).tick_values(lp0, lp0 + total_max / scale)
+    lp_ticks = lp_ticks[(lp_ticks >= lp0 - 1e-9) & (lp_ticks <= lp0 + total_max / scale + 1e-9)]
+    draw(row + 1, list(total_x((lp_ticks - lp0) * scale)), [_fmt(t) for t in lp_ticks], 0, 100)
+
+    probs = np.array(_PROBABILITY_TICKS)
+    lp_p = np.log(probs / (1 - probs))
+    inside = (lp_p >= lp0) & (lp_p <= lp0 + total_max / scale)
+    p_from, p_to = total_x((np.array([lp0, lp0 + total_max / scale]) - lp0) * scale)
+    draw(
+        row + 2,
+        list(total_x((lp_p[inside] - lp0) * scale)),
+        [_fmt(p) for p in probs[inside]],
+        p_from,
+        p_to,
+    )
+
+    if title:
+        fig.suptitle(title, fontsize=12)
+    if note:
+        fig.text(0.02, 0.02, note, fontsize=8, ha="left", va="bottom")
+    return fig
