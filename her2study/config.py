@@ -43,6 +43,7 @@ class RegionConfig:
     bands_mm: List[List[float]] = field(default_factory=list)  # extra bands [inner, outer]
     fov: str = "nonzero"  # clip rings to: nonzero (image > 0) | none
     min_coverage: float = 0.8  # warn when a clipped ring keeps less of its full annulus
+    reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
 
 
@@ -79,6 +80,8 @@ class SelectionConfig:
     lasso_scoring: str = "neg_log_loss"  # neg_log_loss (deviance, as glmnet) | roc_auc
     lasso_n_lambdas: int = 20
     max_features: Optional[int] = None  # cap on LASSO-selected features
+    icc_threshold: Optional[float] = None  # drop features with reader-1 vs reader-2 ICC below
+    icc_kind: str = "ICC(2,1)"  # ICC(2,1) absolute agreement | ICC(3,1) consistency
 
 
 @dataclass

@@ -126,6 +126,48 @@ def cv_auc(estimator, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> f
     return auc_delong(y.to_numpy(), prob).auc
 
 
+def icc_filter(features: pd.DataFrame, train, sel) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop features whose inter-reader ICC on the training cases is below the threshold.
+
+    The ICC uses no labels, so computing it on the training cases outside the CV pipeline
+    leaks nothing; test cases are never used. Reader-2 columns are removed either way.
+    """
+    from her2study.selection import icc
+
+    r2 = [c for c in features.columns if c.startswith("reader2__")]
+    base = features.drop(columns=r2)
+    if sel.icc_threshold is None or not r2:
+        if sel.icc_threshold is not None:
+            log.warning("selection.icc_threshold is set but no reader-2 features exist")
+        return base, pd.DataFrame(columns=["icc"])
+    pairs = [c[len("reader2__") :] for c in r2 if c[len("reader2__") :] in base.columns]
+    rows = features.loc[train, [f"reader2__{c}" for c in pairs]].notna().all(axis=1)
+    idx = rows.index[rows]
+    if len(idx) < 5:
+        raise ConfigError(
+            f"selection.icc_threshold needs >= 5 training cases read twice, found {len(idx)}"
+        )
+    with np.errstate(all="ignore"):
+        values = icc(
+            features.loc[idx, pairs].to_numpy(),
+            features.loc[idx, [f"reader2__{c}" for c in pairs]].to_numpy(),
+            kind=sel.icc_kind,
+        )
+    table = pd.DataFrame({"icc": values}, index=pd.Index(pairs, name="feature"))
+    keep = [
+        c for c in base.columns if c not in table.index or table.at[c, "icc"] >= sel.icc_threshold
+    ]
+    log.info(
+        "ICC filter (%s >= %.2f on %d training cases read twice): kept %d of %d features",
+        sel.icc_kind,
+        sel.icc_threshold,
+        len(idx),
+        len(keep),
+        base.shape[1],
+    )
+    return base[keep], table
+
+
 def fit_signatures(
     features: pd.DataFrame,
     clinical: pd.DataFrame,
@@ -139,6 +181,8 @@ def fit_signatures(
     ytr = y.loc[train]
     fits: list[SignatureFit] = []
     seed = int(cfg.seed)
+
+    features, icc_table = icc_filter(features, train, cfg.selection)
 
     if clinical.shape[1]:
         ccfg = cfg.model.clinical
@@ -176,6 +220,8 @@ def fit_signatures(
         fit = SignatureFit(
             name, "radiomics", pipe, prob, cols, selected_coefficients(pipe), lasso_details(pipe)
         )
+        if len(icc_table):
+            fit.details["icc"] = icc_table[icc_table.index.str.split("_", n=1).str[0].isin(regions)]
         log.info("%s: %d features selected of %d", name, len(fit.coefficients), len(cols))
         fits.append(fit)
 

@@ -79,3 +79,40 @@ FAST_PARAMS = {
     "imageType": {"Original": {}},
     "featureClass": {"firstorder": None, "shape2D": None, "glcm": None},
 }
+
+
+@pytest.fixture
+def compose():
+    """Compose the project's Hydra config with overrides (no run, no output folder)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from her2study.config import register_configs
+
+    register_configs()
+
+    def _compose(*overrides):
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides))
+
+    return _compose
+
+
+def noise_features(n=120, p=40, seed=0, signal=("intra_f0", "peri1mm_f0")):
+    """A features table with named region columns; the ``signal`` columns carry the label."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n * 6 // 10, int), np.zeros(n - n * 6 // 10, int)]
+    rng.shuffle(y)
+    cols = [f"{r}_f{i}" for r in ("intra", "peri1mm", "peri2mm") for i in range(p)]
+    X = pd.DataFrame(rng.normal(size=(n, len(cols))), columns=cols)
+    for c in signal:
+        X[c] += 1.2 * y
+    X.index = pd.Index([f"P{i:03d}" for i in range(n)], name="case_id")
+    clinical = pd.DataFrame(
+        {
+            "age": rng.normal(52, 12, n).round(),
+            "er_pct": np.clip(rng.normal(70 + 8 * y, 25), 0, 100),
+        },
+        index=X.index,
+    )
+    return X, clinical, pd.Series(y, index=X.index, name="label")

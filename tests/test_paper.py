@@ -8,13 +8,21 @@ import pandas as pd
 import pytest
 from mlflow_server import mlflow_server  # noqa: F401  (fixture)
 
-SMALL = ["extractor=fast", "data.synthetic.n_cases=60", "execution.progress=false",
-         "evaluation.cv_folds=3", "selection.lasso_cv=5"]
+SMALL = [
+    "extractor=fast",
+    "data.synthetic.n_cases=60",
+    "execution.progress=false",
+    "evaluation.cv_folds=3",
+    "selection.lasso_cv=5",
+]
 
 
 def run_cli(args, cwd, timeout=600):
     res = subprocess.run(
-        [sys.executable, "-m", "her2study", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "her2study", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
@@ -52,7 +60,9 @@ def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F
     )
     metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
     assert metrics["IntraPeri_1_mm.test.auc"] == pytest.approx(row_auc(table3), abs=5e-4)
-    assert {"Nomogram.test.hl_p", "Intra.train.brier", "Clinic.test.net_benefit_0.5"} <= set(metrics)
+    assert {"Nomogram.test.hl_p", "Intra.train.brier", "Clinic.test.net_benefit_0.5"} <= set(
+        metrics
+    )
     params = {p["key"]: p["value"] for p in parent["data"]["params"]}
     assert params["region.ring_widths_mm"] == "[1.0, 2.0]"
     assert params["data.synthetic"] == "True"
@@ -71,8 +81,18 @@ def row_auc(table3):
 
 def test_margin_sweep_and_compare(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_cli(["-m", "+exp=paper", *SMALL, "tracking.log_model=false", "study=sweep",
-             f"tracking.tracking_uri={store}", "region.ring_widths_mm=[0.5],[1.0],[3.0]"], tmp_path)
+    run_cli(
+        [
+            "-m",
+            "+exp=paper",
+            *SMALL,
+            "tracking.log_model=false",
+            "study=sweep",
+            f"tracking.tracking_uri={store}",
+            "region.ring_widths_mm=[0.5],[1.0],[3.0]",
+        ],
+        tmp_path,
+    )
     jobs = sorted((tmp_path / "multirun" / "sweep").glob("*/*/table3.csv"))
     assert len(jobs) == 3
     res = run_cli(["task=compare", "study=sweep", f"tracking.tracking_uri={store}"], tmp_path)

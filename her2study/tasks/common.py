@@ -37,6 +37,40 @@ def extractor_params(cfg) -> dict:
     return load_params(cfg.extractor.params_file, params)
 
 
+def add_reader2_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
+    """Features of the second reader's masks, as ``reader2__<column>`` (NaN where absent)."""
+    from dataclasses import replace
+
+    from her2study.cohort.manifest import Cohort
+
+    read2 = [replace(c, mask=c.mask_reader2) for c in cohort.cases if c.mask_reader2 is not None]
+    if not read2:
+        log.warning("no mask_reader2 in the manifest: the ICC filter has nothing to compare")
+        return fs
+    sub = Cohort(
+        table=cohort.table.loc[[c.case_id for c in read2]], source=cohort.source, cases=read2
+    )
+    fs2 = extract_features(
+        sub,
+        specs,
+        extractor_params(cfg),
+        cfg.cache_dir,
+        fov_mode=cfg.region.fov,
+        mask_label=cfg.data.mask_label,
+        n_jobs=cfg.execution.n_jobs,
+        backend=cfg.execution.backend,
+        progress=cfg.execution.progress,
+        min_coverage=cfg.region.min_coverage,
+    )
+    table = fs.table.join(fs2.table.add_prefix("reader2__"))
+    return FeatureSet(
+        table=table,
+        region_stats=fs.region_stats,
+        n_cached=fs.n_cached + fs2.n_cached,
+        n_extracted=fs.n_extracted + fs2.n_extracted,
+    )
+
+
 def cohort_and_features(cfg):
     """Load the configured cohort and its features (extracted and cached, or the given table)."""
     cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs)
@@ -56,6 +90,8 @@ def cohort_and_features(cfg):
         progress=cfg.execution.progress,
         min_coverage=cfg.region.min_coverage,
     )
+    if cfg.region.reader2 or cfg.selection.icc_threshold is not None:
+        fs = add_reader2_features(cohort, fs, specs, cfg)
     log.info(
         "features: %d cases x %d columns (%s); %d region entries from cache, %d extracted",
         fs.table.shape[0],

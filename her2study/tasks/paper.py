@@ -100,6 +100,8 @@ def write_tables(out: Path, fits, metrics, comparison, tests, split, source) -> 
         for key in ("univariable", "multivariable"):
             if fit.details.get(key) is not None:
                 save(f"clinical_{key}", fit.details[key])
+        if "icc" in fit.details:
+            save(f"icc_{tag}", fit.details["icc"].reset_index(), md=False)
         if "vif" in fit.details:
             save(
                 "nomogram_vif",

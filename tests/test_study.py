@@ -1,0 +1,116 @@
+"""The paper protocol on a split: training-only fitting, thresholds, ICC, features-table input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import noise_features
+
+from her2study.split import block_split
+from her2study.study import evaluate_signatures, fit_signatures, icc_filter, paired_delong
+
+QUICK = ["selection.lasso_cv=5", "evaluation.cv_folds=3"]
+
+
+@pytest.fixture
+def data():
+    X, clinical, y = noise_features()
+    table = clinical.assign(label=y)
+    split = block_split(table, "label", test_size=0.3, seed=1)
+    return X, clinical, y, split
+
+
+def test_signatures_never_see_test_labels(compose, data):
+    X, clinical, y, split = data
+    cfg = compose("+exp=paper", *QUICK)
+    fits = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+    assert [f.name for f in fits] == [
+        "Clinic",
+        "Intra",
+        "IntraPeri 1 mm",
+        "IntraPeri 2 mm",
+        "Nomogram",
+    ]
+    shuffled = y.copy()
+    test = split.index[split == "test"]
+    shuffled.loc[test] = np.random.default_rng(5).permutation(y.loc[test].to_numpy())
+    again = fit_signatures(X, clinical, shuffled, split, [1.0, 2.0], cfg)
+    for a, b in zip(fits, again, strict=True):
+        pd.testing.assert_series_equal(a.prob, b.prob)
+    # the planted columns are found
+    assert "peri1mm_f0" in fits[2].coefficients.index
+    assert all(c.startswith(("intra_", "peri1mm_")) for c in fits[2].columns)
+
+
+def test_threshold_from_training_applied_to_test(compose, data):
+    X, clinical, y, split = data
+    cfg = compose("+exp=paper", *QUICK)
+    fits = fit_signatures(X, clinical, y, split, [1.0], cfg)
+    metrics = evaluate_signatures(fits, y, split, cfg)
+    assert set(metrics["set"]) == {"train", "test"}
+    per_sig = metrics.groupby("signature")["threshold"].nunique()
+    assert (per_sig == 1).all()
+    row = metrics[(metrics["set"] == "test") & (metrics["signature"] == "IntraPeri 1 mm")].iloc[0]
+    assert 0.6 < row["auc"] <= 1 and row["auc_ci_low"] < row["auc"] < row["auc_ci_high"]
+    tests = paired_delong(fits, y, split)
+    assert len(tests) == 2 * (len(fits) * (len(fits) - 1) // 2)
+    assert tests["p"].between(0, 1).all()
+
+
+def test_fixed_signature_for_nomogram_and_unknown_name(compose, data):
+    X, clinical, y, split = data
+    cfg = compose("+exp=paper", *QUICK, "model.nomogram.signature=IntraPeri 2 mm")
+    fits = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+    assert fits[-1].details["base_signature"] == "IntraPeri 2 mm"
+    assert fits[-1].details["vif"].max() < 5
+    cfg = compose("+exp=paper", *QUICK, "model.nomogram.signature=IntraPeri 9 mm")
+    with pytest.raises(ValueError, match="model.nomogram.signature='IntraPeri 9 mm'"):
+        fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+
+
+def test_icc_filter_drops_unreliable_features(compose, data):
+    X, clinical, y, split = data
+    rng = np.random.default_rng(0)
+    r2 = X + rng.normal(scale=0.05, size=X.shape)
+    r2["intra_f1"] = rng.normal(size=len(X))  # reader 2 disagrees completely on this one
+    both = X.join(r2.add_prefix("reader2__"))
+    cfg = compose("+exp=paper", "selection.icc_threshold=0.75")
+    train = split.index[split == "train"]
+    kept, table = icc_filter(both, train, cfg.selection)
+    assert "intra_f1" not in kept.columns and "intra_f0" in kept.columns
+    assert not any(c.startswith("reader2__") for c in kept.columns)
+    assert table.loc["intra_f0", "icc"] > 0.99 and table.loc["intra_f1", "icc"] < 0.3
+    # test cases play no part: changing their reader-2 values changes nothing
+    test = split.index[split == "test"]
+    both.loc[test, "reader2__intra_f0"] = 1e6
+    kept2, table2 = icc_filter(both, train, cfg.selection)
+    pd.testing.assert_frame_equal(table, table2)
+
+
+def test_paper_on_a_features_table(tmp_path, data):
+    X, clinical, y, _ = data
+    table = X.join(clinical).assign(label=y).reset_index()
+    table.to_csv(tmp_path / "features.csv", index=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "her2study",
+            "+exp=paper",
+            "data=features",
+            f"data.features_table={tmp_path / 'features.csv'}",
+            "data.clinical_columns=[age,er_pct]",
+            "tracking=off",
+            *QUICK,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"Data: cohort from {tmp_path / 'features.csv'}" in res.stdout
+    assert "SYNTHETIC" not in res.stdout
+    assert "IntraPeri 2 mm" in res.stdout
