@@ -302,6 +302,13 @@ def evaluate_signatures(
                     f"the {set_name} set has one class only: the split cannot be evaluated"
                 )
             auc = _auc(yy, pp, ecfg, int(cfg.seed))
+            if set_name == "train" and auc.auc >= 0.999 and fit.kind != "clinical":
+                log.warning(
+                    "%s separates the training set perfectly (AUC %.3f): its coefficients are "
+                    "unstable and its calibration meaningless; a penalised model "
+                    "(model.name=lasso_logistic or ridge) or fewer features (selection.lasso_rule="
+                    "1se, selection.max_features) is advisable", fit.name, auc.auc,
+                )
             m = binary_metrics(yy, pp, thr)
             hl = hosmer_lemeshow(yy, np.clip(pp, 1e-9, 1 - 1e-9), groups=ecfg.hl_groups)
             cal = calibration_slope_intercept(yy, np.clip(pp, 1e-9, 1 - 1e-9))

@@ -147,3 +147,13 @@ def test_resume_after_kill(make_cohort, tmp_path):
     )
     pd.testing.assert_frame_equal(resumed.table, fresh.table)
     assert np.isfinite(fresh.table.to_numpy()).mean() > 0.95
+
+
+def test_dask_backend_matches_local(cohort, tmp_path):
+    """Optional extra: the same jobs on a local Dask cluster through joblib give the same table."""
+    pytest.importorskip("distributed")
+    specs = region_specs(True, [1.0])
+    local = extract_features(cohort, specs, FAST_PARAMS, tmp_path / "a", n_jobs=1)
+    dask = extract_features(cohort, specs, FAST_PARAMS, tmp_path / "b", n_jobs=2, backend="dask")
+    assert dask.n_extracted == 12
+    pd.testing.assert_frame_equal(local.table, dask.table)
