@@ -30,6 +30,8 @@ class DataConfig:
     spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
     mask_label: Optional[int] = None  # label value to use in multi-label masks
     clinical_columns: List[str] = field(default_factory=list)  # manifest columns used as clinical
+    pseudonymise: bool = False  # replace case ids by salted hashes before anything is written
+    pseudonym_salt: Optional[str] = "${oc.env:HER2STUDY_SALT,null}"  # secret; env HER2STUDY_SALT
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     synthetic_dir: str = "${cache_dir}/synthetic"  # where the synthetic cohort is written
 

@@ -69,3 +69,41 @@ def test_unknown_task(tmp_path, task):
     res = run_cli([f"task={task}"], tmp_path, 60)
     assert res.returncode == 2
     assert "unknown task 'nonsense'" in res.stderr + res.stdout
+
+
+def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path):
+    import os
+
+    args = [
+        "+exp=paper",
+        "extractor=fast",
+        "data.synthetic.n_cases=40",
+        "execution.progress=false",
+        "data.pseudonymise=true",
+        "tracking.log_model=false",
+        "selection.lasso_cv=5",
+        "evaluation.cv_folds=3",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+    ]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 2 and "HER2STUDY_SALT" in res.stderr + res.stdout
+    env = {**os.environ, "HER2STUDY_SALT": "very-secret-salt"}
+    res = subprocess.run(
+        [sys.executable, "-m", "her2study", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    split = pd.read_csv(next((tmp_path / "outputs").glob("*/*/split.csv")))
+    assert split["case_id"].str.match(r"^anon-[0-9a-f]{12}$").all()
+    # the salt is nowhere in the outputs or the tracking store
+    for path in tmp_path.rglob("*"):
+        if (
+            path.is_file()
+            and path.stat().st_size < 5_000_000
+            and ".her2study_cache" not in str(path)
+        ):
+            assert b"very-secret-salt" not in path.read_bytes(), path

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from her2study.cohort.source import load_from_config
+from her2study.errors import ConfigError
 from her2study.features import FeatureSet, extract_features, load_params
 from her2study.regions import region_specs
 
@@ -71,9 +72,62 @@ def add_reader2_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
     )
 
 
+SECRET_KEYS = ("pseudonym_salt",)
+
+
+def public_config(cfg) -> dict:
+    """The resolved config as a plain dict with secrets replaced by "***" (for logs, MLflow)."""
+
+    def redact(node):
+        if isinstance(node, dict):
+            return {
+                k: ("***" if k in SECRET_KEYS and v is not None else redact(v))
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [redact(v) for v in node]
+        return node
+
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+def protect_ids(cohort, table, data_cfg):
+    """Warn when case ids look like names or PatientIDs; pseudonymise them when asked.
+
+    The ids themselves are never printed: only how many look identifying.
+    """
+    from dataclasses import replace
+
+    from her2study.tracking import looks_identifying, pseudonymise
+
+    flagged = looks_identifying(cohort.ids)
+    if not data_cfg.pseudonymise:
+        if flagged:
+            log.warning(
+                "%d case id(s) look like patient names or PatientIDs/MRNs; they would appear in "
+                "output tables and MLflow. Set data.pseudonymise=true (with a secret "
+                "HER2STUDY_SALT) to replace every id by a salted hash before anything is written.",
+                len(flagged),
+            )
+        return cohort, table
+    if not data_cfg.pseudonym_salt:
+        raise ConfigError(
+            "data.pseudonymise=true needs a secret salt: export HER2STUDY_SALT=... "
+            "(or data.pseudonym_salt=...)"
+        )
+    codes = pseudonymise(cohort.ids, data_cfg.pseudonym_salt)
+    cohort.table = cohort.table.rename(index=codes)
+    cohort.cases = [replace(c, case_id=codes[c.case_id]) for c in cohort.cases]
+    if table is not None:
+        table = table.rename(index=codes)
+    log.info("case ids pseudonymised (salted SHA-256) for %d cases", len(codes))
+    return cohort, table
+
+
 def cohort_and_features(cfg):
     """Load the configured cohort and its features (extracted and cached, or the given table)."""
     cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs)
+    cohort, table = protect_ids(cohort, table, cfg.data)
     log.info("cohort: %d cases (%s)", len(cohort.ids), cohort.source)
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)

@@ -18,7 +18,7 @@ from her2study.cohort.source import describe_source
 from her2study.reporting import compact_comparison, compare_with_paper, to_markdown, to_text
 from her2study.split import split_from_config
 from her2study.study import evaluate_signatures, fit_signatures, paired_delong
-from her2study.tasks.common import cohort_and_features, output_dir
+from her2study.tasks.common import SECRET_KEYS, cohort_and_features, output_dir, public_config
 from her2study.tracking import Tracker, check_tracking_uri, flatten_config
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     """Parent run: config, all metrics, tables, figures; child run per signature with its model."""
     if not tracker.enabled:
         return
-    params = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    public = public_config(cfg)
+    params = flatten_config(public)
     params.update(
         {
             "data.n_cases": len(cohort.ids),
@@ -189,9 +190,10 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
         tracker.log_artifact(path, "tables")
     for name, fig in figures.items():
         tracker.log_figure(fig, f"figures/{name}.png")
-    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-    if (out / ".hydra").is_dir():
-        tracker.log_artifacts(out / ".hydra", "config/hydra")
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
+    overrides = out / ".hydra" / "overrides.yaml"
+    if overrides.is_file() and not any(k in overrides.read_text() for k in SECRET_KEYS):
+        tracker.log_artifact(overrides, "config")
     for log_file in out.glob("*.log"):
         tracker.log_artifact(log_file, "logs")
     for fit in fits:
