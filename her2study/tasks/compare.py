@@ -56,19 +56,19 @@ def plot_margins(table: pd.DataFrame, title: str, note: str | None = None):
 
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
-    off = 0.03 * max(table["ring_width_mm"].max(), 1)
-    for s, color, dx in (("train", "#1f77b4", -off), ("test", "#d62728", off)):
+    o = 0.02 * max(table["ring_width_mm"].max(), 1)
+    for s, color, dx in (("train", "#1f77b4", -1.5 * o), ("test", "#d62728", 0.5 * o)):
         x = table["ring_width_mm"] + dx
         y = table[f"{s}_auc"]
         err = np.vstack([y - table[f"{s}_auc_ci_low"], table[f"{s}_auc_ci_high"] - y])
         ax.errorbar(x, y, yerr=err, fmt="o-", color=color, capsize=3, label=f"her2study {s}")
     paper = paper_table3()
-    for s, color, dx in (("train", "#1f77b4", -off), ("test", "#d62728", off)):
+    for s, color, dx in (("train", "#1f77b4", -0.5 * o), ("test", "#d62728", 1.5 * o)):
         pts = paper[(paper["set"] == s) & paper["signature"].str.match(_RING)]
         w = pts["signature"].str.extract(_RING)[0].astype(float)
         err = np.vstack([pts["auc"] - pts["auc_ci_low"], pts["auc_ci_high"] - pts["auc"]])
         ax.errorbar(
-            w + 2 * dx,
+            w + dx,
             pts["auc"],
             yerr=err,
             fmt="s",
@@ -83,9 +83,9 @@ def plot_margins(table: pd.DataFrame, title: str, note: str | None = None):
     ax.set_ylabel("AUC (95% CI), tumour + ring signature")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     if note:
-        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=7, color="grey")
-    fig.tight_layout()
+        fig.text(0.99, 0.005, note, ha="right", va="bottom", fontsize=7, color="grey")
     return fig
 
 
