@@ -62,7 +62,8 @@ def split_from_config(table: pd.DataFrame, cfg_split, label_column: str, seed: i
     if cfg_split.method == "column":
         if "split" not in table.columns or table["split"].isna().any():
             raise ConfigError(
-                "split.method=column needs a 'split' column (train/test) filled for every case"
+                "split.method=column needs a 'split' column (train/test) filled for every case "
+                "-> fix: add it to the manifest / features table, or use split.method=block"
             )
         return table["split"].astype(str).str.lower().rename("split")
     if cfg_split.method == "block":

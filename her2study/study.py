@@ -126,6 +126,24 @@ def cv_auc(estimator, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> f
     return auc_delong(y.to_numpy(), prob).auc
 
 
+def check_class_sizes(y_train: pd.Series, cfg) -> None:
+    """Every CV inside the fit needs each class in each fold: say so before any work."""
+    counts = y_train.value_counts()
+    folds = {
+        "selection.lasso_cv": int(cfg.selection.lasso_cv),
+        "evaluation.cv_folds": int(cfg.evaluation.cv_folds),
+    }
+    smallest = int(counts.min()) if len(counts) == 2 else 0
+    for key, k in folds.items():
+        if smallest < k:
+            names = {0: cfg.data.negative_class, 1: cfg.data.positive_class}
+            which = names.get(int(counts.idxmin()), counts.idxmin()) if len(counts) else "-"
+            raise ConfigError(
+                f"the training set has {smallest} case(s) of class {which}; {key}={k} needs at "
+                f"least {k} per class: lower {key} (e.g. {key}={max(2, smallest)}) or add cases"
+            )
+
+
 def icc_filter(features: pd.DataFrame, train, sel) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Drop features whose inter-reader ICC on the training cases is below the threshold.
 
@@ -179,6 +197,7 @@ def fit_signatures(
     """Fit the paper's signatures on the training cases; predict every case."""
     train = split.index[split == "train"]
     ytr = y.loc[train]
+    check_class_sizes(ytr, cfg)
     fits: list[SignatureFit] = []
     seed = int(cfg.seed)
 
@@ -307,7 +326,9 @@ def evaluate_signatures(
                     "%s separates the training set perfectly (AUC %.3f): its coefficients are "
                     "unstable and its calibration meaningless; a penalised model "
                     "(model.name=lasso_logistic or ridge) or fewer features (selection.lasso_rule="
-                    "1se, selection.max_features) is advisable", fit.name, auc.auc,
+                    "1se, selection.max_features) is advisable",
+                    fit.name,
+                    auc.auc,
                 )
             m = binary_metrics(yy, pp, thr)
             hl = hosmer_lemeshow(yy, np.clip(pp, 1e-9, 1 - 1e-9), groups=ecfg.hl_groups)

@@ -150,6 +150,13 @@ def read_image(
         )
     if converted:
         log.info("%s: %s image converted to grayscale", path.name, converted)
+    if abs(spacing[0] - spacing[1]) > 1e-6 * max(spacing):
+        log.info(
+            "%s: anisotropic pixel spacing %.4g x %.4g mm (rings are measured in mm)",
+            path.name,
+            spacing[0],
+            spacing[1],
+        )
     image.SetSpacing(spacing)
     return sitk.Cast(image, sitk.sitkFloat32), ImageInfo(source, converted)
 

@@ -56,12 +56,16 @@ def build_extractor(params: dict):
     if key not in _EXTRACTORS:
         radiomics.setVerbosity(logging.ERROR)
         logging.getLogger("radiomics").setLevel(logging.ERROR)
+        logging.getLogger("pykwalify").setLevel(logging.CRITICAL)  # we report its errors once
         try:
             _EXTRACTORS[key] = featureextractor.RadiomicsFeatureExtractor(params)
         except Exception as exc:  # pykwalify's SchemaError and friends
+            found = [ln.strip(" -.") for ln in str(exc).splitlines() if ln.strip().startswith("- ")]
+            why = "; ".join(found) or str(exc)
             raise ConfigError(
-                f"pyradiomics rejected the extractor settings: {exc} "
-                "(see https://pyradiomics.readthedocs.io/en/latest/customization.html)"
+                f"pyradiomics rejected the extractor settings: {why} -> fix: correct the "
+                "params file or extractor.params (keys: "
+                "https://pyradiomics.readthedocs.io/en/latest/customization.html)"
             ) from None
     return _EXTRACTORS[key]
 

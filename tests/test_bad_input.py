@@ -1,0 +1,257 @@
+"""Bad input, one table: each gives one clear message naming what is wrong and the fix,
+a non-zero exit code, no half-written outputs and untouched input files.
+
+Runs the same ``run(cfg)`` that ``python -m her2study`` runs (the exit code mapping is shown
+through real subprocesses in test_cli.py).
+"""
+
+import hashlib
+import logging
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import noise_features
+from mlflow_server import free_port
+from test_cohort import _break, _write_us_dicom
+
+from her2study.__main__ import run
+
+QUICK = ["execution.progress=false", "extractor=fast", "tracking=off"]
+
+
+def manifest_case(kind):
+    def setup(make_cohort, tmp_path):
+        m = make_cohort(n=6, extra=_break(kind))
+        return ["+exp=paper", "data=manifest", f"data.manifest={m}", "data.clinical_columns=[age]"]
+
+    return setup
+
+
+def features_case(edit):
+    def setup(make_cohort, tmp_path):
+        X, clinical, y = noise_features(n=60, p=5)
+        table = X.join(clinical).assign(label=y).reset_index()
+        table = edit(table)
+        table.to_csv(tmp_path / "f.csv", index=False)
+        return [
+            "+exp=paper",
+            "data=features",
+            f"data.features_table={tmp_path / 'f.csv'}",
+            "data.clinical_columns=[age,er_pct]",
+        ]
+
+    return setup
+
+
+def dicom_without_calibration(make_cohort, tmp_path):
+    def edit(df, root):
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "img/C000.nii.gz")))
+        _write_us_dicom(root / "img/C000.dcm", img.astype(np.uint8), regions=False)
+        df.loc[0, "image"] = "img/C000.dcm"
+        return df
+
+    m = make_cohort(n=6, extra=edit)
+    return ["task=extract", "data=manifest", f"data.manifest={m}"]
+
+
+def params_file_unknown_key(make_cohort, tmp_path):
+    (tmp_path / "params.yaml").write_text("setting:\n  binWdth: 5\nimageType:\n  Original: {}\n")
+    m = make_cohort(n=6)
+    return [
+        "task=extract",
+        "data=manifest",
+        f"data.manifest={m}",
+        f"extractor.params_file={tmp_path / 'params.yaml'}",
+    ]
+
+
+def unreachable_mlflow(make_cohort, tmp_path):
+    X, clinical, y = noise_features(n=60, p=5)
+    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    return [
+        "+exp=paper",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "data.clinical_columns=[age]",
+        "tracking=sqlite",
+        f"tracking.tracking_uri=http://127.0.0.1:{free_port()}",
+    ]
+
+
+def too_few_for_folds(make_cohort, tmp_path):
+    X, clinical, y = noise_features(n=24, p=5)
+    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    return [
+        "+exp=paper",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "data.clinical_columns=[age]",
+    ]
+
+
+def features_not_numeric(t):
+    t["intra_f1"] = "high"
+    return t
+
+
+def ring_too_thin(make_cohort, tmp_path):
+    m = make_cohort(n=6)
+    return ["task=extract", "data=manifest", f"data.manifest={m}", "region.ring_widths_mm=[0.05]"]
+
+
+def unknown_data_source(make_cohort, tmp_path):
+    return ["task=extract", "data.source=pacs"]
+
+
+def unknown_split(make_cohort, tmp_path):
+    X, clinical, y = noise_features(n=60, p=5)
+    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    return [
+        "+exp=paper",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "data.clinical_columns=[age]",
+        "split.method=column",
+    ]
+
+
+BAD = [
+    # (name, setup, expected fragment, exit code)
+    ("missing file", manifest_case("missing_file"), "file not found", 2),
+    ("corrupt image", manifest_case("corrupt"), "unreadable image", 2),
+    ("mask size differs", manifest_case("size_mismatch"), "differs from image size", 2),
+    ("mask spacing differs", manifest_case("spacing_mismatch"), "mask spacing", 2),
+    ("mask origin differs", manifest_case("origin_mismatch"), "mask origin", 2),
+    ("empty mask", manifest_case("empty_mask"), "mask is empty", 2),
+    ("several labels", manifest_case("multi_label"), "set data.mask_label", 2),
+    ("multi-frame image", manifest_case("multiframe"), "multi-frame", 2),
+    ("duplicate ids", manifest_case("duplicate"), "duplicate case id", 2),
+    ("non-binary label", manifest_case("bad_label"), "is not 0 or 1", 2),
+    ("one class", manifest_case("one_class"), "only one class", 2),
+    ("NaN clinical", manifest_case("clinical_nan"), "'age' is missing (NaN)", 2),
+    ("text clinical", manifest_case("clinical_text"), "not numeric ('fifty')", 2),
+    ("bad split value", manifest_case("bad_split"), "not train/test", 2),
+    (
+        "clinical column absent",
+        features_case(lambda t: t.drop(columns=["age"])),
+        "clinical column 'age' named in config is absent",
+        2,
+    ),
+    ("feature not numeric", features_case(features_not_numeric), "'intra_f1' is not numeric", 2),
+    (
+        "DICOM without calibration",
+        dicom_without_calibration,
+        "DICOM without an ultrasound region calibration",
+        2,
+    ),
+    ("pyradiomics params unknown key", params_file_unknown_key, "pyradiomics rejected", 2),
+    ("unreachable MLflow", unreachable_mlflow, "127.0.0.1", 2),
+    ("class too small for folds", too_few_for_folds, "needs at least 10 per class", 2),
+    ("ring thinner than a pixel", ring_too_thin, "use a wider ring", 2),
+    ("unknown data source", unknown_data_source, "unknown data.source 'pacs'", 2),
+    ("split column missing", unknown_split, "needs a 'split' column", 2),
+]
+
+
+def _hashes(root):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name,setup,fragment,code", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(
+    name, setup, fragment, code, make_cohort, tmp_path, monkeypatch, compose, caplog
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = setup(make_cohort, tmp_path)
+    inputs = _hashes(tmp_path / "cohort") if (tmp_path / "cohort").exists() else {}
+    monkeypatch.chdir(work)
+    cfg = (
+        compose(*QUICK, *args)
+        if "tracking=sqlite" not in args
+        else compose(*[a for a in QUICK if a != "tracking=off"], *args)
+    )
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == code
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors  # one message, not a cascade
+    assert fragment in errors[0]
+    assert re.search(r"fix|\b(use|set|add|lower|check|start|choose|export|give)\b", errors[0])
+    # nothing half-written: no results, no temporary files left in the cache
+    assert not list(work.rglob("features.parquet")) and not list(work.rglob("table3.csv"))
+    assert not [p for p in work.rglob("*.tmp")]
+    if inputs:
+        assert _hashes(tmp_path / "cohort") == inputs
+
+
+def test_config_typo_names_the_key(compose):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose("selection.corr_treshold=0.8")
+    assert "corr_treshold" in str(info.value.__cause__ or info.value)
+
+
+HANDLED = [
+    ("RGB image", "converted to grayscale"),
+    ("anisotropic spacing", "anisotropic pixel spacing"),
+    ("mask touching the edge", "touches the image edge"),
+]
+
+
+@pytest.mark.parametrize("name,fragment", HANDLED, ids=[h[0] for h in HANDLED])
+def test_handled_input_is_logged(
+    name, fragment, make_cohort, tmp_path, monkeypatch, compose, caplog
+):
+    from conftest import ellipse_case, write_nifti
+
+    def edit(df, root):
+        if name == "RGB image":
+            img, _ = ellipse_case(seed=0)
+            rgb = np.repeat(img.astype(np.uint8)[..., None], 3, axis=2)
+            sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(root / "img/rgb.png"))
+            df["image"] = df["image"].astype(object)
+            df.loc[0, "image"] = "img/rgb.png"
+            df["mask"] = df["mask"].astype(object)
+            sitk.WriteImage(
+                sitk.ReadImage(str(root / "img/C000_mask.nii.gz")), str(root / "img/m.png")
+            )
+            df.loc[0, "mask"] = "img/m.png"
+            df["spacing_x_mm"] = [0.2] + [np.nan] * (len(df) - 1)
+            df["spacing_y_mm"] = [0.2] + [np.nan] * (len(df) - 1)
+        elif name == "mask touching the edge":
+            img, m = ellipse_case(seed=0, center=(12.0, 1.0))
+            write_nifti(img, root / "img/C000.nii.gz")
+            write_nifti(m, root / "img/C000_mask.nii.gz")
+        return df
+
+    spacing = (0.1, 0.2) if name == "anisotropic spacing" else (0.2, 0.2)
+    m = make_cohort(n=6, spacing=spacing, extra=edit)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(*QUICK, "task=extract", "data=manifest", f"data.manifest={m}")
+    with caplog.at_level(logging.INFO):
+        assert run(cfg) == 0
+    assert fragment in caplog.text
+    assert list(tmp_path.rglob("features.parquet"))
+
+
+def test_unwritable_cache_is_a_clear_error(make_cohort, tmp_path, monkeypatch, compose, caplog):
+    """A cache folder that cannot be created (a file stands in its way; CI runs as root, so
+    permission bits would not stop it) gives one message and exit code 3, inputs untouched."""
+    m = make_cohort(n=4)
+    inputs = _hashes(tmp_path / "cohort")
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(
+        *QUICK,
+        "task=extract",
+        "data=manifest",
+        f"data.manifest={m}",
+        f"cache_dir={tmp_path / 'blocked'}",
+    )
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 3
+    assert "cannot write" in caplog.text and "writable folder" in caplog.text
+    assert _hashes(tmp_path / "cohort") == inputs
