@@ -176,7 +176,7 @@ def _write_us_dicom(path, arr, delta_cm=(0.01, 0.02), regions=True, frames=1):
     ds.SOPClassUID = UltrasoundImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.PatientName = "Doe^Jane"
-    ds.PatientID = "123456"
+    ds.PatientID = "PIDX9Q7Z"
     ds.Modality = "US"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
