@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from her2study.errors import ConfigError
+from her2study.report import compare_report
 from her2study.reporting import paper_table3, to_markdown, to_text
 from her2study.tasks.common import output_dir
 from her2study.tracking import Tracker, check_tracking_uri, runs_table, sanitize_key
@@ -108,6 +109,14 @@ def run(cfg) -> int:
     (out / "margins.md").write_text(f"_{source}_\n\n" + to_markdown(table) + "\n")
     fig = plot_margins(table, f"Which margin? ({experiment})", note=source if synthetic else None)
     fig.savefig(out / "margins.png", dpi=120)
+    report = compare_report(
+        out,
+        table=table,
+        figure=fig,
+        source=source,
+        synthetic=bool(synthetic),
+        experiment=experiment,
+    )
     shown = table[
         [
             "ring_width_mm",
@@ -129,4 +138,5 @@ def run(cfg) -> int:
     ) as tracker:
         tracker.log_table(table, "margins.csv")
         tracker.log_figure(fig, "margins.png")
+        tracker.log_artifact(report, "report")
     return 0

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from her2study import __version__
 from her2study.cohort.source import describe_source
+from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_markdown, to_text
 from her2study.split import split_from_config
 from her2study.study import evaluate_signatures, fit_signatures, paired_delong
@@ -49,11 +50,25 @@ def run(cfg) -> float:
     figures = make_figures(fits, y, split, cfg, source)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=120)
+    report = paper_report(
+        out,
+        cfg=cfg,
+        cohort=cohort,
+        split=split,
+        fits=fits,
+        metrics=metrics,
+        comparison=comparison,
+        tests=tests,
+        figures=figures,
+        clinical_columns=clinical_columns(cfg),
+        features=fs.table,
+    )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
     print(f"\nData: {source}; training {n_train}, test {n_test} cases")
     print(to_text(compact_comparison(comparison)))
     print(f"(thresholds: Youden on training; full table with the paper's figures: {out}/table3.md)")
+    print(f"report: {report}")
 
     tags = {
         "task": "paper",
@@ -190,6 +205,8 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
         tracker.log_artifact(path, "tables")
     for name, fig in figures.items():
         tracker.log_figure(fig, f"figures/{name}.png")
+    if (out / "report.html").is_file():
+        tracker.log_artifact(out / "report.html", "report")
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
     overrides = out / ".hydra" / "overrides.yaml"
     if overrides.is_file() and not any(k in overrides.read_text() for k in SECRET_KEYS):

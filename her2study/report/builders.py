@@ -1,0 +1,461 @@
+"""The reports of ``task=paper``, ``task=search`` and ``task=compare``, built from what they pass.
+
+Each writes ``<out_dir>/report.html`` (see :mod:`her2study.report.html`) and returns its path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from her2study.report.checklist import reviewer_checklist, sel
+from her2study.report.html import Captioned, Grid, Heading, Html, Section, esc, write_report
+from her2study.report.table1 import cohort_summary, format_p, format_summary
+
+__all__ = [
+    "compare_report",
+    "design_items",
+    "figure_blocks",
+    "paper_report",
+    "search_design_items",
+    "search_report",
+    "split_table",
+]
+
+REPORT_NAME = "report.html"
+
+TABLE1_NOTE = (
+    "Continuous: median (Q1, Q3), Mann-Whitney U test. Categorical (at most 5 values): n (%), "
+    "chi-squared test, or Fisher's exact test for a 2x2 table with an expected count below 5. "
+    "Two-sided p."
+)
+
+# figure name prefix -> (order, caption template)
+_FIGURES = [
+    ("roc_", "ROC curves, {set} (AUC with DeLong 95% CI; shaded: bootstrap band)"),
+    ("calibration_", "Calibration, {set} (binned observed vs predicted risk)"),
+    ("dca_", "Decision curves, {set} (net benefit against threshold probability)"),
+    ("lasso_cv_", "LASSO cross-validation curve, {set}"),
+    ("coefficients_", "Selected features and their coefficients, {set}"),
+    ("nomogram", "Nomogram"),
+    ("margins", "AUC against peritumoral ring width"),
+    ("ring_frequency", "Ring widths of the winning configurations"),
+]
+_SETS = {"train": "training set", "test": "test set", "nested_oof": "pooled outer folds"}
+
+
+def _caption(name: str) -> tuple[int, str]:
+    for i, (prefix, template) in enumerate(_FIGURES):
+        if name.startswith(prefix):
+            rest = name[len(prefix) :]
+            what = _SETS.get(rest, rest.replace("_", " "))
+            return i, template.format(set=what) if "{set}" in template else template
+    return len(_FIGURES), name.replace("_", " ")
+
+
+def figure_blocks(figures: dict) -> list:
+    """Figures grouped by kind (ROC, calibration, DCA, LASSO, ...), pairs side by side."""
+    groups: dict[int, list] = {}
+    for name, fig in figures.items():
+        order, caption = _caption(name)
+        groups.setdefault(order, []).append(Captioned(fig, caption))
+    blocks: list = []
+    for order in sorted(groups):
+        items = groups[order]
+        blocks.append(Grid(items) if len(items) > 1 else items[0])
+    return blocks
+
+
+def split_table(y: pd.Series, split: pd.Series, class_names=("HER2-zero", "HER2-low")):
+    """n per set (rows) and class (columns), with totals."""
+    rows = []
+    for name, mask in (
+        ("training", split == "train"),
+        ("test", split == "test"),
+        ("total", pd.Series(True, index=split.index)),
+    ):
+        yy = y[mask[mask].index]
+        rows.append(
+            {
+                "set": name,
+                f"{class_names[0]} (label 0)": int((yy == 0).sum()),
+                f"{class_names[1]} (label 1)": int((yy == 1).sum()),
+                "total": len(yy),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def design_items(cfg, fits=None) -> dict[str, str]:
+    """The paper design's settings, in words."""
+    method = sel(cfg, "split.method", "block")
+    if method == "block":
+        split = (
+            f"stratified block randomisation, block size {sel(cfg, 'split.block_size')}, test "
+            f"fraction {float(sel(cfg, 'split.test_size', 0)):.4g}, ordered by "
+            f"{sel(cfg, 'split.balance_on') or 'nothing'} within class, seed {sel(cfg, 'seed')}"
+        )
+    else:
+        split = "the cohort's own split column (train/test)"
+    corr = sel(cfg, "selection.corr_threshold")
+    mwc = sel(cfg, "selection.mw_correction")
+    selection = (
+        f"z-score -> {sel(cfg, 'selection.corr_method', 'spearman')} |rho| > {corr} (one of each "
+        f"pair dropped: {sel(cfg, 'selection.corr_rule')}) -> Mann-Whitney p < "
+        f"{sel(cfg, 'selection.mw_alpha')}"
+        + (f" ({mwc})" if mwc else "")
+        + f" -> LASSO logistic, {sel(cfg, 'selection.lasso_cv')}-fold CV, lambda "
+        f"{sel(cfg, 'selection.lasso_rule')} ({sel(cfg, 'selection.lasso_scoring')}, "
+        f"{sel(cfg, 'selection.lasso_n_lambdas')} lambdas)"
+    )
+    if sel(cfg, "selection.max_features") is not None:
+        selection += f", at most {sel(cfg, 'selection.max_features')} features"
+    params = sel(cfg, "model.params") or {}
+    model = str(sel(cfg, "model.name", "logistic")) + (f" {params}" if params else "")
+    base = "-"
+    for fit in fits or []:
+        if fit.kind == "nomogram":
+            base = fit.details.get("base_signature", "-")
+    ci = sel(cfg, "evaluation.ci", "delong")
+    items = {
+        "Split": split,
+        "Regions": ", ".join(
+            ["tumour"] * bool(sel(cfg, "region.include_intra", True))
+            + [f"tumour + {float(w):g} mm ring" for w in sel(cfg, "region.ring_widths_mm", [])]
+        ),
+        "Feature selection (inside the training fit)": selection,
+        "Radiomics model": model,
+        "Clinical model": f"univariable logistic screening p < "
+        f"{sel(cfg, 'model.clinical.univariable_p')}, multivariable backward elimination p < "
+        f"{sel(cfg, 'model.clinical.multivariable_p')}",
+        "Nomogram": f"rad-score of {base} + the clinical model's factors "
+        f"(signature: {sel(cfg, 'model.nomogram.signature')}; VIF warning above "
+        f"{sel(cfg, 'model.nomogram.vif_limit')})",
+        "Threshold": "Youden index on training, applied to test"
+        if sel(cfg, "evaluation.threshold") == "youden"
+        else f"fixed {sel(cfg, 'evaluation.fixed_threshold')}",
+        "AUC confidence interval": "DeLong"
+        if ci == "delong"
+        else f"bootstrap ({sel(cfg, 'evaluation.n_boot')} replicates)",
+    }
+    return items
+
+
+def search_design_items(cfg, n_cases: int | None = None) -> dict[str, str]:
+    """The nested-search design (``cfg.search``) in words, for :func:`search_report`."""
+    space = sel(cfg, "search.space", {}) or {}
+    seed = sel(cfg, "search.seed")
+    items = {
+        "Outer CV (the estimate)": f"{sel(cfg, 'search.outer_folds')}-fold stratified x "
+        f"{sel(cfg, 'search.outer_repeats')} repeat(s); the search never sees the outer test "
+        "fold",
+        "Inner CV (the objective)": f"{sel(cfg, 'search.inner_folds')}-fold stratified, mean AUC",
+        "Trials": f"{sel(cfg, 'search.n_trials')} per study ({sel(cfg, 'search.sampler')} "
+        f"sampler, {sel(cfg, 'search.n_startup_trials')} start-up trials)",
+        "Search space": "\n".join(f"{k}: {v}" for k, v in space.items()) or "-",
+        "Final configuration": "one more search on all cases (its own inner AUC is optimistic; "
+        "its performance estimate is the nested one)"
+        if sel(cfg, "search.final", True)
+        else "not searched (search.final=false)",
+        "Seed": str(seed if seed is not None else sel(cfg, "seed")),
+    }
+    if n_cases is not None:
+        items = {"Cases": str(n_cases), **items}
+    return items
+
+
+def _coefficients(coef: pd.Series) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {
+            "feature": [str(i) for i in coef.index],
+            "region": [str(i).split("_", 1)[0] for i in coef.index],
+            "coefficient": coef.to_numpy(dtype=float),
+        }
+    )
+    if df["coefficient"].notna().any():
+        df = df.reindex(df["coefficient"].abs().sort_values(ascending=False).index)
+    return df.reset_index(drop=True)
+
+
+def _p_cols(df: pd.DataFrame) -> pd.DataFrame:
+    """p-value columns as text (<0.001)."""
+    out = df.copy()
+    for c in out.columns:
+        if c == "p" or str(c).endswith("_p"):
+            out[c] = out[c].map(format_p)
+    return out
+
+
+def _feature_blocks(fits, cfg) -> list:
+    blocks: list = [
+        "Coefficients are on the z-scored scale of the training set (the pipeline's scaling "
+        "step), sorted by absolute size."
+    ]
+    for fit in fits:
+        d = fit.details
+        blocks.append(Heading(f"{fit.name} ({fit.kind})"))
+        if fit.kind == "radiomics":
+            coef = fit.coefficients if fit.coefficients is not None else pd.Series(dtype=float)
+            text = f"{len(coef)} of {len(fit.columns)} candidate features selected."
+            if "lasso_lambda" in d:
+                text += (
+                    f" LASSO lambda {d['lasso_lambda']:.4g} "
+                    f"(rule {sel(cfg, 'selection.lasso_rule', 'min')}; lambda.min "
+                    f"{d['lasso_lambda_min']:.4g}; CV metric: {d.get('lasso_metric', '-')})."
+                )
+            blocks.append(text)
+            blocks.append(_coefficients(coef))
+            if "icc" in d and len(d["icc"]):
+                icc = d["icc"]["icc"]
+                low = int((icc < sel(cfg, "selection.icc_threshold", 0)).sum())
+                blocks.append(
+                    f"Inter-reader ICC of this signature's candidate features: median "
+                    f"{icc.median():.3f}, {low} below the threshold (removed)."
+                )
+        elif fit.kind == "clinical":
+            chosen = list(getattr(fit.model, "selected_", []))
+            blocks.append(
+                f"Candidates: {', '.join(map(str, fit.columns))}. Kept: "
+                f"{', '.join(map(str, chosen)) or '-'}."
+            )
+            for key, caption in (
+                ("univariable", "Univariable logistic regression (training set)"),
+                ("multivariable", "Multivariable logistic regression (training set)"),
+            ):
+                if d.get(key) is not None:
+                    blocks.append(Captioned(_p_cols(d[key]), caption))
+        elif fit.kind == "nomogram":
+            blocks.append(
+                f"Rad-score of {d.get('base_signature', '-')} plus "
+                f"{', '.join(c for c in fit.columns if c != 'rad_score') or 'no clinical factor'}."
+            )
+            cv = {k: v for k, v in (d.get("cv_auc") or {}).items() if pd.notna(v)}
+            if cv:
+                blocks.append(
+                    "Signature chosen by training cross-validated AUC: "
+                    + "; ".join(f"{k} {v:.3f}" for k, v in cv.items())
+                )
+            if d.get("table") is not None:
+                blocks.append(Captioned(_p_cols(d["table"]), "Nomogram logistic regression"))
+            if d.get("vif") is not None:
+                vif = d["vif"].rename("VIF").rename_axis("predictor").reset_index()
+                blocks.append(Captioned(vif, "Variance inflation factors"))
+    return blocks
+
+
+def _by_set(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered training first, then test (stable within a set); set, signature first."""
+    if "set" not in df:
+        return df.reset_index(drop=True)
+    order = df["set"].map({"train": 0, "test": 1}).fillna(2).to_numpy()
+    df = df.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+    first = [c for c in ("set", "signature") if c in df]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def split_comparison(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``compare_with_paper`` output as two page-wide tables (AUC; threshold metrics), by set."""
+    df = _by_set(comparison)
+    keys = [c for c in ("set", "signature") if c in df]
+    auc_cols = [c for c in df.columns if "AUC" in str(c)]
+    rest = [c for c in df.columns if c not in keys and c not in auc_cols]
+    return df[keys + auc_cols], df[keys + rest]
+
+
+_CAL_COLS = [
+    "signature",
+    "set",
+    "n",
+    "threshold",
+    "cal_slope",
+    "cal_intercept",
+    "hl_chi2",
+    "hl_p",
+    "brier",
+]
+
+
+def paper_report(
+    out_dir,
+    *,
+    cfg,
+    cohort,
+    split: pd.Series,
+    fits,
+    metrics: pd.DataFrame,
+    comparison: pd.DataFrame,
+    tests: pd.DataFrame,
+    figures: dict,
+    clinical_columns: list[str],
+    features: pd.DataFrame | None = None,
+    checklist: dict | None = None,
+    date: str | None = None,
+) -> Path:
+    """The ``task=paper`` report: ``out_dir/report.html``.
+
+    ``features`` (optional) is only used to count missing values; ``checklist`` adds to or
+    replaces items of the generated reviewer checklist.
+    """
+    pos = sel(cfg, "data.positive_class", "HER2-low")
+    neg = sel(cfg, "data.negative_class", "HER2-zero")
+    names = (neg, pos)
+    label = cohort.label_column
+    source = (
+        "SYNTHETIC cohort (simulated ultrasound; not clinical data)"
+        if cohort.synthetic
+        else str(cohort.source)
+    )
+    table = cohort.table.loc[split.index] if len(split) else cohort.table
+    y = table[label].astype(int)
+    cols = [c for c in clinical_columns if c in table.columns]
+
+    # cohort
+    cohort_blocks: list = [
+        f"{len(table)} cases: {int((y == 1).sum())} {pos} (label 1) and {int((y == 0).sum())} "
+        f"{neg} (label 0). Data: {source}."
+    ]
+    if cols:
+        for heading, idx in (
+            ("All cases", table.index),
+            ("Training set", split.index[split == "train"]),
+            ("Test set", split.index[split == "test"]),
+        ):
+            summary = cohort_summary(table.loc[idx], label, cols, class_names=names)
+            cohort_blocks += [Heading(heading), format_summary(summary)]
+        cohort_blocks.append(Html(f"<p class=note>{esc(TABLE1_NOTE)}</p>"))
+    else:
+        cohort_blocks.append("No clinical columns were configured (data.clinical_columns).")
+
+    # design
+    design_blocks: list = [
+        Captioned(split_table(y, split, names), "Cases per set and class"),
+        design_items(cfg, fits),
+    ]
+
+    # results
+    cal = _by_set(metrics[[c for c in _CAL_COLS if c in metrics.columns]])
+    nb_cols = [c for c in metrics.columns if c.startswith("net_benefit")]
+    nb = _by_set(metrics[["set", "signature", *nb_cols]])
+    auc, thr = split_comparison(comparison)
+    results_blocks: list = [
+        Heading("Discrimination"),
+        Captioned(
+            auc, "AUC (95% CI) beside the paper's Table 3 ('-': the paper has no such signature)"
+        ),
+        Heading("Threshold metrics"),
+        Captioned(
+            thr,
+            "At the threshold chosen on the training set; the paper's values in the shaded "
+            "'paper' columns",
+        ),
+        Heading("Calibration"),
+        Captioned(
+            _p_cols(cal),
+            "Calibration slope/intercept (ideal 1/0), Hosmer-Lemeshow test, Brier score",
+        ),
+        Heading("Net benefit"),
+        Captioned(nb, "Net benefit at the configured threshold probabilities"),
+        Heading("Paired DeLong tests"),
+        Captioned(_p_cols(tests), "Paired DeLong tests between signatures, per set (unadjusted)"),
+    ]
+
+    items = reviewer_checklist(cfg, cohort, split, fits, metrics, cols, features)
+    items.update(checklist or {})
+    sections = [
+        Section("Cohort", cohort_blocks),
+        Section("Design", design_blocks),
+        Section("Selected features", _feature_blocks(fits, cfg)),
+        Section("Results", results_blocks),
+        Section("Figures", figure_blocks(figures) or ["No figures."]),
+        Section("Reviewer checklist", [items]),
+    ]
+    study = sel(cfg, "study", "her2study")
+    return write_report(
+        Path(out_dir) / REPORT_NAME,
+        title=f"{study}: study report",
+        source=source,
+        synthetic=bool(cohort.synthetic),
+        sections=sections,
+        date=date,
+    )
+
+
+def compare_report(
+    out_dir,
+    *,
+    table: pd.DataFrame,
+    figure,
+    source: str,
+    synthetic: bool,
+    experiment: str,
+    date: str | None = None,
+) -> Path:
+    """The ``task=compare`` report (AUC against ring width across runs): ``out_dir/report.html``."""
+    widths = sorted(table["ring_width_mm"].unique()) if "ring_width_mm" in table else []
+    runs = table["run_id"].nunique() if "run_id" in table else len(table)
+    intro = (
+        f"{runs} paper run(s) of MLflow experiment '{experiment}', ring widths "
+        f"{', '.join(f'{w:g}' for w in widths) or '-'} mm. Each point is the tumour + ring "
+        "signature of one run, fitted on that run's training set and scored on its test set; "
+        "the paper's 1 mm and 2 mm results are shown beside them."
+    )
+    shown = table.drop(columns=[c for c in ("data_synthetic",) if c in table.columns])
+    sections = [
+        Section("Design", [intro]),
+        Section("Results", [Captioned(shown, "AUC (95% CI) per run and ring width")]),
+        Section(
+            "Figures",
+            [Captioned(figure, "Training and test AUC against ring width, paper beside")]
+            if figure is not None
+            else ["No figure."],
+        ),
+    ]
+    return write_report(
+        Path(out_dir) / REPORT_NAME,
+        title=f"{experiment}: which margin?",
+        source=source,
+        synthetic=synthetic,
+        sections=sections,
+        date=date,
+    )
+
+
+def search_report(
+    out_dir,
+    *,
+    title: str,
+    source: str,
+    synthetic: bool,
+    design: dict,
+    tables: dict,
+    figures: dict,
+    checklist: dict | None = None,
+    date: str | None = None,
+) -> Path:
+    """The ``task=search`` report (nested CV design, tables, figures): ``out_dir/report.html``."""
+    table_blocks: list = []
+    for name, df in tables.items():
+        table_blocks += [Heading(_title(name)), _p_cols(df) if isinstance(df, pd.DataFrame) else df]
+    sections = [
+        Section("Design", [design]),
+        Section("Results", table_blocks or ["No tables."]),
+        Section("Figures", figure_blocks(figures) or ["No figures."]),
+    ]
+    if checklist:
+        sections.append(Section("Reviewer checklist", [checklist]))
+    return write_report(
+        Path(out_dir) / REPORT_NAME,
+        title=title,
+        source=source,
+        synthetic=synthetic,
+        sections=sections,
+        date=date,
+    )
+
+
+def _title(name: str) -> str:
+    text = re.sub(r"[_]+", " ", str(name)).strip()
+    return text[:1].upper() + text[1:]
