@@ -117,12 +117,16 @@ def lasso_details(pipe) -> dict:
     }
 
 
-def cv_auc(estimator, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> float:
+def cv_auc(
+    estimator, X: pd.DataFrame, y: pd.Series, folds: int, seed: int, n_jobs: int = 1
+) -> float:
     """Training-set cross-validated AUC (every fold refits the whole pipeline)."""
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prob = cross_val_predict(clone(estimator), X, y, cv=cv, method="predict_proba")[:, 1]
+        prob = cross_val_predict(
+            clone(estimator), X, y, cv=cv, method="predict_proba", n_jobs=n_jobs
+        )[:, 1]
     return auc_delong(y.to_numpy(), prob).auc
 
 
@@ -265,6 +269,7 @@ def _fit_nomogram(rings, clinic, features, clinical, y, train, cfg) -> Signature
                     y.loc[train],
                     cfg.evaluation.cv_folds,
                     int(cfg.seed),
+                    n_jobs=int(cfg.execution.n_jobs),
                 )
                 for f in rings
             }

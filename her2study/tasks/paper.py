@@ -183,6 +183,21 @@ def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
     }
 
 
+def model_requirements() -> list[str]:
+    """Pinned requirements of a logged pipeline (given, so MLflow need not infer them); the
+    her2study package itself travels with the model as code."""
+    from importlib.metadata import version
+
+    pkgs = ["scikit-learn", "numpy", "pandas", "scipy", "statsmodels", "skops"]
+    reqs = []
+    for pkg in pkgs:
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except Exception:  # not installed: leave it to the environment
+            continue
+    return reqs
+
+
 def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort) -> None:
     """Parent run: config, all metrics, tables, figures; child run per signature with its model."""
     if not tracker.enabled:
@@ -230,4 +245,10 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                 coef = fit.coefficients.rename_axis("feature").reset_index()
                 tracker.log_table(coef, "selected_features.csv")
             if cfg.tracking.log_model and fit.kind == "radiomics":
-                tracker.log_sklearn_model(fit.model, "model", fs.table[fit.columns].head(5))
+                tracker.log_sklearn_model(
+                    fit.model,
+                    "model",
+                    fs.table[fit.columns].head(5),
+                    pip_requirements=model_requirements(),
+                    code_paths=[str(Path(__file__).resolve().parents[1])],  # the her2study package
+                )
