@@ -67,28 +67,27 @@ def params_file_unknown_key(make_cohort, tmp_path):
     ]
 
 
-def unreachable_mlflow(make_cohort, tmp_path):
-    X, clinical, y = noise_features(n=60, p=5)
+def features_file(tmp_path, n=60):
+    X, clinical, y = noise_features(n=n, p=5)
     X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
     return [
         "+exp=paper",
         "data=features",
         f"data.features_table={tmp_path / 'f.csv'}",
         "data.clinical_columns=[age]",
+    ]
+
+
+def unreachable_mlflow(make_cohort, tmp_path):
+    return [
+        *features_file(tmp_path),
         "tracking=sqlite",
         f"tracking.tracking_uri=http://127.0.0.1:{free_port()}",
     ]
 
 
 def too_few_for_folds(make_cohort, tmp_path):
-    X, clinical, y = noise_features(n=24, p=5)
-    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
-    return [
-        "+exp=paper",
-        "data=features",
-        f"data.features_table={tmp_path / 'f.csv'}",
-        "data.clinical_columns=[age]",
-    ]
+    return features_file(tmp_path, n=24)
 
 
 def features_not_numeric(t):
@@ -106,15 +105,7 @@ def unknown_data_source(make_cohort, tmp_path):
 
 
 def unknown_split(make_cohort, tmp_path):
-    X, clinical, y = noise_features(n=60, p=5)
-    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
-    return [
-        "+exp=paper",
-        "data=features",
-        f"data.features_table={tmp_path / 'f.csv'}",
-        "data.clinical_columns=[age]",
-        "split.method=column",
-    ]
+    return [*features_file(tmp_path), "split.method=column"]
 
 
 BAD = [

@@ -38,6 +38,22 @@ def extractor_params(cfg) -> dict:
     return load_params(cfg.extractor.params_file, params)
 
 
+def features_from_config(cohort, specs, cfg) -> FeatureSet:
+    """Cached pyradiomics features of ``cohort`` for ``specs`` with the configured settings."""
+    return extract_features(
+        cohort,
+        specs,
+        extractor_params(cfg),
+        cfg.cache_dir,
+        fov_mode=cfg.region.fov,
+        mask_label=cfg.data.mask_label,
+        n_jobs=cfg.execution.n_jobs,
+        backend=cfg.execution.backend,
+        progress=cfg.execution.progress,
+        min_coverage=cfg.region.min_coverage,
+    )
+
+
 def add_reader2_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
     """Features of the second reader's masks, as ``reader2__<column>`` (NaN where absent)."""
     from dataclasses import replace
@@ -51,18 +67,7 @@ def add_reader2_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
     sub = Cohort(
         table=cohort.table.loc[[c.case_id for c in read2]], source=cohort.source, cases=read2
     )
-    fs2 = extract_features(
-        sub,
-        specs,
-        extractor_params(cfg),
-        cfg.cache_dir,
-        fov_mode=cfg.region.fov,
-        mask_label=cfg.data.mask_label,
-        n_jobs=cfg.execution.n_jobs,
-        backend=cfg.execution.backend,
-        progress=cfg.execution.progress,
-        min_coverage=cfg.region.min_coverage,
-    )
+    fs2 = features_from_config(sub, specs, cfg)
     table = fs.table.join(fs2.table.add_prefix("reader2__"))
     return FeatureSet(
         table=table,
@@ -132,18 +137,7 @@ def cohort_and_features(cfg):
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)
     specs = specs_from_config(cfg)
-    fs = extract_features(
-        cohort,
-        specs,
-        extractor_params(cfg),
-        cfg.cache_dir,
-        fov_mode=cfg.region.fov,
-        mask_label=cfg.data.mask_label,
-        n_jobs=cfg.execution.n_jobs,
-        backend=cfg.execution.backend,
-        progress=cfg.execution.progress,
-        min_coverage=cfg.region.min_coverage,
-    )
+    fs = features_from_config(cohort, specs, cfg)
     if cfg.region.reader2 or cfg.selection.icc_threshold is not None:
         fs = add_reader2_features(cohort, fs, specs, cfg)
     log.info(
