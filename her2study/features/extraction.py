@@ -233,30 +233,43 @@ def extract_features(
         delayed(extract_case)(case, specs, params, cache_root, fov_mode, mask_label)
         for case in cohort.cases
     )
+    row_of = {cid: i for i, cid in enumerate(cohort.ids)}
+    names: dict[str, list[str]] = {}  # region -> feature names, from the first case
+    values = None  # float64 (cases x columns), filled as results arrive: no per-case dicts kept
+    stats, errors = [], []
+    n_cached = n_extracted = 0
     with _backend(backend, n_jobs):
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        results = list(
-            tqdm(
-                runner(jobs),
-                total=len(cohort.cases),
-                desc=f"features ({len(specs)} regions)",
-                disable=not progress,
-                unit="case",
-            )
-        )
-    errors = [e for r in results for e in r.errors]
+        for r in tqdm(
+            runner(jobs),
+            total=len(cohort.cases),
+            desc=f"features ({len(specs)} regions)",
+            disable=not progress,
+            unit="case",
+        ):
+            n_cached += r.n_cached
+            n_extracted += r.n_extracted
+            if r.errors:
+                errors += r.errors
+                continue
+            if values is None:
+                names = {s.name: list(r.features[s.name]) for s in specs}
+                width = sum(len(v) for v in names.values())
+                values = np.full((len(row_of), width), np.nan)
+            row = values[row_of[r.case_id]]
+            start = 0
+            for spec in specs:
+                feats = r.features[spec.name]
+                keys = names[spec.name]
+                row[start : start + len(keys)] = [feats.get(k, np.nan) for k in keys]
+                start += len(keys)
+                stats.append({"case_id": r.case_id, "region": spec.name, **r.stats[spec.name]})
     if errors:
         raise ExtractionError(f"{len(errors)} extraction problem(s):\n  " + "\n  ".join(errors))
-    by_id = {r.case_id: r for r in results}
-    rows, stats = [], []
-    for cid in cohort.ids:
-        r = by_id[cid]
-        row = {}
-        for spec in specs:
-            row.update({f"{spec.name}_{k}": v for k, v in r.features[spec.name].items()})
-            stats.append({"case_id": cid, "region": spec.name, **r.stats[spec.name]})
-        rows.append(row)
-    table = pd.DataFrame(rows, index=pd.Index(cohort.ids, name="case_id"))
+    columns = [f"{region}_{k}" for region, keys in names.items() for k in keys]
+    table = pd.DataFrame(values, index=pd.Index(cohort.ids, name="case_id"), columns=columns)
+    order = {(s.name): i for i, s in enumerate(specs)}
+    stats.sort(key=lambda d: (row_of[d["case_id"]], order[d["region"]]))
     region_stats = pd.DataFrame(stats)
     low = region_stats[region_stats["coverage"] < min_coverage]
     for _, row in low.iterrows():
@@ -271,6 +284,6 @@ def extract_features(
     return FeatureSet(
         table=table,
         region_stats=region_stats,
-        n_cached=sum(r.n_cached for r in results),
-        n_extracted=sum(r.n_extracted for r in results),
+        n_cached=n_cached,
+        n_extracted=n_extracted,
     )
