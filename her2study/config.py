@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from her2study.cohort.synthetic import SyntheticSpec
-from her2study.search_schema import SearchConfig
+from her2study.search_schema import PredictConfig, SearchConfig
 
 
 @dataclass
@@ -162,6 +162,7 @@ class Her2StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

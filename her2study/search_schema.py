@@ -1,23 +1,59 @@
-"""Typed schema of the Optuna search (``conf/search/*.yaml``); registered by her2study.config."""
+"""Typed schemas of the Optuna search (``conf/search/*.yaml``) and of ``task=predict``.
+
+Registered by :func:`her2study.config.register_configs` (``SearchConfig`` as the ``search`` group's
+``search_schema``; ``PredictConfig`` as the ``predict`` field of the whole run).
+
+The search space (``space``) is a mapping from a dimension name to a distribution spec::
+
+    ring_width_mm: {type: categorical, choices: [0, 0.5, 1, 1.5, 2, 3]}   # 0 = tumour only
+    corr_threshold: {type: float, low: 0.8, high: 0.95, step: 0.05}
+    model: {type: categorical, choices: [logistic, ridge, svm, random_forest]}
+    svm:                                   # a model's parameters: searched only when model=svm
+      C: {type: float, low: 1.0e-2, high: 1.0e2, log: true}
+      gamma: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+    random_forest:
+      n_estimators: 200                    # a plain value: fixed, not searched
+
+See :mod:`her2study.search` for every dimension name and the checks made on specs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 
 @dataclass
 class SearchConfig:
     """Nested cross-validated search over ring width, selection thresholds and model."""
 
-    space: Dict[str, Any] = field(default_factory=dict)  # dimension -> distribution spec
-    outer_folds: int = 5
-    outer_repeats: int = 1
-    inner_folds: int = 5
-    n_trials: int = 30
-    timeout_s: Optional[float] = None
-    sampler: str = "tpe"
-    storage: Optional[str] = None  # null = sqlite file per study under the output root
-    n_jobs: int = 1
-    log_trials: bool = False
-    metrics_at: List[float] = field(default_factory=list)
+    space: dict[str, Any] = field(default_factory=dict)  # dimension -> spec
+    outer_folds: int = 5  # outer stratified K-fold: the estimate the search never sees
+    outer_repeats: int = 1  # repeats of the outer K-fold (new shuffles)
+    inner_folds: int = 5  # inner stratified K-fold: the objective (mean inner AUC)
+    seed: Optional[int] = None  # folds and sampler; null = the run's top-level seed
+    n_trials: int = 30  # COMPLETE trials per study (already completed ones count: resume)
+    timeout_s: Optional[float] = None  # stop each study's trials after this many seconds
+    sampler: str = "tpe"  # tpe | random
+    n_startup_trials: int = 10  # TPE: random trials before modelling
+    storage: Optional[str] = None  # null = sqlite:///<output_root>/optuna_<study>.db
+    output_root: str = "outputs"  # relative to the cwd (not Hydra's run folder): resumable
+    n_jobs: int = 1  # parallel trials (threads) within this process
+    reuse: bool = True  # reuse fitted selection steps across trials (same fold, same params)
+    cache_mb: int = 1024  # memory bound of the reuse cache, per study
+    final: bool = True  # also search on all cases: the configuration to export
+    log_trials: bool = False  # an MLflow child run per trial (off: one per outer fold)
+    metrics_at: list[float] = field(default_factory=list)  # net benefit at; [] = evaluation's
+    use_clinical: bool = False  # clinical columns join the design when not a searched dimension
+    export_source: str = "study"  # task=export: study (the final search) | config (refit as set)
+    export_dir: Optional[str] = None  # where best_<study>.yaml goes; null = the package's conf/exp
+    estimate: dict[str, Any] = field(default_factory=dict)  # nested estimate (exported files)
+
+
+@dataclass
+class PredictConfig:
+    """``task=predict``: apply an exported model to new cases (``data=manifest`` / ``features``)."""
+
+    model_uri: Optional[str] = None  # model folder / .joblib, or models:/... / runs:/... URI
+    output: Optional[str] = None  # predictions CSV; null = <run folder>/predictions.csv
+    threshold: Optional[float] = None  # null = the threshold exported with the model

@@ -99,6 +99,7 @@ def _limits() -> dict[str, int]:
 # Fail fast: is the store reachable?
 # --------------------------------------------------------------------------------------------
 
+
 def _fix_hint(uri: str) -> str:
     return (
         f"Fix: start a server for it (e.g. `mlflow server --host 127.0.0.1 --port 5000 "
@@ -110,7 +111,7 @@ def _fix_hint(uri: str) -> str:
 
 def _sqlite_path(uri: str) -> str | None:
     """The file of a ``sqlite:///rel.db`` / ``sqlite:////abs.db`` URI; None for in-memory."""
-    rest = uri[len("sqlite://"):]
+    rest = uri[len("sqlite://") :]
     rest = rest.split("?", 1)[0]
     if rest in ("", "/", "/:memory:"):
         return None
@@ -387,6 +388,7 @@ def _to_markdown(df) -> str:
 # The tracker
 # --------------------------------------------------------------------------------------------
 
+
 class Tracker:
     """One MLflow parent run per job, with nested child runs; a no-op when ``enabled=False``.
 
@@ -458,9 +460,7 @@ class Tracker:
         if not self.enabled:
             return None
         if self._state != "active":
-            raise RuntimeError(
-                "Tracker is not active: log inside `with Tracker(...) as tracker:`"
-            )
+            raise RuntimeError("Tracker is not active: log inside `with Tracker(...) as tracker:`")
         return self.current_run_id
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -528,7 +528,10 @@ class Tracker:
         self._state = "active"
         log.info(
             "MLflow run %s (experiment %r, id %s) at %s",
-            self._run_id, self.experiment, self._experiment_id, self.tracking_uri,
+            self._run_id,
+            self.experiment,
+            self._experiment_id,
+            self.tracking_uri,
         )
         return self
 
@@ -777,6 +780,7 @@ def load_sklearn_model(tracking_uri: str, model_uri: str):
 # --------------------------------------------------------------------------------------------
 # Reading runs back (compare task)
 # --------------------------------------------------------------------------------------------
+
 
 def _check_readable(tracking_uri: str) -> None:
     check_tracking_uri(tracking_uri)

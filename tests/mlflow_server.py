@@ -77,13 +77,21 @@ class MlflowServer:
 
 def server_command(port: int, backend_store_uri: str, artifacts_destination: Path) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", HOST,
-        "--port", str(port),
-        "--backend-store-uri", backend_store_uri,
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
         "--serve-artifacts",
-        "--artifacts-destination", str(artifacts_destination),
-        "--workers", "1",
+        "--artifacts-destination",
+        str(artifacts_destination),
+        "--workers",
+        "1",
     ]
 
 
@@ -135,12 +143,20 @@ def running_mlflow_server(
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log_file, "wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
+            cmd,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
     srv = MlflowServer(
-        uri=f"http://{HOST}:{port}", port=port, pid=proc.pid,
-        backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination,
+        uri=f"http://{HOST}:{port}",
+        port=port,
+        pid=proc.pid,
+        backend_store_uri=backend_store_uri,
+        artifacts_destination=artifacts_destination,
         log_file=log_file,
     )
     try:

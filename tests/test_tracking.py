@@ -80,8 +80,16 @@ def test_parent_children_params_metrics_artifacts_model(tmp_path):
     with Tracker(uri, "exp1", run_name="paper", tags={"task": "paper"}) as tr:
         assert tr.run_id and tr.experiment_id
         tr.log_params(params)
-        tr.log_metrics({"auc": 0.8, "IntraPeri 1 mm auc": 0.75, "brier": float("nan"),
-                        "ece": None, "n": np.int64(40), "bad": float("inf")})
+        tr.log_metrics(
+            {
+                "auc": 0.8,
+                "IntraPeri 1 mm auc": 0.75,
+                "brier": float("nan"),
+                "ece": None,
+                "n": np.int64(40),
+                "bad": float("inf"),
+            }
+        )
         fig, ax = plt.subplots()
         ax.plot([0, 1], [0, 1])
         tr.log_figure(fig, "figures/roc.png")
@@ -128,15 +136,24 @@ def test_parent_children_params_metrics_artifacts_model(tmp_path):
         assert [h.step for h in client.get_metric_history(cid, "auc")] == [k]
     # artifacts
     arts = set(_artifacts(client, parent))
-    assert {"figures/roc.png", "tables/preds.csv", "tables/preds.md", "config.yaml",
-            "notes.txt"} <= arts
+    assert {
+        "figures/roc.png",
+        "tables/preds.csv",
+        "tables/preds.md",
+        "config.yaml",
+        "notes.txt",
+    } <= arts
     local = mlflow.artifacts.download_artifacts(
-        run_id=parent, artifact_path="tables/preds.csv", tracking_uri=uri,
+        run_id=parent,
+        artifact_path="tables/preds.csv",
+        tracking_uri=uri,
         dst_path=str(tmp_path / "dl"),
     )
     pd.testing.assert_frame_equal(pd.read_csv(local), table)
     md = mlflow.artifacts.download_artifacts(
-        run_id=parent, artifact_path="tables/preds.md", tracking_uri=uri,
+        run_id=parent,
+        artifact_path="tables/preds.md",
+        tracking_uri=uri,
         dst_path=str(tmp_path / "dl"),
     )
     assert open(md).read().splitlines()[:3] == ["| case_id | p |", "|---|---|", "| C001 | 0.1 |"]
@@ -346,13 +363,15 @@ def test_flatten_config():
         "extractor.params.setting.binWidth": 25,
         "extractor.empty": "{}",
     }
-    cfg = OmegaConf.create({
-        "study": "s1",
-        "tracking": {"experiment": "${study}", "uri": "sqlite:///mlflow.db"},
-        "region": {"ring_widths_mm": [1.0, 2.0]},
-        "data": {"manifest": "???", "secret": {"key": 1}},
-        "hydra": {"job": {"name": "x"}},
-    })
+    cfg = OmegaConf.create(
+        {
+            "study": "s1",
+            "tracking": {"experiment": "${study}", "uri": "sqlite:///mlflow.db"},
+            "region": {"ring_widths_mm": [1.0, 2.0]},
+            "data": {"manifest": "???", "secret": {"key": 1}},
+            "hydra": {"job": {"name": "x"}},
+        }
+    )
     flat = flatten_config(cfg, exclude=("hydra", "data.secret"))
     assert flat == {
         "study": "s1",
@@ -374,8 +393,19 @@ def test_sanitize_key():
 
 
 def test_looks_identifying_and_pseudonymise():
-    flagged = ["Doe^Jane", "DOE^JANE^M", "Jane Doe", "DOE, JANE", "Jane_Doe", "Mary Ann Smith",
-               "12345678", "MRN1234567", "PID-0012345", "123-45-6789", "Jane Doe 2"]
+    flagged = [
+        "Doe^Jane",
+        "DOE^JANE^M",
+        "Jane Doe",
+        "DOE, JANE",
+        "Jane_Doe",
+        "Mary Ann Smith",
+        "12345678",
+        "MRN1234567",
+        "PID-0012345",
+        "123-45-6789",
+        "Jane Doe 2",
+    ]
     fine = ["SYN0001", "C001", "case_12", "P17", "HER2_POS_03", "lesion-7", "B12345", "ab12"]
     assert looks_identifying(flagged + fine) == flagged
     codes = pseudonymise(["Doe^Jane", "MRN1234567", "Doe^Jane"], salt="s3cret")

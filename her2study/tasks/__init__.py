@@ -11,6 +11,9 @@ TASKS = {
     "extract": "her2study.tasks.extract",
     "paper": "her2study.tasks.paper",
     "compare": "her2study.tasks.compare",
+    "search": "her2study.tasks.search",
+    "export": "her2study.tasks.export",
+    "predict": "her2study.tasks.predict",
 }
 
 

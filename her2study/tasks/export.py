@@ -1,0 +1,381 @@
+"""task=export: the searched configuration as a model, and as a Hydra experiment file.
+
+``python -m her2study task=export study=NAME`` (with the data options of the search) reads the
+configuration chosen by the search on all cases (Optuna study ``NAME/final``) and
+
+1. fits it on the whole cohort (seed ``search.seed`` or ``seed``), computes its K-fold
+   out-of-fold predictions (``search.inner_folds``) and the Youden threshold on them;
+2. saves the fitted pipeline with its feature columns, threshold, extraction settings and the
+   nested estimate in ``<run folder>/model/`` (``model.joblib`` + ``card.json``), and logs it
+   as an MLflow model (``Tracker.log_sklearn_model``; the card is its metadata);
+3. writes ``conf/exp/best_NAME.yaml`` (``search.export_dir``): a normal experiment file setting
+   the ring width, selection thresholds, model and parameters, with ``task: export`` and
+   ``search.export_source: config``.
+
+``python -m her2study +exp=best_NAME`` re-runs step 1-2 from that file: the same configuration,
+seed and data give the same model and the same metrics (``metrics.json``). The performance
+estimate of the configuration is the nested one quoted in the file, not these metrics: the
+cross-validated AUC here is of a configuration chosen on the same cases (optimistic) and the
+apparent AUC is on the training cases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import joblib
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from her2study import __version__
+from her2study.errors import ConfigError
+from her2study.search import (
+    Candidate,
+    build_pipeline,
+    candidate_from_config,
+    candidate_from_params,
+    load_final,
+    open_storage,
+    selected_features,
+    storage_url,
+)
+from her2study.tasks.common import extractor_params, output_dir
+from her2study.tracking import Tracker, check_tracking_uri
+
+log = logging.getLogger(__name__)
+
+CONF_EXP = Path(__file__).resolve().parents[2] / "conf" / "exp"
+
+
+def export_dir(cfg) -> Path:
+    return Path(cfg.search.export_dir) if cfg.search.export_dir else CONF_EXP
+
+
+def _with_regions(cfg, cand: Candidate):
+    """The run's config with the regions this candidate needs (features come from the cache)."""
+    if cand.ring_width_mm is None:
+        return cfg
+    widths = [] if cand.ring_width_mm == 0 else [float(cand.ring_width_mm)]
+    return OmegaConf.merge(cfg, {"region": {"ring_widths_mm": widths, "include_intra": True}})
+
+
+def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[object, dict, list]:
+    """Fit on all cases; K-fold out-of-fold predictions -> CV AUC and Youden threshold."""
+    from her2study.evaluation import auc_delong, binary_metrics, choose_threshold
+
+    cols = design.columns(cand)
+    X, y = design.X[cols], design.y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = build_pipeline(cand, seed).fit(X, y)
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        oof = cross_val_predict(build_pipeline(cand, seed), X, y, cv=cv, method="predict_proba")[
+            :, 1
+        ]
+    yy = y.to_numpy()
+    thr = choose_threshold(yy, oof, method="youden")
+    auc = auc_delong(yy, oof)
+    m = binary_metrics(yy, oof, thr)
+    sel = selected_features(pipe)
+    metrics = {
+        "n_cases": int(len(yy)),
+        "n_columns": len(cols),
+        "n_selected": len(sel),
+        "cv_auc": float(auc.auc),
+        "cv_auc_ci_low": float(auc.ci_low),
+        "cv_auc_ci_high": float(auc.ci_high),
+        "apparent_auc": float(roc_auc_score(yy, pipe.predict_proba(X)[:, 1])),
+        "threshold": float(thr),
+        "cv_sensitivity": float(m["sensitivity"]),
+        "cv_specificity": float(m["specificity"]),
+    }
+    return pipe, metrics, sel
+
+
+def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> dict:
+    cols = design.columns(cand)
+    regions = sorted({c.split("_", 1)[0] for c in cols if c not in design.clinical})
+    if cand.ring_width_mm is None:
+        widths = [float(w) for w in cfg.region.ring_widths_mm]
+    else:
+        widths = [float(cand.ring_width_mm)] if cand.ring_width_mm else []
+    return {
+        "her2study_version": __version__,
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "study": cfg.study,
+        "origin": origin,
+        "candidate": cand.as_dict(),
+        "columns": cols,
+        "clinical_columns": list(design.clinical) if cand.use_clinical else [],
+        "threshold": metrics["threshold"],
+        "threshold_rule": f"Youden on {cfg.search.inner_folds}-fold out-of-fold predictions "
+        "of all training cases",
+        "metrics": metrics,
+        "nested_estimate": estimate,
+        "positive_class": cfg.data.positive_class,
+        "negative_class": cfg.data.negative_class,
+        "data": {
+            "synthetic": bool(cohort.synthetic),
+            "source": design.source,
+            "n_cases": int(len(design.y)),
+        },
+        "extraction": {
+            "params": extractor_params(cfg),
+            "fov": cfg.region.fov,
+            "mask_label": cfg.data.mask_label,
+            "regions": regions,
+            "ring_widths_mm": widths,
+        },
+    }
+
+
+def save_model(folder: Path, pipe, card: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"pipeline": pipe, "card": card}, folder / "model.joblib")
+    (folder / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return folder
+
+
+def _fmt(e: dict, key: str) -> str:
+    return (
+        f"{e[key]:.3f} (95% CI {e[key + '_ci_low']:.3f}-{e[key + '_ci_high']:.3f})"
+        if key in e
+        else "n/a"
+    )
+
+
+def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, source: str) -> str:
+    """The text of conf/exp/best_<study>.yaml."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    seed = int(cfg.search.seed if cfg.search.seed is not None else cfg.seed)
+    e = estimate
+    header = [
+        "# @package _global_",
+        f"# Exported by `python -m her2study task=export study={cfg.study}` on {now}",
+        f"# from Optuna study '{origin.get('study')}' ({origin.get('storage')}).",
+        f"# Data: {source}, {e.get('n_cases')} cases.",
+        f"# Nested cross-validated estimate ({e.get('outer_folds')}-fold x "
+        f"{e.get('outer_repeats')} outer; the search never saw the outer test folds):",
+        f"#   mean outer AUC {_fmt(e, 'mean_outer_auc')};",
+        f"#   pooled out-of-fold AUC {_fmt(e, 'pooled_auc')} (DeLong).",
+        "# THIS is the performance estimate of the configuration below. Its own inner-CV AUC in "
+        "the final",
+        f"# search on all cases ({final_auc:.3f}) is optimistic: it was chosen for being high."
+        if final_auc is not None
+        else "# (no final inner-CV AUC recorded)",
+        f"# Re-run: python -m her2study +exp=best_{cfg.study}  -> refits this configuration on "
+        f"all cases (seed {seed}),",
+        "# same model, same metrics; apply it: task=predict predict.model_uri=<run folder>/model",
+    ]
+    ext = cfg.extractor.name
+    defaults = []
+    if ext and (CONF_EXP.parent / "extractor" / f"{ext}.yaml").is_file():
+        defaults.append({"override /extractor": ext})
+    if cand.ring_width_mm is None:  # the ring width was not searched: every extracted region
+        widths = [float(w) for w in cfg.region.ring_widths_mm]
+    else:
+        widths = [float(cand.ring_width_mm)] if cand.ring_width_mm else []
+    data = _plain(cfg.data)
+    keep = [
+        "source",
+        "case_column",
+        "label_column",
+        "positive_class",
+        "negative_class",
+        "clinical_columns",
+    ]
+    if data["source"] == "synthetic":
+        keep.append("synthetic")
+    elif data["source"] == "manifest":
+        keep += ["manifest", "spacing_mm", "mask_label"]
+    else:
+        keep.append("features_table")
+    body: dict = {}
+    if defaults:
+        body["defaults"] = defaults
+    body.update(
+        {
+            "task": "export",
+            "study": cfg.study,
+            "seed": int(cfg.seed),
+            "data": {k: data[k] for k in keep if k in data},
+            "region": {
+                "include_intra": True,
+                "ring_widths_mm": widths,
+                "bands_mm": [],
+                "fov": cfg.region.fov,
+            },
+            "selection": dict(cand.selection),
+            "model": {"name": cand.model, "params": dict(cand.model_params)},
+            "search": {
+                "seed": seed,
+                "inner_folds": int(cfg.search.inner_folds),
+                "use_clinical": bool(cand.use_clinical),
+                "export_source": "config",
+                "estimate": {k: v for k, v in estimate.items() if not isinstance(v, (dict, list))},
+            },
+        }
+    )
+    if ext and not defaults:
+        body["extractor"] = {
+            "name": ext,
+            "params_file": cfg.extractor.params_file,
+            "params": _plain(cfg.extractor.params),
+        }
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=100)
+    return "\n".join(header) + "\n" + text
+
+
+def _plain(x):
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+
+
+def run(cfg) -> float:
+    """Fit the chosen configuration on all cases, save it, and (from a study) export it."""
+    from her2study.tasks.search import load_design
+
+    seed = int(cfg.search.seed if cfg.search.seed is not None else cfg.seed)
+    folds = int(cfg.search.inner_folds)
+    if cfg.tracking.enabled:
+        check_tracking_uri(cfg.tracking.tracking_uri)
+    if cfg.search.export_source == "study":
+        url = storage_url(cfg.search, cfg.study)
+        storage = open_storage(url)
+        chosen, estimate, attrs = load_final(storage, cfg.study)
+        seed = int(attrs.get("seed", seed))
+        folds = int(attrs.get("inner_folds", folds))
+        cand = candidate_from_params(chosen, cfg, attrs.get("base"))  # as searched
+        cfg = OmegaConf.merge(cfg, {"search": {"seed": seed, "inner_folds": folds}})
+        origin = {
+            "kind": "study",
+            "study": f"{cfg.study}/final",
+            "storage": url,
+            "chosen": chosen,
+            "final_inner_auc": _final_auc(storage, cfg.study),
+            "cohort": attrs.get("cohort"),
+            "mlflow_search_run": attrs.get("mlflow_run_id"),
+        }
+    elif cfg.search.export_source == "config":
+        cand = candidate_from_config(cfg)
+        estimate = dict(_plain(cfg.search.estimate) or {})
+        origin = {"kind": "config"}
+    else:
+        raise ConfigError(f"search.export_source={cfg.search.export_source!r}: use study or config")
+    run_cfg = _with_regions(cfg, cand)
+    design, cohort = load_design(run_cfg)
+    if origin.get("chosen_data") and origin["chosen_data"] != design.digest(design.columns(cand)):
+        raise ConfigError(
+            f"the search '{cfg.study}' ran on other data (case ids, labels or feature values "
+            "differ): export with the same data, extractor and region options (data=..., "
+            "data.manifest=..., data.synthetic.*, extractor=...) as the search"
+        )
+    pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
+    out = output_dir(cfg)
+    card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
+    folder = save_model(out / "model", pipe, card)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
+    exp_path = None
+    if origin["kind"] == "study":
+        target = export_dir(cfg)
+        if not target.is_dir():
+            raise ConfigError(f"search.export_dir {str(target)!r} is not a folder")
+        exp_path = target / f"best_{cfg.study}.yaml"
+        exp_path.write_text(
+            exp_yaml(cfg, cand, estimate, origin, origin["final_inner_auc"], design.source)
+        )
+    model_uri = None
+    with Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name=f"export {cfg.study}",
+        tags={
+            "task": "export",
+            "data_source": "synthetic" if cohort.synthetic else "user",
+            "her2study_version": __version__,
+            "export_source": origin["kind"],
+        },
+    ) as tracker:
+        tracker.log_params(
+            {
+                "candidate": cand.label(),
+                "ring_width_mm": cand.ring_width_mm,
+                "model": cand.model,
+                "use_clinical": cand.use_clinical,
+                "data.synthetic": cohort.synthetic,
+                "seed": seed,
+                **{f"selection.{k}": v for k, v in cand.selection.items()},
+                **{f"model.params.{k}": v for k, v in cand.model_params.items()},
+            }
+        )
+        tracker.log_metrics(
+            {
+                **metrics,
+                **{f"nested.{k}": v for k, v in estimate.items() if isinstance(v, (int, float))},
+            }
+        )
+        tracker.log_dict(card, "model_card.json")
+        if exp_path is not None:
+            tracker.log_artifact(exp_path, "config")
+        if cfg.tracking.log_model:
+            X = design.X[design.columns(cand)]
+            model_uri = tracker.log_sklearn_model(
+                pipe,
+                "model",
+                X.head(5).astype(float),
+                metadata=json.loads(json.dumps(card, default=str)),
+            )
+            if model_uri:
+                card["mlflow_model_uri"] = model_uri
+                save_model(folder, pipe, card)
+    print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_uri)
+    return metrics["cv_auc"]
+
+
+def _final_auc(storage, study_name: str):
+    import optuna
+
+    try:
+        return float(
+            optuna.load_study(study_name=f"{study_name}/final", storage=storage).best_value
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_uri) -> None:
+    e = estimate
+    print(f"\nData: {design.source}; {metrics['n_cases']} cases")
+    print(f"Configuration: {cand.label()}")
+    print(
+        f"Fitted on all cases: {metrics['n_selected']} features selected of "
+        f"{metrics['n_columns']}; threshold {metrics['threshold']:.4f} (Youden on "
+        f"{cfg.search.inner_folds}-fold out-of-fold predictions)"
+    )
+    print(
+        f"  cross-validated AUC of this configuration {metrics['cv_auc']:.3f} and apparent AUC "
+        f"{metrics['apparent_auc']:.3f}: NOT performance estimates (chosen on these cases)"
+    )
+    if "pooled_auc" in e:
+        print(
+            f"Performance estimate (nested CV): pooled out-of-fold AUC {_fmt(e, 'pooled_auc')}; "
+            f"mean outer AUC {_fmt(e, 'mean_outer_auc')}"
+        )
+    print(
+        f"model: {folder} (model.joblib, card.json)"
+        + (f"; MLflow {model_uri}" if model_uri else "")
+    )
+    if exp_path is not None:
+        print(f"experiment file: {exp_path}  (re-run: python -m her2study +exp={exp_path.stem})")
+    print(
+        f"apply it: python -m her2study task=predict predict.model_uri={folder} data=manifest "
+        "data.manifest=<new cases.csv>"
+    )

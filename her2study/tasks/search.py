@@ -1,0 +1,248 @@
+"""task=search (``+exp=search``): nested cross-validated search of ring width, selection and model.
+
+Cohort -> features (from the cache) -> outer repeated stratified K-fold; in each outer training
+fold an Optuna study maximises the inner-CV AUC; its winner is refitted and scored once on the
+outer test fold -> the nested estimate (mean outer AUC with CI, pooled out-of-fold AUC with DeLong
+CI, calibration, decision curve, ring-width and feature-selection frequencies) -> one more study on
+all cases gives the configuration to export (``task=export``), whose performance estimate is the
+nested one. Tracked in MLflow: a parent run, a child run per outer fold (and per trial with
+``search.log_trials``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+from her2study import __version__
+from her2study.cohort.source import describe_source
+from her2study.errors import ConfigError
+from her2study.reporting import to_markdown
+from her2study.search import (
+    Design,
+    nested_search,
+    open_storage,
+    parse_space,
+    search_defaults,
+    storage_url,
+)
+from her2study.tasks.common import cohort_and_features, output_dir
+from her2study.tasks.paper import clinical_columns
+from her2study.tracking import Tracker, check_tracking_uri, flatten_config
+
+log = logging.getLogger(__name__)
+
+
+def check_widths(cfg, dims) -> None:
+    """Ring widths of the space must be among the extracted ones (before extracting)."""
+    if cfg.data.source == "features":
+        return  # checked against the table's columns
+    have = {float(w) for w in cfg.region.ring_widths_mm}
+    for dim in dims:
+        if dim.name == "ring_width_mm":
+            values = dim.choices if dim.kind == "categorical" else (dim.value,)
+            missing = [w for w in values if w and float(w) not in have]
+            if missing:
+                raise ConfigError(
+                    f"search.space.ring_width_mm has width(s) {missing} mm whose features are "
+                    f"not extracted (region.ring_widths_mm={sorted(have)}); add them, e.g. "
+                    "'region.ring_widths_mm=[0.5,1,1.5,2,3]', or use +exp=search"
+                )
+            if 0 in values and not cfg.region.include_intra:
+                raise ConfigError("search.space.ring_width_mm needs region.include_intra=true")
+
+
+def load_design(cfg) -> tuple[Design, object]:
+    cohort, fs = cohort_and_features(cfg)
+    cols = clinical_columns(cfg)
+    clinical = cohort.table[cols] if cols else None
+    design = Design.from_tables(
+        fs.table, cohort.labels, clinical, cohort.synthetic, describe_source(cohort)
+    )
+    return design, cohort
+
+
+def run(cfg) -> float:
+    """Run (or resume) the search; return the pooled out-of-fold AUC."""
+    url = storage_url(cfg.search, cfg.study)
+    storage = open_storage(url, create_dirs=cfg.search.storage is None)  # fail before any work
+    if cfg.tracking.enabled:
+        check_tracking_uri(cfg.tracking.tracking_uri)
+    dims = parse_space(cfg.search.space, search_defaults(cfg))
+    if not dims:
+        raise ConfigError(
+            "search.space is empty: use +exp=search (conf/search/default.yaml) or "
+            "give dimensions, e.g. 'search.space.model={type: categorical, "
+            "choices: [logistic, svm]}'"
+        )
+    check_widths(cfg, dims)
+    design, cohort = load_design(cfg)
+    out = output_dir(cfg)
+    source = design.source
+    note = source if cohort.synthetic else None
+    print(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
+    tags = {
+        "task": "search",
+        "data_source": "synthetic" if cohort.synthetic else cfg.data.source,
+        "her2study_version": __version__,
+        "optuna_storage": url,
+    }
+    with Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name=f"search {cfg.study}",
+        tags=tags,
+    ) as tracker:
+        params = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+        params.update(
+            {
+                "data.n_cases": len(design.y),
+                "data.synthetic": cohort.synthetic,
+                "her2study.version": __version__,
+            }
+        )
+        tracker.log_params(params)
+        result = nested_search(cfg, design, storage, cfg.study, tracker)
+        est = result.estimate
+        tables = write_tables(out, result, source, cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # tight_layout notes of the figures
+            figures = make_figures(result, cfg, note)
+        for name, fig in figures.items():
+            fig.savefig(out / f"{name}.png", dpi=120)
+        metrics = {k: v for k, v in est.items() if isinstance(v, (int, float))}
+        if result.final_inner_auc is not None:
+            metrics["final_inner_auc"] = result.final_inner_auc
+        metrics.update({f"time_{k}": v for k, v in result.timings.items()})
+        tracker.log_metrics(metrics)
+        for path in tables:
+            tracker.log_artifact(path, "tables")
+        for name, fig in figures.items():
+            tracker.log_figure(fig, f"figures/{name}.png")
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        if result.chosen is not None:
+            tracker.set_tags({"chosen": result.chosen_candidate.label()})
+        if tracker.run_id and result.chosen is not None:
+            import optuna
+
+            optuna.load_study(study_name=f"{cfg.study}/final", storage=storage).set_user_attr(
+                "mlflow_run_id", tracker.run_id
+            )
+    print_summary(result, cfg, out)
+    return float(est["pooled_auc"])
+
+
+def _pooled(result):
+    pooled = result.oof.groupby("case_id").agg(label=("label", "first"), prob=("prob", "mean"))
+    return pooled["label"].to_numpy(int), pooled["prob"].to_numpy(float)
+
+
+def decision_table(result, cfg) -> pd.DataFrame:
+    from her2study.evaluation import decision_curve
+
+    y, p = _pooled(result)
+    thresholds = np.round(np.arange(0.01, cfg.evaluation.dca_max_threshold + 1e-9, 0.01), 2)
+    return decision_curve(y, {"nested out-of-fold": p}, thresholds=thresholds)
+
+
+def write_tables(out, result, source: str, cfg) -> list:
+    est = result.estimate
+    paths = []
+
+    def save(name: str, df: pd.DataFrame, md: bool = True) -> None:
+        df.to_csv(out / f"{name}.csv", index=False)
+        paths.append(out / f"{name}.csv")
+        if md:
+            (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
+            paths.append(out / f"{name}.md")
+
+    save("outer_folds", result.folds)
+    save("oof_predictions", result.oof, md=False)
+    save("feature_frequency", result.features, md=False)
+    rings = pd.DataFrame(
+        {
+            "ring_width_mm": list(est["ring_width_counts"]),
+            "n_outer_folds_won": list(est["ring_width_counts"].values()),
+        }
+    )
+    save("ring_frequency", rings)
+    save("decision_curve", decision_table(result, cfg), md=False)
+    (out / "nested_estimate.json").write_text(
+        json.dumps({"data": source, **est}, indent=2, default=float) + "\n"
+    )
+    paths.append(out / "nested_estimate.json")
+    if result.chosen is not None:
+        chosen = {
+            "chosen": result.chosen,
+            "candidate": result.chosen_candidate.as_dict(),
+            "final_inner_auc_optimistic": result.final_inner_auc,
+            "performance_estimate": "the nested estimate (nested_estimate.json)",
+        }
+        (out / "chosen.yaml").write_text(yaml.safe_dump(chosen, sort_keys=False))
+        paths.append(out / "chosen.yaml")
+    return paths
+
+
+def make_figures(result, cfg, note) -> dict:
+    from matplotlib.figure import Figure
+
+    from her2study.evaluation.figures import plot_calibration, plot_dca, plot_roc
+
+    y, p = _pooled(result)
+    name = "nested out-of-fold"
+    figs = {
+        "roc_nested_oof": plot_roc(
+            {name: (y, p)}, title="ROC, pooled outer-fold predictions", note=note
+        ),
+        "calibration_nested_oof": plot_calibration(
+            {name: (y, p)}, title="Calibration, pooled outer-fold predictions", note=note
+        ),
+    }
+    dca = decision_table(result, cfg)
+    figs["dca_nested_oof"] = plot_dca(
+        dca, title="Decision curve, pooled outer-fold predictions", note=note
+    )
+    counts = result.estimate["ring_width_counts"]
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    ax.bar(list(counts), list(counts.values()), color="#1f77b4")
+    ax.set_xlabel("ring width of the winning configuration (mm; 0 = tumour only)")
+    ax.set_ylabel("outer folds won")
+    ax.set_title("Which margin won? (nested search)", fontsize=10)
+    if note:
+        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=7, color="grey")
+    fig.tight_layout()
+    figs["ring_frequency"] = fig
+    return figs
+
+
+def print_summary(result, cfg, out) -> None:
+    e = result.estimate
+    s = cfg.search
+    print(
+        f"\nNested estimate ({s.outer_folds}-fold x {s.outer_repeats} outer; the search never saw"
+        f" the outer test folds):\n"
+        f"  mean outer AUC {e['mean_outer_auc']:.3f} (95% CI {e['mean_outer_auc_ci_low']:.3f}-"
+        f"{e['mean_outer_auc_ci_high']:.3f}, t-interval across {e['n_outer']} folds)\n"
+        f"  pooled out-of-fold AUC {e['pooled_auc']:.3f} (DeLong 95% CI "
+        f"{e['pooled_auc_ci_low']:.3f}-{e['pooled_auc_ci_high']:.3f}); calibration slope "
+        f"{e['cal_slope']:.2f}, intercept {e['cal_intercept']:.2f}, HL p {e['hl_p']:.3f}\n"
+        f"  ring widths that won: {e['ring_width_counts']}; models: {e['model_counts']}\n"
+        f"  (winners' mean inner AUC {e['mean_inner_auc_of_winners']:.3f}: optimistic, "
+        "chosen for being high)"
+    )
+    if result.chosen is not None:
+        print(
+            f"Final configuration (search on all cases): {result.chosen_candidate.label()}\n"
+            f"  its own inner-CV AUC {result.final_inner_auc:.3f} is optimistic; its performance "
+            f"estimate is the nested one above.\n"
+            f"  export it: python -m her2study task=export study={cfg.study}"
+        )
+    print(f"outputs: {out}")

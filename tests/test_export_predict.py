@@ -1,0 +1,263 @@
+"""Search -> export -> re-run and predict, end to end on real files: a small synthetic cohort with
+real pyradiomics features, an Optuna SQLite study, a real MLflow SQLite store in tmp."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from her2study.config import register_configs
+from her2study.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+register_configs()
+
+SPACE = {
+    "ring_width_mm": {"type": "categorical", "choices": [0.5, 1]},
+    "use_clinical": True,  # fixed: the model needs clinical columns (predict checks them)
+    "mw_alpha": {"type": "categorical", "choices": [0.05, 0.1]},
+    "model": {"type": "categorical", "choices": ["logistic", "ridge"]},
+    "ridge": {"C": {"type": "float", "low": 0.01, "high": 10, "log": True}},
+}
+
+
+def _search_group() -> str:
+    text = (CONF / "config.yaml").read_text()
+    return "search=default" if "- search:" in text else "+search=default"
+
+
+def make_cfg(*overrides, space=None, searchpath=None):
+    extra = [f"hydra.searchpath=[file://{searchpath}]"] if searchpath else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[_search_group(), "execution.progress=false", *extra, *overrides]
+        )
+    if space is not None:
+        cfg.search.space = space
+    return cfg
+
+
+def with_predict(cfg, **values):
+    from her2study.search_schema import PredictConfig
+
+    with open_dict(cfg):
+        if "predict" not in cfg:  # until Her2StudyConfig has the predict field
+            cfg.predict = OmegaConf.structured(PredictConfig())
+        for k, v in values.items():
+            cfg.predict[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished search (nested + final) on 70 synthetic cases, tracked in MLflow."""
+    from her2study.tasks.search import run
+
+    root = tmp_path_factory.mktemp("exp")
+    common = [
+        "extractor=fast",
+        "data.synthetic.n_cases=70",
+        "data.synthetic.band_strength=7.0",
+        "region.ring_widths_mm=[0.5,1]",
+        "selection.lasso_cv=3",
+        f"cache_dir={root / 'cache'}",
+        f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        "study=ep",
+        f"search.storage=sqlite:///{root / 'optuna.db'}",
+        "search.outer_folds=3",
+        "search.inner_folds=3",
+        "search.n_trials=4",
+    ]
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(root)
+        run(make_cfg("task=search", *common, space=SPACE))
+    finally:
+        os.chdir(cwd)
+    return root, common
+
+
+def test_search_is_tracked_in_mlflow(searched):
+    from her2study.tracking import child_runs, runs_table
+
+    root, _ = searched
+    runs = runs_table(f"sqlite:///{root / 'mlflow.db'}", "ep", "tags.task = 'search'")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["params.data.synthetic"] == "True" and run["tags.data_source"] == "synthetic"
+    assert 0 <= run["metrics.pooled_auc"] <= 1 and "metrics.mean_outer_auc_ci_low" in run
+    kids = child_runs(f"sqlite:///{root / 'mlflow.db'}", run["run_id"])
+    assert len(kids) == 3 and set(kids["tags.kind"]) == {"outer_fold"}
+    assert kids["metrics.outer_auc"].between(0, 1).all()
+    out = next((root / "outputs").glob("ep*"))
+    assert "SYNTHETIC" in (out / "outer_folds.md").read_text().splitlines()[0]
+
+
+def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatch):
+    from her2study.tasks.export import run
+
+    root, common = searched
+    monkeypatch.chdir(root)
+    (tmp_path / "exp").mkdir()
+    run(make_cfg("task=export", *common, f"search.export_dir={tmp_path / 'exp'}"))
+    out = root / "outputs" / "ep"
+    first = json.loads((out / "metrics.json").read_text())
+    bundle = joblib.load(out / "model" / "model.joblib")
+    card = bundle["card"]
+    text = (tmp_path / "exp" / "best_ep.yaml").read_text()
+    head = text.splitlines()
+    assert head[0] == "# @package _global_"
+    assert "Nested cross-validated estimate" in text and "SYNTHETIC" in text
+    assert "optimistic" in text and "task: export" in text and "export_source: config" in text
+    est = card["nested_estimate"]
+    assert f"{est['pooled_auc']:.3f}" in text
+    assert card["candidate"]["use_clinical"] is True and card["threshold"] == first["threshold"]
+    assert card["data"]["synthetic"] is True and card["mlflow_model_uri"].startswith("models:/")
+
+    # the experiment file re-runs the configuration: same model, same metrics, same seed
+    (out / "metrics.json").unlink()
+    rerun = make_cfg(
+        "+exp=best_ep", f"cache_dir={root / 'cache'}", "tracking=off", searchpath=tmp_path
+    )
+    assert rerun.search.export_source == "config" and rerun.task == "export"
+    run(rerun)
+    second = json.loads((out / "metrics.json").read_text())
+    assert second == first
+    again = joblib.load(out / "model" / "model.joblib")
+    from her2study.tasks.common import cohort_and_features
+
+    cohort, fs = cohort_and_features(rerun)
+    X = fs.table.join(cohort.table[card["clinical_columns"]])[card["columns"]]
+    np.testing.assert_array_equal(
+        bundle["pipeline"].predict_proba(X), again["pipeline"].predict_proba(X)
+    )
+
+
+def _new_cases(root: Path, tmp_path: Path, n_ok=4):
+    """A user's manifest of new cases (no labels) in its own folder, with two broken cases."""
+    from her2study.cohort.source import ensure_synthetic
+
+    cfg = make_cfg(
+        "data.synthetic.n_cases=70",
+        "data.synthetic.band_strength=7.0",
+        f"cache_dir={root / 'cache'}",
+    )
+    manifest = ensure_synthetic(cfg.data)
+    src = pd.read_csv(manifest, dtype={"case_id": str})
+    rows = src.head(n_ok + 2).copy()
+    for col in ("image", "mask"):
+        rows[col] = [str((manifest.parent / p).resolve()) for p in rows[col]]
+    ids = list(rows["case_id"])
+    rows.loc[rows.index[n_ok], "image"] = str(tmp_path / "missing.nii.gz")
+    rows.loc[rows.index[n_ok + 1], "er_pct"] = np.nan  # a clinical value the model needs
+    user = tmp_path / "user"
+    user.mkdir()
+    rows.drop(columns=["label"]).to_csv(user / "new.csv", index=False)
+    return user / "new.csv", ids
+
+
+def test_predict_writes_the_models_probabilities_and_lists_failures(
+    searched, tmp_path, monkeypatch
+):
+    from her2study.tasks.common import cohort_and_features
+    from her2study.tasks.export import run as export
+    from her2study.tasks.predict import run
+
+    root, common = searched
+    monkeypatch.chdir(tmp_path)
+    export(make_cfg("task=export", *common, f"search.export_dir={tmp_path}"))
+    model_dir = tmp_path / "outputs" / "ep" / "model"
+    bundle = joblib.load(model_dir / "model.joblib")
+    card = bundle["card"]
+    manifest, ids = _new_cases(root, tmp_path)
+    cfg = with_predict(
+        make_cfg(
+            "task=predict",
+            "data=manifest",
+            f"data.manifest={manifest}",
+            f"cache_dir={root / 'cache'}",
+            "tracking=off",
+            "study=pred",
+        ),
+        model_uri=str(model_dir),
+    )
+    run(cfg)
+    pred = pd.read_csv(tmp_path / "outputs" / "pred" / "predictions.csv", dtype={"case_id": str})
+    assert list(pred["case_id"]) == ids  # every case listed, in the manifest's order
+    failed = pred[pred["status"] == "failed"].set_index("case_id")
+    assert list(failed.index) == ids[4:]
+    assert (
+        "file not found" in failed.loc[ids[4], "problem"]
+        or "missing" in failed.loc[ids[4], "problem"]
+    )
+    assert "er_pct" in failed.loc[ids[5], "problem"]
+    assert failed["probability"].isna().all()
+    ok = pred[pred["status"] == "ok"].set_index("case_id")
+    # the model's own probabilities on the same cases' features (training cohort's table)
+    train_cfg = make_cfg(*common, "task=search")
+    cohort, fs = cohort_and_features(train_cfg)
+    X = fs.table.join(cohort.table[card["clinical_columns"]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = bundle["pipeline"].predict_proba(X.loc[ids[:4], card["columns"]])[:, 1]
+    np.testing.assert_allclose(ok["probability"].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert (ok["class"] == (expected >= card["threshold"]).astype(int)).all()
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["new.csv"]  # only read
+
+    # the same model from the MLflow store
+    cfg = with_predict(
+        make_cfg(
+            "task=predict",
+            "data=manifest",
+            f"data.manifest={manifest}",
+            f"cache_dir={root / 'cache'}",
+            "study=pred2",
+            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        ),
+        model_uri=card["mlflow_model_uri"],
+    )
+    run(cfg)
+    pred2 = pd.read_csv(tmp_path / "outputs" / "pred2" / "predictions.csv", dtype={"case_id": str})
+    np.testing.assert_allclose(
+        pred2["probability"].to_numpy(),
+        pred["probability"].to_numpy(),
+        rtol=0,
+        atol=1e-12,
+        equal_nan=True,
+    )
+
+
+def test_predict_needs_a_model(tmp_path, monkeypatch):
+    from her2study.tasks.predict import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="predict.model_uri"):
+        run(with_predict(make_cfg("task=predict", "tracking=off")))
+    with pytest.raises(ConfigError, match="no model at"):
+        run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path)))
+
+
+def test_export_without_a_finished_search_says_so(tmp_path, monkeypatch):
+    from her2study.tasks.export import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="run the search first"):
+        run(
+            make_cfg(
+                "task=export",
+                "study=nothing",
+                "tracking=off",
+                f"search.storage=sqlite:///{tmp_path / 'x.db'}",
+            )
+        )
