@@ -45,7 +45,9 @@ def _finish(fig, ax, title, note):
     if title:
         ax.set_title(title)
     if note:
-        fig.tight_layout(rect=(0, 0.04, 1, 1))  # keep a strip below the axes for the note
+        engine = fig.get_layout_engine()
+        if engine is not None and hasattr(engine, "set"):  # constrained: keep a strip below
+            engine.set(rect=(0, 0.04, 1, 0.96))
         fig.text(
             0.995,
             0.005,
