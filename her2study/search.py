@@ -860,7 +860,8 @@ def open_storage(url: str, create_dirs: bool = False):
 
 def _rdb_storage(url: str, kwargs: dict, hint: str):
     """RDBStorage; workers starting together on a new database race to create its tables
-    ("already exists", "locked"): the loser retries and finds them."""
+    ("already exists", "locked", alembic's "UNIQUE constraint failed"): the loser retries and
+    finds them."""
     import optuna
 
     for attempt in range(6):
@@ -868,7 +869,8 @@ def _rdb_storage(url: str, kwargs: dict, hint: str):
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # bad dialect, missing driver, unreachable server, ...
             text = str(exc).lower()
-            if attempt < 5 and ("already exists" in text or "locked" in text):
+            racing = ("already exists", "locked", "unique constraint failed")
+            if attempt < 5 and any(r in text for r in racing):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise ConfigError(
