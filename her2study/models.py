@@ -62,7 +62,21 @@ MODELS = ("logistic", "lasso_logistic", "ridge", "svm", "random_forest")
 # --------------------------------------------------------------------------------------
 
 
-class LassoCVClassifier(ClassifierMixin, LassoCVSelector):
+class _LogOddsClassifierMixin:
+    """``predict_proba`` and ``predict`` from a binary ``decision_function`` (log-odds)."""
+
+    def predict_proba(self, X):
+        """Probabilities of ``classes_[0]`` and ``classes_[1]``."""
+        p = _expit(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X):
+        """Class with the larger probability."""
+        eta = self.decision_function(X)
+        return self.classes_[(eta > 0).astype(int)]
+
+
+class LassoCVClassifier(_LogOddsClassifierMixin, ClassifierMixin, LassoCVSelector):
     """:class:`~her2study.selection.LassoCVSelector` that also predicts with its own fit.
 
     The rad-score is the L1-logistic linear predictor at the CV-chosen penalty, i.e. glmnet's
@@ -74,16 +88,6 @@ class LassoCVClassifier(ClassifierMixin, LassoCVSelector):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_
-
-    def predict_proba(self, X):
-        """Probabilities of ``classes_[0]`` and ``classes_[1]``."""
-        p = _expit(self.decision_function(X))
-        return np.column_stack([1.0 - p, p])
-
-    def predict(self, X):
-        """Class with the larger probability."""
-        eta = self.decision_function(X)
-        return self.classes_[(eta > 0).astype(int)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -300,7 +304,7 @@ def _or_table(result, names):
     return table
 
 
-class _LogitModel(ClassifierMixin, BaseEstimator):
+class _LogitModel(_LogOddsClassifierMixin, ClassifierMixin, BaseEstimator):
     """Prediction from ``params_`` (a Series with ``const``) on the ``selected_`` columns."""
 
     def _setup(self, X, y):
@@ -332,16 +336,6 @@ class _LogitModel(ClassifierMixin, BaseEstimator):
         block = _numeric_block(df, self.selected_ if X is df else list(df.columns), who)
         block = block[self.selected_]
         return self.params_["const"] + block.to_numpy() @ self.params_[self.selected_].to_numpy()
-
-    def predict_proba(self, X):
-        """Probabilities of ``classes_[0]`` and ``classes_[1]``."""
-        p = _expit(self.decision_function(X))
-        return np.column_stack([1.0 - p, p])
-
-    def predict(self, X):
-        """Class with the larger probability."""
-        eta = self.decision_function(X)
-        return self.classes_[(eta > 0).astype(int)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
