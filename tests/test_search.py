@@ -355,6 +355,8 @@ def test_nested_auc_on_shuffled_noise_is_chance(noise_table, tmp_path, monkeypat
     freq = pd.read_csv(out / "feature_frequency.csv")
     assert freq["frequency"].between(0, 1).all()
     assert (out / "roc_nested_oof.png").stat().st_size > 10_000
+    report = (out / "report.html").read_text()
+    assert "nested" in report.lower() and "data:image/png;base64," in report
 
 
 # ------------------------------------------------------------------------------------------

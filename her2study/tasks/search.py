@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from her2study import __version__
 from her2study.cohort.source import describe_source
 from her2study.errors import ConfigError
+from her2study.report import search_design_items, search_report
 from her2study.reporting import to_markdown
 from her2study.search import (
     Design,
@@ -32,7 +33,7 @@ from her2study.search import (
     search_defaults,
     storage_url,
 )
-from her2study.tasks.common import cohort_and_features, output_dir
+from her2study.tasks.common import cohort_and_features, output_dir, public_config
 from her2study.tasks.paper import clinical_columns
 from her2study.tracking import Tracker, check_tracking_uri, flatten_config
 
@@ -100,7 +101,8 @@ def run(cfg) -> float:
         run_name=f"search {cfg.study}",
         tags=tags,
     ) as tracker:
-        params = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+        public = public_config(cfg)
+        params = flatten_config(public)
         params.update(
             {
                 "data.n_cases": len(design.y),
@@ -126,7 +128,21 @@ def run(cfg) -> float:
             tracker.log_artifact(path, "tables")
         for name, fig in figures.items():
             tracker.log_figure(fig, f"figures/{name}.png")
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
+        report = search_report(
+            out,
+            title=f"{cfg.study}: nested search",
+            source=source,
+            synthetic=cohort.synthetic,
+            design=search_design_items(cfg, len(design.y)),
+            tables={
+                "nested estimate": {k: v for k, v in est.items() if not isinstance(v, dict)},
+                "outer folds": result.folds,
+                "feature selection frequency": result.features.head(50),
+            },
+            figures=figures,
+        )
+        tracker.log_artifact(report, "report")
         if result.chosen is not None:
             tracker.set_tags({"chosen": result.chosen_candidate.label()})
         if tracker.run_id and result.chosen is not None:
