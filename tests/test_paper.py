@@ -63,6 +63,8 @@ def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F
     assert {"Nomogram.test.hl_p", "Intra.train.brier", "Clinic.test.net_benefit_0.5"} <= set(
         metrics
     )
+    ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    assert ptags["data_source"] == "synthetic" and ptags["git_commit"]
     params = {p["key"]: p["value"] for p in parent["data"]["params"]}
     assert params["region.ring_widths_mm"] == "[1.0, 2.0]"
     assert params["data.synthetic"] == "True"

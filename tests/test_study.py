@@ -114,3 +114,28 @@ def test_paper_on_a_features_table(tmp_path, data):
     assert f"Data: cohort from {tmp_path / 'features.csv'}" in res.stdout
     assert "SYNTHETIC" not in res.stdout
     assert "IntraPeri 2 mm" in res.stdout
+
+
+def test_block_split_matches_the_paper_design():
+    rng = np.random.default_rng(3)
+    table = pd.DataFrame(
+        {"label": [1] * 129 + [0] * 80, "age": rng.normal(53, 12, 209).round()},
+        index=[f"c{i}" for i in range(209)],
+    )
+    split = block_split(table, "label", test_size=54 / 209, block_size=10, seed=7)
+    assert split.value_counts().to_dict() == {"train": 155, "test": 54}
+    by_class = pd.crosstab(split, table["label"])
+    assert abs(by_class.loc["test", 1] / 129 - by_class.loc["test", 0] / 80) < 0.03  # stratified
+    means = table.groupby(split)["age"].mean()
+    assert abs(means["train"] - means["test"]) < 2.0  # age-matched by blocking on age
+    assert split.equals(block_split(table, "label", test_size=54 / 209, seed=7))
+    assert not split.equals(block_split(table, "label", test_size=54 / 209, seed=8))
+
+
+def test_split_column_is_used_as_given(compose):
+    from her2study.split import split_from_config
+
+    table = pd.DataFrame({"label": [0, 1, 0, 1], "split": ["train", "train", "test", "Test"]})
+    cfg = compose("split.method=column")
+    got = split_from_config(table, cfg.split, "label", 0)
+    assert got.tolist() == ["train", "train", "test", "test"]

@@ -74,6 +74,7 @@ def run(cfg) -> float:
         "task": "paper",
         "data_source": "synthetic" if cohort.synthetic else "manifest",
         "her2study_version": __version__,
+        "git_commit": code_version(),
     }
     run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
     with Tracker(
@@ -181,6 +182,30 @@ def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
         for k, v in row.items()
         if k not in ("set", "signature") and isinstance(v, (int, float, np.integer, np.floating))
     }
+
+
+def code_version() -> str:
+    """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def model_requirements() -> list[str]:
