@@ -251,9 +251,12 @@ def main() -> None:
                 r = run_step(
                     f"search_n{n}",
                     [
-                        "task=search",
+                        "+exp=search",
                         data,
                         "extractor=fast",
+                        # the rings extracted above (cached): tumour only, 1 mm, 2 mm
+                        "region.ring_widths_mm=[1.0,2.0]",
+                        "search.space.ring_width_mm.choices=[0,1,2]",
                         "search.n_trials=5",
                         "search.outer_folds=2",
                         "search.inner_folds=3",
