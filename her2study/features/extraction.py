@@ -95,10 +95,6 @@ class FeatureSet:
     n_cached: int = 0
     n_extracted: int = 0
 
-    def columns_for(self, regions: list[str]) -> list[str]:
-        prefixes = tuple(f"{r}_" for r in regions)
-        return [c for c in self.table.columns if c.startswith(prefixes)]
-
 
 def _entry_key(case_digest: dict, spec: RegionSpec, fov: str, params_key: str) -> str:
     return canonical_digest(
