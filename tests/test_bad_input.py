@@ -6,6 +6,7 @@ through real subprocesses in test_cli.py).
 """
 
 import hashlib
+import json
 import logging
 import re
 
@@ -246,3 +247,55 @@ def test_unwritable_cache_is_a_clear_error(make_cohort, tmp_path, monkeypatch, c
         assert run(cfg) == 3
     assert "cannot write" in caplog.text and "writable folder" in caplog.text
     assert _hashes(tmp_path / "cohort") == inputs
+
+
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """Mount a small tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mounted = []
+
+    def _mount(name, options):
+        target = tmp_path / name
+        target.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield _mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "kind,options,code,fragment",
+    [
+        ("disk full", "size=12k", 3, "No space left"),
+        ("read-only", "ro,size=64k", 3, "Read-only file system"),
+    ],
+)
+def test_full_or_read_only_cache(
+    kind, options, code, fragment, make_cohort, tmp_path, tiny_mount, monkeypatch, compose, caplog
+):
+    m = make_cohort(n=6)
+    inputs = _hashes(tmp_path / "cohort")
+    cache = tiny_mount("cache", options)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(
+        *QUICK, "task=extract", "data=manifest", f"data.manifest={m}", f"cache_dir={cache}"
+    )
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == code
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and fragment in errors[0] and "writable folder" in errors[0], errors
+    assert _hashes(tmp_path / "cohort") == inputs
+    assert not list(cache.rglob("*.tmp"))  # no partial cache entry left behind
+    for entry in cache.rglob("*.json"):
+        json.loads(entry.read_text())
