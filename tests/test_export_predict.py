@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from her2study.config import register_configs
 from her2study.errors import ConfigError
@@ -30,16 +30,11 @@ SPACE = {
 }
 
 
-def _search_group() -> str:
-    text = (CONF / "config.yaml").read_text()
-    return "search=default" if "- search:" in text else "+search=default"
-
-
 def make_cfg(*overrides, space=None, searchpath=None):
     extra = [f"hydra.searchpath=[file://{searchpath}]"] if searchpath else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
-            "config", overrides=[_search_group(), "execution.progress=false", *extra, *overrides]
+            "config", overrides=["search=default", "execution.progress=false", *extra, *overrides]
         )
     if space is not None:
         cfg.search.space = space
@@ -47,11 +42,7 @@ def make_cfg(*overrides, space=None, searchpath=None):
 
 
 def with_predict(cfg, **values):
-    from her2study.search_schema import PredictConfig
-
     with open_dict(cfg):
-        if "predict" not in cfg:  # until Her2StudyConfig has the predict field
-            cfg.predict = OmegaConf.structured(PredictConfig())
         for k, v in values.items():
             cfg.predict[k] = v
     return cfg

@@ -41,19 +41,13 @@ CONF = REPO / "conf"
 register_configs()
 
 
-def _search_group() -> str:
-    """``search=default`` once conf/config.yaml lists the group, ``+search=default`` before."""
-    text = (CONF / "config.yaml").read_text()
-    return "search=default" if "- search:" in text else "+search=default"
-
-
 def make_cfg(*overrides, space=None):
     """The composed config; ``space`` replaces search.space (a command-line dict would be merged
     into the default space)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "config",
-            overrides=[_search_group(), "tracking=off", "execution.progress=false", *overrides],
+            overrides=["search=default", "tracking=off", "execution.progress=false", *overrides],
         )
     if space is not None:
         cfg.search.space = space
@@ -399,7 +393,7 @@ def _spawn(tmp_path, overrides, slow=0.0):
         str(CONF),
         str(slow),
         json.dumps(NOISE_SPACE),
-        _search_group(),
+        "search=default",
         "tracking=off",
         "execution.progress=false",
         *overrides,
