@@ -37,6 +37,7 @@ from her2study.models import (
     rad_score,
     signature_coefficients,
 )
+from her2study.regions import ring_spec
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,6 @@ def fit_signatures(
 
     groups = {"Intra": ["intra"]}
     for w in ring_widths_mm:
-        from her2study.regions import ring_spec
-
         groups[ring_label(w)] = ["intra", ring_spec(w).name]
     for name, regions in groups.items():
         cols = [c for c in features.columns if c.split("_", 1)[0] in regions]
@@ -336,8 +335,9 @@ def evaluate_signatures(
                     auc.auc,
                 )
             m = binary_metrics(yy, pp, thr)
-            hl = hosmer_lemeshow(yy, np.clip(pp, 1e-9, 1 - 1e-9), groups=ecfg.hl_groups)
-            cal = calibration_slope_intercept(yy, np.clip(pp, 1e-9, 1 - 1e-9))
+            clipped = np.clip(pp, 1e-9, 1 - 1e-9)  # finite logits for HL and recalibration
+            hl = hosmer_lemeshow(yy, clipped, groups=ecfg.hl_groups)
+            cal = calibration_slope_intercept(yy, clipped)
             nb = net_benefit(yy, pp, np.asarray(ecfg.net_benefit_at, dtype=float))
             row = {
                 "set": set_name,

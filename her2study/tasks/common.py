@@ -96,6 +96,63 @@ def public_config(cfg) -> dict:
     return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
+def code_version() -> str:
+    """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(task: str, cfg, cohort, **extra) -> dict:
+    """Tags of a task's MLflow parent run: task, data source, code version."""
+    from her2study import __version__
+
+    return {
+        "task": task,
+        "data_source": "synthetic" if cohort.synthetic else cfg.data.source,
+        "her2study_version": __version__,
+        "git_commit": code_version(),
+        **extra,
+    }
+
+
+def log_run_config(tracker, cfg, cohort, n_cases: int) -> None:
+    """The resolved config (secrets redacted) as params and as ``config/resolved.yaml``."""
+    from her2study import __version__
+    from her2study.tracking import flatten_config
+
+    if not tracker.enabled:
+        return
+    public = public_config(cfg)
+    params = flatten_config(public)
+    params.update(
+        {
+            "data.n_cases": n_cases,
+            "data.synthetic": cohort.synthetic,
+            "her2study.version": __version__,
+        }
+    )
+    tracker.log_params(params)
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
+
+
 def protect_ids(cohort, table, data_cfg):
     """Warn when case ids look like names or PatientIDs; pseudonymise them when asked.
 

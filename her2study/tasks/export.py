@@ -46,7 +46,7 @@ from her2study.search import (
     selected_features,
     storage_url,
 )
-from her2study.tasks.common import extractor_params, output_dir
+from her2study.tasks.common import extractor_params, output_dir, run_tags
 from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -297,12 +297,7 @@ def run(cfg) -> float:
         cfg.tracking.experiment,
         enabled=cfg.tracking.enabled,
         run_name=f"export {cfg.study}",
-        tags={
-            "task": "export",
-            "data_source": "synthetic" if cohort.synthetic else "user",
-            "her2study_version": __version__,
-            "export_source": origin["kind"],
-        },
+        tags=run_tags("export", cfg, cohort, export_source=origin["kind"]),
     ) as tracker:
         tracker.log_params(
             {

@@ -33,7 +33,7 @@ def write_overlays(cfg, cohort, folder) -> None:
     import numpy as np
 
     from her2study.cohort.io import read_image, read_mask
-    from her2study.regions import RegionMaker, field_of_view
+    from her2study.regions import RegionMaker, field_of_view, write_overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     specs = specs_from_config(cfg)
@@ -46,8 +46,6 @@ def write_overlays(cfg, cohort, folder) -> None:
         mask = read_mask(case.mask, image, cfg.data.mask_label, case.spacing_mm is not None)
         maker = RegionMaker(mask, field_of_view(image, cfg.region.fov), outer)
         regions = {s.name: maker.make(s)[0] for s in specs}
-        from her2study.regions import write_overlay
-
         tag = " (SYNTHETIC)" if cohort.synthetic else ""
         write_overlay(image, regions, folder / f"{case.case_id}.png", f"{case.case_id}{tag}")
     log.info("wrote %d overlays to %s", n, folder)

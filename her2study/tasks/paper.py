@@ -11,16 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from her2study import __version__
 from her2study.cohort.source import describe_source
 from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_markdown, to_text
 from her2study.split import split_from_config
 from her2study.study import evaluate_signatures, fit_signatures, paired_delong
-from her2study.tasks.common import SECRET_KEYS, cohort_and_features, output_dir, public_config
-from her2study.tracking import Tracker, check_tracking_uri, flatten_config
+from her2study.tasks.common import (
+    SECRET_KEYS,
+    cohort_and_features,
+    log_run_config,
+    output_dir,
+    run_tags,
+)
+from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +74,7 @@ def run(cfg) -> float:
     print(f"(thresholds: Youden on training; full table with the paper's figures: {out}/table3.md)")
     print(f"report: {report}")
 
-    tags = {
-        "task": "paper",
-        "data_source": "synthetic" if cohort.synthetic else "manifest",
-        "her2study_version": __version__,
-        "git_commit": code_version(),
-    }
+    tags = run_tags("paper", cfg, cohort)
     run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
     with Tracker(
         cfg.tracking.tracking_uri,
@@ -184,30 +183,6 @@ def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
     }
 
 
-def code_version() -> str:
-    """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def model_requirements() -> list[str]:
     """Pinned requirements of a logged pipeline (given, so MLflow need not infer them); the
     her2study package itself travels with the model as code."""
@@ -227,16 +202,7 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     """Parent run: config, all metrics, tables, figures; child run per signature with its model."""
     if not tracker.enabled:
         return
-    public = public_config(cfg)
-    params = flatten_config(public)
-    params.update(
-        {
-            "data.n_cases": len(cohort.ids),
-            "data.synthetic": cohort.synthetic,
-            "her2study.version": __version__,
-        }
-    )
-    tracker.log_params(params)
+    log_run_config(tracker, cfg, cohort, len(cohort.ids))
     flat = {}
     for _, r in metrics.iterrows():
         flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
@@ -247,7 +213,6 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
         tracker.log_figure(fig, f"figures/{name}.png")
     if (out / "report.html").is_file():
         tracker.log_artifact(out / "report.html", "report")
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
     overrides = out / ".hydra" / "overrides.yaml"
     if overrides.is_file() and not any(k in overrides.read_text() for k in SECRET_KEYS):
         tracker.log_artifact(overrides, "config")

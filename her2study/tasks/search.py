@@ -18,9 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import yaml
-from omegaconf import OmegaConf
 
-from her2study import __version__
 from her2study.cohort.source import describe_source
 from her2study.errors import ConfigError
 from her2study.report import search_design_items, search_report
@@ -33,9 +31,9 @@ from her2study.search import (
     search_defaults,
     storage_url,
 )
-from her2study.tasks.common import cohort_and_features, output_dir, public_config
+from her2study.tasks.common import cohort_and_features, log_run_config, output_dir, run_tags
 from her2study.tasks.paper import clinical_columns
-from her2study.tracking import Tracker, check_tracking_uri, flatten_config
+from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +86,7 @@ def run(cfg) -> float:
     source = design.source
     note = source if cohort.synthetic else None
     print(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
-    tags = {
-        "task": "search",
-        "data_source": "synthetic" if cohort.synthetic else cfg.data.source,
-        "her2study_version": __version__,
-        "optuna_storage": url,
-    }
+    tags = run_tags("search", cfg, cohort, optuna_storage=url)
     with Tracker(
         cfg.tracking.tracking_uri,
         cfg.tracking.experiment,
@@ -101,16 +94,7 @@ def run(cfg) -> float:
         run_name=f"search {cfg.study}",
         tags=tags,
     ) as tracker:
-        public = public_config(cfg)
-        params = flatten_config(public)
-        params.update(
-            {
-                "data.n_cases": len(design.y),
-                "data.synthetic": cohort.synthetic,
-                "her2study.version": __version__,
-            }
-        )
-        tracker.log_params(params)
+        log_run_config(tracker, cfg, cohort, len(design.y))
         result = nested_search(cfg, design, storage, cfg.study, tracker)
         est = result.estimate
         tables = write_tables(out, result, source, cfg)
@@ -128,7 +112,6 @@ def run(cfg) -> float:
             tracker.log_artifact(path, "tables")
         for name, fig in figures.items():
             tracker.log_figure(fig, f"figures/{name}.png")
-        tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
         report = search_report(
             out,
             title=f"{cfg.study}: nested search",
