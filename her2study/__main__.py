@@ -7,13 +7,15 @@ import logging
 import sys
 
 import hydra
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from her2study.config import register_configs
-from her2study.errors import user_errors
+from her2study.errors import Her2StudyError
 
 register_configs()
 log = logging.getLogger("her2study")
+_STARTED = False  # set once the config composed and the task began
 WRITE_ERRNOS = {
     errno.EACCES,
     errno.EROFS,
@@ -26,13 +28,13 @@ WRITE_ERRNOS = {
 
 
 def run(cfg: DictConfig) -> int:
-    """Run ``cfg.task``; a user error is one clear message and exit code 2 (3: cannot write)."""
-    from her2study.tasks import get_task
-
+    """Run the task's ``_target_``; a user error is one message and exit 2 (3: cannot write)."""
+    global _STARTED
+    _STARTED = True
     logging.captureWarnings(True)  # library warnings go to the run's log, not the terminal
     try:
-        get_task(cfg.task)(cfg)
-    except user_errors() as err:
+        get_method(cfg.task._target_)(cfg)
+    except Her2StudyError as err:
         log.error("%s", err)
         return 2
     except OSError as err:
@@ -49,7 +51,7 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://her2study.conf", config_name="config")
 def _app(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:
@@ -57,7 +59,13 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _app()
+    """Hydra exits 1 on a config it cannot compose; a bad config is a user error: exit 2."""
+    try:
+        _app()
+    except SystemExit as stop:
+        if stop.code == 1 and not _STARTED:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

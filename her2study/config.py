@@ -1,8 +1,12 @@
 """Typed configuration schemas, registered in Hydra's ConfigStore.
 
-YAML files under ``conf/`` give the values; these dataclasses give the types, so that a typo or a
-wrong type fails when Hydra composes the config, naming the key. The pyradiomics parameter block
-stays a plain mapping that pyradiomics' own schema validates.
+YAML files under ``conf/`` give the values; these dataclasses give the types, so that a typo, a
+wrong type or a value outside a fixed set of choices fails when Hydra composes the config, naming
+the key and the allowed values. Every choice among fixed values is an :class:`Choice` enum; tasks
+and models are Hydra groups (``conf/task/``, ``conf/model/``) whose files carry ``_target_``.
+The pyradiomics parameter block stays a plain mapping that pyradiomics' own schema validates.
+
+This module imports no image, model or tracking library: it is the bottom of the import graph.
 """
 
 from __future__ import annotations
@@ -11,16 +15,76 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
-from her2study.cohort.synthetic import SyntheticSpec
+from her2study.choices import (
+    AUCInterval,
+    Backend,
+    CorrMethod,
+    CorrRule,
+    DataSource,
+    Fov,
+    ICCKind,
+    ImageFormat,
+    LassoRule,
+    LassoScoring,
+    ModelName,
+    MWCorrection,
+    SplitMethod,
+    TaskName,
+    ThresholdRule,
+)
 from her2study.search_schema import PredictConfig, SearchConfig
+
+
+@dataclass
+class SyntheticSpec:
+    """Everything that determines a synthetic cohort; the same spec gives identical arrays."""
+
+    # --- cohort ---
+    n_cases: int = 209  # number of lesions (one per case)
+    n_positive: Optional[int] = None  # label-1 cases; None -> round(n_cases * 129 / 209)
+    seed: int = 2024  # master seed; case i uses SeedSequence(seed).spawn(...)[i]
+    # --- image geometry ---
+    spacing_x_mm: float = 0.2  # pixel spacing, lateral (columns), mm
+    spacing_y_mm: float = 0.2  # pixel spacing, axial = depth (rows), mm
+    fov_width_mm: float = 48.0  # field of view, lateral, mm (240 px at 0.2 mm)
+    fov_depth_mm: float = 40.0  # field of view, depth, mm (200 px at 0.2 mm)
+    image_format: ImageFormat = ImageFormat.nifti  # nifti (spacing in header) | png (in manifest)
+    # --- class signal (the known right answer) ---
+    band_inner_mm: float = 0.0  # signal band starts this far outside the lesion boundary, mm
+    band_outer_mm: float = 1.0  # ... and ends here (band = inner < d <= outer), mm
+    band_strength: float = 3.0  # mean echogenicity rise in the band of label-1 cases, dB (moderate:
+    # no signature separates the training set perfectly)
+    band_texture: float = 0.6  # weight (0..1) of the coarse band texture at factor g = 1
+    intra_strength: float = 0.3  # extra intratumoral heterogeneity of label-0 cases, dB (SD; weak)
+    effect_cv: float = 0.5  # coefficient of variation of the per-case effect factors
+    er_signal: bool = True  # ER % drawn by class (weak signal) instead of the pooled mixture
+    # --- readers ---
+    reader1_perturb_mm: float = 0.1  # RMS of reader 1's smooth boundary deviation, mm
+    reader2_perturb_mm: float = 0.3  # RMS of reader 2's smooth boundary deviation, mm
+    # --- lesion appearance (class-independent) ---
+    lesion_contrast_db: float = 24.0  # mean lesion echogenicity below glandular tissue, dB
+    lesion_heterogeneity_db: float = 2.0  # mean base internal heterogeneity (both classes), dB
+    irregularity: float = 0.08  # amplitude of the radial harmonics of the lesion outline
+    not_parallel_prob: float = 0.78  # lesion long axis tilted away from the skin line
+    spiculation_prob: float = 0.35  # lesion has thin radial spikes (outside the mask)
+    shadowing_prob: float = 0.51  # posterior acoustic shadowing (manifest posterior_shadowing)
+    enhancement_prob: float = 0.35  # posterior enhancement, among lesions without shadowing
+    calcification_prob: float = 0.32  # microcalcifications inside the lesion
+    # --- acquisition ---
+    psf_axial_mm: float = 0.25  # point-spread function SD, axial, mm
+    psf_lateral_mm: float = 0.5  # point-spread function SD, lateral, mm
+    dynamic_range_db: float = 50.0  # log-compression display range, dB
+    gain_jitter_db: float = 1.5  # per-case overall gain SD, dB (machine/operator variation)
+    noise_floor_db: float = -50.0  # electronic noise relative to glandular tissue, dB
 
 
 @dataclass
 class DataConfig:
     """Where the cohort comes from and how to read it."""
 
-    source: str = "synthetic"  # synthetic | manifest | features
+    source: DataSource = DataSource.synthetic  # synthetic | manifest | features
     manifest: Optional[str] = None  # CSV, one row per lesion; paths relative to it
     features_table: Optional[str] = None  # CSV/Parquet replacing images (source=features)
     case_column: str = "case_id"
@@ -43,7 +107,7 @@ class RegionConfig:
     include_intra: bool = True  # the tumour mask itself
     ring_widths_mm: List[float] = field(default_factory=lambda: [1.0, 2.0])  # rings 0 < d <= w
     bands_mm: List[List[float]] = field(default_factory=list)  # extra bands [inner, outer]
-    fov: str = "nonzero"  # clip rings to: nonzero (image > 0) | none
+    fov: Fov = Fov.nonzero  # clip rings to: nonzero (image > 0) | none
     min_coverage: float = 0.8  # warn when a clipped ring keeps less of its full annulus
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
@@ -62,7 +126,7 @@ class ExtractorConfig:
 class SplitConfig:
     """Training/test split (the paper: block randomisation, block size 10, age-matched)."""
 
-    method: str = "block"  # block | column (the manifest's own split column)
+    method: SplitMethod = SplitMethod.block  # block | column (the manifest's own split column)
     test_size: float = 0.2584  # 54 of 209
     block_size: int = 10
     balance_on: Optional[str] = "age"  # order by this within class before blocking; null = none
@@ -73,17 +137,18 @@ class SelectionConfig:
     """Feature selection inside each fit: z-score, correlation, Mann-Whitney, LASSO-CV."""
 
     corr_threshold: float = 0.9  # drop one of each pair with |rho| above this
-    corr_method: str = "spearman"  # spearman | pearson
-    corr_rule: str = "mean_abs_corr"  # which of a pair goes: the one more correlated overall
+    corr_method: CorrMethod = CorrMethod.spearman  # spearman | pearson
+    corr_rule: CorrRule = CorrRule.mean_abs_corr  # which of a pair goes (mean_abs_corr | later
+    # | target)
     mw_alpha: float = 0.05  # keep features with Mann-Whitney p below this
-    mw_correction: Optional[str] = None  # null | fdr_bh | bonferroni
+    mw_correction: Optional[MWCorrection] = None  # null | fdr_bh | bonferroni
     lasso_cv: int = 10  # folds for choosing lambda
-    lasso_rule: str = "min"  # min | 1se
-    lasso_scoring: str = "neg_log_loss"  # neg_log_loss (deviance, as glmnet) | roc_auc
+    lasso_rule: LassoRule = LassoRule.min  # min | 1se
+    lasso_scoring: LassoScoring = LassoScoring.neg_log_loss  # neg_log_loss (deviance) | roc_auc
     lasso_n_lambdas: int = 20
     max_features: Optional[int] = None  # cap on LASSO-selected features
     icc_threshold: Optional[float] = None  # drop features with reader-1 vs reader-2 ICC below
-    icc_kind: str = "ICC(2,1)"  # ICC(2,1) absolute agreement | ICC(3,1) consistency
+    icc_kind: ICCKind = ICCKind.ICC2_1  # ICC2_1 absolute agreement | ICC3_1 consistency | ICC1_1
 
 
 @dataclass
@@ -105,9 +170,10 @@ class NomogramConfig:
 
 @dataclass
 class ModelConfig:
-    """The classifier on the selected radiomics features."""
+    """The classifier on the selected radiomics features (one file per model in conf/model/)."""
 
-    name: str = "logistic"  # logistic | lasso_logistic | ridge | svm | random_forest
+    _target_: str = MISSING  # the estimator factory, her2study.models.<name>
+    name: ModelName = MISSING  # logistic | lasso_logistic | ridge | svm | random_forest
     params: Dict[str, Any] = field(default_factory=dict)  # passed to the estimator
     clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
     nomogram: NomogramConfig = field(default_factory=NomogramConfig)
@@ -117,9 +183,9 @@ class ModelConfig:
 class EvaluationConfig:
     """How predictions are judged."""
 
-    threshold: str = "youden"  # youden (chosen on training) | fixed
+    threshold: ThresholdRule = ThresholdRule.youden  # youden (chosen on training) | fixed
     fixed_threshold: float = 0.5
-    ci: str = "delong"  # delong | bootstrap
+    ci: AUCInterval = AUCInterval.delong  # delong | bootstrap
     n_boot: int = 2000
     hl_groups: int = 10
     dca_max_threshold: float = 0.99
@@ -132,7 +198,7 @@ class ExecutionConfig:
     """How work is spread over cores or a cluster."""
 
     n_jobs: int = 2  # parallel cases; -1 = all cores
-    backend: str = "loky"  # joblib backend: loky | threading | dask | ray
+    backend: Backend = Backend.loky  # joblib backend: loky | threading | dask | ray
     progress: bool = True  # show a progress bar on long work
 
 
@@ -147,10 +213,18 @@ class TrackingConfig:
 
 
 @dataclass
-class Her2StudyConfig:
-    """The whole run."""
+class TaskConfig:
+    """What runs (one file per task in conf/task/): ``_target_`` is its ``run(cfg)``."""
 
-    task: str = "extract"  # synth | extract | paper | search | export | predict | compare
+    _target_: str = MISSING  # her2study.tasks.<name>.run
+    name: TaskName = MISSING
+
+
+@dataclass
+class Her2StudyConfig:
+    """The whole run. ``search`` and ``predict`` exist only in the tasks that use them."""
+
+    task: TaskConfig = MISSING  # conf/task/<name>.yaml: synth | extract | paper | compare | ...
     study: str = "her2study"  # study name: MLflow experiment, Optuna study
     seed: int = 42
     cache_dir: str = ".her2study_cache"  # features cache and synthetic cohort
@@ -159,10 +233,10 @@ class Her2StudyConfig:
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = MISSING
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
+    search: Optional[SearchConfig] = None  # task=search / export (conf/search/)
+    predict: Optional[PredictConfig] = None  # task=predict
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -181,3 +255,5 @@ def register_configs() -> None:
     cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConfig)
     cs.store(group="search", name="search_schema", node=SearchConfig)
     cs.store(group="execution", name="execution_schema", node=ExecutionConfig)
+    cs.store(group="task", name="task_schema", node=TaskConfig)
+    cs.store(group="predict", name="predict_schema", node=PredictConfig)

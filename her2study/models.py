@@ -16,6 +16,7 @@ Estimators here never log or write files; callers decide what to record.
 from __future__ import annotations
 
 import warnings
+from enum import Enum
 from numbers import Number
 
 import numpy as np
@@ -44,6 +45,10 @@ from her2study.selection import (
 
 __all__ = [
     "MODELS",
+    "MODEL_FACTORIES",
+    "estimator_params",
+    "make_pipeline",
+    "pipeline_from_config",
     "ClinicalModel",
     "CombinedModel",
     "LassoCVClassifier",
@@ -54,7 +59,6 @@ __all__ = [
     "variance_inflation_factors",
 ]
 
-MODELS = ("logistic", "lasso_logistic", "ridge", "svm", "random_forest")
 
 
 # --------------------------------------------------------------------------------------
@@ -95,22 +99,57 @@ class LassoCVClassifier(_LogOddsClassifierMixin, ClassifierMixin, LassoCVSelecto
         return tags
 
 
-def _make_model(model, params, random_state, lasso_kwargs):
-    params = dict(params or {})
-    if model == "logistic":
-        return make_logistic_regression(None, **{"max_iter": 5000, **params})
-    if model == "ridge":
-        return make_logistic_regression("l2", **{"C": 1.0, "max_iter": 5000, **params})
-    if model == "svm":
-        svc = SVC(**{"kernel": "rbf", "C": 1.0, "gamma": "scale", **params})
-        return CalibratedClassifierCV(svc, method="sigmoid", cv=5)
-    if model == "random_forest":
-        return RandomForestClassifier(
-            **{"n_estimators": 500, "random_state": random_state, **params}
-        )
-    if model == "lasso_logistic":
-        return LassoCVClassifier(**{**lasso_kwargs, **params})
-    raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+def logistic(random_state=0, lasso_kwargs=None, **params):
+    """Unpenalised logistic regression on the LASSO-selected features (the paper)."""
+    return make_logistic_regression(None, **{"max_iter": 5000, **params})
+
+
+def ridge(random_state=0, lasso_kwargs=None, **params):
+    """L2-penalised logistic regression, ``C=1`` unless given."""
+    return make_logistic_regression("l2", **{"C": 1.0, "max_iter": 5000, **params})
+
+
+def svm(random_state=0, lasso_kwargs=None, **params):
+    """RBF ``SVC`` in ``CalibratedClassifierCV(method="sigmoid", cv=5)`` for probabilities."""
+    svc = SVC(**{"kernel": "rbf", "C": 1.0, "gamma": "scale", **params})
+    return CalibratedClassifierCV(svc, method="sigmoid", cv=5)
+
+
+def random_forest(random_state=0, lasso_kwargs=None, **params):
+    """``RandomForestClassifier(n_estimators=500)`` seeded by ``random_state``."""
+    return RandomForestClassifier(**{"n_estimators": 500, "random_state": random_state, **params})
+
+
+def lasso_logistic(random_state=0, lasso_kwargs=None, **params):
+    """The LASSO-CV fit itself as the model (replaces the ``lasso`` step; no ``clf`` step)."""
+    return LassoCVClassifier(**{**(lasso_kwargs or {}), **params})
+
+
+# The estimator factories by model name: conf/model/<name>.yaml names the same function as its
+# ``_target_`` (a test checks that they agree).
+MODEL_FACTORIES = {
+    "logistic": logistic,
+    "lasso_logistic": lasso_logistic,
+    "ridge": ridge,
+    "svm": svm,
+    "random_forest": random_forest,
+}
+MODELS = tuple(MODEL_FACTORIES)
+
+# Selection settings that are set on the pipeline's steps (beyond make_radiomics_pipeline's own
+# arguments), by their key in ``selection`` config -> step parameter.
+_STEP_PARAMS = {
+    "corr_method": "corr__method",
+    "corr_rule": "corr__rule",
+    "lasso_scoring": "lasso__scoring",
+    "lasso_n_lambdas": "lasso__n_lambdas",
+    "max_features": "lasso__max_features",
+}
+
+
+def _value(v):
+    """A config value as a plain Python value (enum members become their string value)."""
+    return v.value if isinstance(v, Enum) else v
 
 
 def make_radiomics_pipeline(
@@ -149,18 +188,75 @@ def make_radiomics_pipeline(
     random_state : int
         Seeds the LASSO folds and solver and the random forest.
     """
-    lasso_kwargs = {"cv": lasso_cv, "rule": lasso_rule, "random_state": random_state}
+    model = _value(model)
+    if model not in MODEL_FACTORIES:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    lasso_kwargs = {"cv": lasso_cv, "rule": _value(lasso_rule), "random_state": random_state}
     steps = [
         ("scale", StandardScaler()),
         ("corr", CorrelationFilter(threshold=corr_threshold)),
-        ("mw", MannWhitneyFilter(alpha=mw_alpha, correction=mw_correction)),
+        ("mw", MannWhitneyFilter(alpha=mw_alpha, correction=_value(mw_correction))),
     ]
+    final = MODEL_FACTORIES[model](random_state, lasso_kwargs, **dict(model_params or {}))
     if model == "lasso_logistic":
-        steps.append(("lasso", _make_model(model, model_params, random_state, lasso_kwargs)))
+        steps.append(("lasso", final))
     else:
         steps.append(("lasso", LassoCVSelector(**lasso_kwargs)))
-        steps.append(("clf", _make_model(model, model_params, random_state, lasso_kwargs)))
+        steps.append(("clf", final))
     return Pipeline(steps)
+
+
+def make_pipeline(selection, model, model_params=None, seed=0) -> Pipeline:
+    """The one radiomics pipeline factory, used by every task (paper, search, export, predict).
+
+    Parameters
+    ----------
+    selection : mapping
+        The ``selection`` config (or any mapping with its keys): ``corr_threshold``,
+        ``corr_method``, ``corr_rule``, ``mw_alpha``, ``mw_correction``, ``lasso_rule``,
+        ``lasso_cv``, ``lasso_scoring``, ``lasso_n_lambdas``, ``max_features``; missing keys take
+        the steps' defaults.
+    model : str
+        A name of :data:`MODEL_FACTORIES`.
+    model_params : mapping, optional
+        Keyword arguments of the model's estimator.
+    seed : int
+        Seeds the LASSO folds and solver and the random forest.
+    """
+    sel = {k: _value(v) for k, v in dict(selection).items()}
+    args = {
+        k: sel[k]
+        for k in ("corr_threshold", "mw_alpha", "mw_correction", "lasso_rule", "lasso_cv")
+        if k in sel
+    }
+    params = {k: _value(v) for k, v in dict(model_params or {}).items()}
+    pipe = make_radiomics_pipeline(
+        **args, model=_value(model), model_params=params, random_state=int(seed)
+    )
+    valid = pipe.get_params()
+    extra = {step: sel[key] for key, step in _STEP_PARAMS.items() if key in sel}
+    pipe.set_params(**{k: v for k, v in extra.items() if k in valid})
+    return pipe
+
+
+def pipeline_from_config(selection_cfg, model_cfg, seed: int) -> Pipeline:
+    """:func:`make_pipeline` from the typed ``selection`` and ``model`` configs of a run."""
+    from omegaconf import OmegaConf
+
+    def plain(node):
+        if OmegaConf.is_config(node):
+            return OmegaConf.to_container(node, resolve=True)
+        return dict(node or {})
+
+    return make_pipeline(plain(selection_cfg), model_cfg.name, plain(model_cfg.params), seed)
+
+
+def estimator_params(model: str) -> set[str]:
+    """The parameter names a model's estimator takes (what ``<model>.<param>`` may set)."""
+    model = _value(model)
+    params = make_radiomics_pipeline(model=model).get_params()
+    pre = {"svm": "clf__estimator__", "lasso_logistic": "lasso__"}.get(model, "clf__")
+    return {k[len(pre) :] for k in params if k.startswith(pre) and "__" not in k[len(pre) :]}
 
 
 def rad_score(pipeline, X):

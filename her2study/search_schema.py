@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from her2study.choices import ExportSource, Sampler
+
 
 @dataclass
 class SearchConfig:
@@ -34,7 +36,7 @@ class SearchConfig:
     seed: Optional[int] = None  # folds and sampler; null = the run's top-level seed
     n_trials: int = 30  # COMPLETE trials per study (already completed ones count: resume)
     timeout_s: Optional[float] = None  # stop each study's trials after this many seconds
-    sampler: str = "tpe"  # tpe | random
+    sampler: Sampler = Sampler.tpe  # tpe | random
     n_startup_trials: int = 10  # TPE: random trials before modelling
     storage: Optional[str] = None  # null = sqlite:///<output_root>/optuna_<study>.db
     output_root: str = "outputs"  # relative to the cwd (not Hydra's run folder): resumable
@@ -45,8 +47,8 @@ class SearchConfig:
     log_trials: bool = False  # an MLflow child run per trial (off: one per outer fold)
     metrics_at: list[float] = field(default_factory=list)  # net benefit at; [] = evaluation's
     use_clinical: bool = False  # clinical columns join the design when not a searched dimension
-    export_source: str = "study"  # task=export: study (the final search) | config (refit as set)
-    export_dir: Optional[str] = None  # where best_<study>.yaml goes; null = the package's conf/exp
+    export_source: ExportSource = ExportSource.study  # task=export: study (final search) | config
+    export_dir: Optional[str] = None  # best_<study>.yaml here; null = <output_root>/configs/exp
     estimate: dict[str, Any] = field(default_factory=dict)  # nested estimate (exported files)
 
 

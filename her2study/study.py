@@ -33,7 +33,7 @@ from her2study.evaluation.delong import auc_bootstrap_ci
 from her2study.models import (
     ClinicalModel,
     CombinedModel,
-    make_radiomics_pipeline,
+    pipeline_from_config,
     rad_score,
     signature_coefficients,
 )
@@ -57,31 +57,6 @@ class SignatureFit:
     columns: list[str]
     coefficients: pd.Series | None = None  # selected features -> coefficient
     details: dict = field(default_factory=dict)  # tables: clinical ORs, VIFs, LASSO CV curve
-
-
-def radiomics_pipeline(sel, model_cfg, seed: int):
-    """The configured selection + model as one unfitted Pipeline."""
-    params = dict(model_cfg.params) if model_cfg.params else {}
-    pipe = make_radiomics_pipeline(
-        corr_threshold=sel.corr_threshold,
-        mw_alpha=sel.mw_alpha,
-        mw_correction=sel.mw_correction,
-        lasso_rule=sel.lasso_rule,
-        lasso_cv=sel.lasso_cv,
-        model=model_cfg.name,
-        model_params=params,
-        random_state=seed,
-    )
-    extra = {
-        "corr__method": sel.corr_method,
-        "corr__rule": sel.corr_rule,
-        "lasso__scoring": sel.lasso_scoring,
-        "lasso__n_lambdas": sel.lasso_n_lambdas,
-        "lasso__max_features": sel.max_features,
-    }
-    valid = pipe.get_params()
-    pipe.set_params(**{k: v for k, v in extra.items() if k in valid})
-    return pipe
 
 
 def selected_coefficients(pipe) -> pd.Series:
@@ -235,7 +210,7 @@ def fit_signatures(
         if not cols:
             log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
             continue
-        pipe = radiomics_pipeline(cfg.selection, cfg.model, seed)
+        pipe = pipeline_from_config(cfg.selection, cfg.model, seed)
         Xtr = features.loc[train, cols]
         pipe.fit(Xtr, ytr)
         prob = pd.Series(pipe.predict_proba(features[cols])[:, 1], index=features.index)
@@ -263,7 +238,7 @@ def _fit_nomogram(rings, clinic, features, clinical, y, train, cfg) -> Signature
         else:
             scores = {
                 f.name: cv_auc(
-                    radiomics_pipeline(cfg.selection, cfg.model, int(cfg.seed)),
+                    pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed)),
                     features.loc[train, f.columns],
                     y.loc[train],
                     cfg.evaluation.cv_folds,

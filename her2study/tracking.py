@@ -54,6 +54,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from her2study.errors import Her2StudyError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -73,7 +75,7 @@ SKIPPED_METRICS_TAG = "skipped_metrics"
 DEFAULT_TIMEOUT_S = 5.0
 
 
-class TrackingError(ValueError):
+class TrackingError(Her2StudyError, ValueError):
     """The MLflow store is unreachable or unusable (a configuration problem: exit code 2)."""
 
 

@@ -121,7 +121,7 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     rerun = make_cfg(
         "+exp=best_ep", f"cache_dir={root / 'cache'}", "tracking=off", searchpath=tmp_path
     )
-    assert rerun.search.export_source == "config" and rerun.task == "export"
+    assert rerun.search.export_source == "config" and rerun.task.name == "export"
     run(rerun)
     second = json.loads((out / "metrics.json").read_text())
     assert second == first

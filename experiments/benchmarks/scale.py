@@ -19,7 +19,7 @@ Per size N, in a temporary folder of its own, each step a fresh subprocess of th
    same ``task=extract extractor=paper`` runs warm: every worker, pickling and table-assembly
    step of the real run with the paper's 3,933 columns, without the extraction cost. This
    measures the memory that grows with N (the parent's result dicts and the table);
-3. if a ``search`` task exists in ``her2study.tasks.TASKS`` when the script runs: a short search
+3. if the checkout has the search task (``conf/task/search.yaml``): a short search
    on the cached fast features (``search.n_trials=5 search.outer_folds=2 search.inner_folds=3``);
    otherwise it is reported as pending.
 
@@ -59,21 +59,15 @@ def log_records(path: Path) -> list[tuple[float, str]]:
 
 
 def search_available() -> tuple[bool, str]:
-    try:
-        from her2study.tasks import TASKS
-    except Exception as exc:  # pragma: no cover
-        return False, f"her2study.tasks not importable ({exc})"
+    """Whether this checkout has the search task (``conf/task/search.yaml`` names its target)."""
     import importlib.util
 
-    if "search" in TASKS and importlib.util.find_spec(TASKS["search"]) is not None:
-        return True, TASKS["search"]
-    for mod in ("her2study.tasks.search", "her2study.search"):
-        try:
-            if importlib.util.find_spec(mod) is not None:
-                return False, f"{mod} exists but task=search is not registered in TASKS"
-        except ModuleNotFoundError:
-            pass
-    return False, "no her2study.tasks.search / her2study.search module yet"
+    import her2study
+
+    conf = Path(her2study.__file__).resolve().parents[1] / "conf" / "task" / "search.yaml"
+    if conf.is_file() and importlib.util.find_spec("her2study.tasks.search") is not None:
+        return True, "her2study.tasks.search"
+    return False, "no conf/task/search.yaml / her2study.tasks.search in this checkout"
 
 
 def seed_paper_cache(cwd: Path, n: int) -> dict:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from her2study.errors import Her2StudyError
+
 log = logging.getLogger(__name__)
 
 PLAIN_FORMATS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -22,7 +24,7 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
 
 
-class ImageReadError(ValueError):
+class ImageReadError(Her2StudyError, ValueError):
     """An image or mask cannot be used; the message says why and how to fix it."""
 
     def __init__(self, message: str, fix: str = ""):

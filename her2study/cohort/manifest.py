@@ -17,6 +17,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from her2study.cohort.io import ImageReadError, read_image, read_mask
+from her2study.errors import Her2StudyError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Problem:
         return f"{self.severity.upper()} {where}{file}: {self.message}{fix}"
 
 
-class CohortError(ValueError):
+class CohortError(Her2StudyError, ValueError):
     """The cohort cannot be used; ``problems`` holds every error found."""
 
     def __init__(self, problems: list[Problem], source: str):

@@ -65,6 +65,8 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from her2study.config import SyntheticSpec
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes: invalidates cached cohorts
@@ -90,46 +92,6 @@ CLINICAL_COLUMNS = (
 )
 
 
-@dataclass
-class SyntheticSpec:
-    """Everything that determines a synthetic cohort; the same spec gives identical arrays."""
-
-    # --- cohort ---
-    n_cases: int = PAPER_N  # number of lesions (one per case)
-    n_positive: int | None = None  # label-1 cases; None -> round(n_cases * 129 / 209)
-    seed: int = 2024  # master seed; case i uses SeedSequence(seed).spawn(...)[i]
-    # --- image geometry ---
-    spacing_x_mm: float = 0.2  # pixel spacing, lateral (columns), mm
-    spacing_y_mm: float = 0.2  # pixel spacing, axial = depth (rows), mm
-    fov_width_mm: float = 48.0  # field of view, lateral, mm (240 px at 0.2 mm)
-    fov_depth_mm: float = 40.0  # field of view, depth, mm (200 px at 0.2 mm)
-    image_format: str = "nifti"  # nifti (.nii.gz, spacing in header) | png (spacing in manifest)
-    # --- class signal (the known right answer) ---
-    band_inner_mm: float = 0.0  # signal band starts this far outside the lesion boundary, mm
-    band_outer_mm: float = 1.0  # ... and ends here (band = inner < d <= outer), mm
-    band_strength: float = 7.0  # mean echogenicity rise in the band of label-1 cases, dB
-    band_texture: float = 0.6  # weight (0..1) of the coarse band texture at factor g = 1
-    intra_strength: float = 2.0  # extra intratumoral heterogeneity of label-0 cases, dB (SD)
-    effect_cv: float = 0.5  # coefficient of variation of the per-case effect factors
-    er_signal: bool = True  # ER % drawn by class (weak signal) instead of the pooled mixture
-    # --- readers ---
-    reader1_perturb_mm: float = 0.1  # RMS of reader 1's smooth boundary deviation, mm
-    reader2_perturb_mm: float = 0.3  # RMS of reader 2's smooth boundary deviation, mm
-    # --- lesion appearance (class-independent) ---
-    lesion_contrast_db: float = 24.0  # mean lesion echogenicity below glandular tissue, dB
-    lesion_heterogeneity_db: float = 2.0  # mean base internal heterogeneity (both classes), dB
-    irregularity: float = 0.08  # amplitude of the radial harmonics of the lesion outline
-    not_parallel_prob: float = 0.78  # lesion long axis tilted away from the skin line
-    spiculation_prob: float = 0.35  # lesion has thin radial spikes (outside the mask)
-    shadowing_prob: float = 0.51  # posterior acoustic shadowing (manifest posterior_shadowing)
-    enhancement_prob: float = 0.35  # posterior enhancement, among lesions without shadowing
-    calcification_prob: float = 0.32  # microcalcifications inside the lesion
-    # --- acquisition ---
-    psf_axial_mm: float = 0.25  # point-spread function SD, axial, mm
-    psf_lateral_mm: float = 0.5  # point-spread function SD, lateral, mm
-    dynamic_range_db: float = 50.0  # log-compression display range, dB
-    gain_jitter_db: float = 1.5  # per-case overall gain SD, dB (machine/operator variation)
-    noise_floor_db: float = -50.0  # electronic noise relative to glandular tissue, dB
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import yaml
 
 from her2study.cohort.io import read_image, read_mask
 from her2study.cohort.manifest import Case, Cohort
-from her2study.errors import ConfigError
+from her2study.errors import ConfigError, Her2StudyError
 from her2study.features.cache import FeatureCache, canonical_digest, file_digest
 from her2study.regions import RegionMaker, RegionSpec, field_of_view, region_image
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FEATURE_CODE_VERSION = 1
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(Her2StudyError, RuntimeError):
     """Extraction failed for some cases; the message lists each case, region and reason."""
 
 

@@ -206,3 +206,23 @@ def cohort_and_features(cfg):
         fs.n_extracted,
     )
     return cohort, fs
+
+
+def clinical_columns(cfg) -> list[str]:
+    """The run's clinical columns: ``model.clinical.columns``, else ``data.clinical_columns``."""
+    cols = cfg.model.clinical.columns
+    return list(cols) if cols is not None else list(cfg.data.clinical_columns)
+
+
+def load_design(cfg):
+    """The cohort's features (+ clinical columns) and labels as the search's ``Design``."""
+    from her2study.cohort.source import describe_source
+    from her2study.search import Design
+
+    cohort, fs = cohort_and_features(cfg)
+    cols = clinical_columns(cfg)
+    clinical = cohort.table[cols] if cols else None
+    design = Design.from_tables(
+        fs.table, cohort.labels, clinical, cohort.synthetic, describe_source(cohort)
+    )
+    return design, cohort

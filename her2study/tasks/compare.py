@@ -128,7 +128,7 @@ def run(cfg) -> int:
             "test_auc_ci_high",
         ]
     ].round(3)
-    print(f"\nData: {source}\n" + to_text(shown) + f"\n\noutputs: {out}")
+    log.info(f"\nData: {source}\n" + to_text(shown) + f"\n\noutputs: {out}")
     with Tracker(
         uri,
         experiment,

@@ -8,9 +8,11 @@ configuration chosen by the search on all cases (Optuna study ``NAME/final``) an
 2. saves the fitted pipeline with its feature columns, threshold, extraction settings and the
    nested estimate in ``<run folder>/model/`` (``model.joblib`` + ``card.json``), and logs it
    as an MLflow model (``Tracker.log_sklearn_model``; the card is its metadata);
-3. writes ``conf/exp/best_NAME.yaml`` (``search.export_dir``): a normal experiment file setting
-   the ring width, selection thresholds, model and parameters, with ``task: export`` and
-   ``search.export_source: config``.
+3. writes ``exp/best_NAME.yaml`` under ``<search.output_root>/configs`` (or
+   ``search.export_dir``; never into the installed package): a normal experiment file setting the
+   ring width, selection thresholds, model and parameters, with ``override /task: export`` and
+   ``search.export_source: config``. ``conf/config.yaml`` puts ``outputs/configs`` on Hydra's
+   search path, so ``+exp=best_NAME`` finds it from the folder the search ran in.
 
 ``python -m her2study +exp=best_NAME`` re-runs step 1-2 from that file: the same configuration,
 seed and data give the same model and the same metrics (``metrics.json``). The performance
@@ -46,16 +48,20 @@ from her2study.search import (
     selected_features,
     storage_url,
 )
-from her2study.tasks.common import extractor_params, output_dir, run_tags
+from her2study.tasks.common import extractor_params, load_design, output_dir, run_tags
 from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
-CONF_EXP = Path(__file__).resolve().parents[2] / "conf" / "exp"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's own configs (read only)
 
 
 def export_dir(cfg) -> Path:
-    return Path(cfg.search.export_dir) if cfg.search.export_dir else CONF_EXP
+    """Where ``best_<study>.yaml`` goes: ``search.export_dir``, else ``<output_root>/configs/exp``,
+    which ``conf/config.yaml`` puts on Hydra's search path (never the installed package)."""
+    if cfg.search.export_dir:
+        return Path(cfg.search.export_dir)
+    return Path(cfg.search.output_root) / "configs" / "exp"
 
 
 def _with_regions(cfg, cand: Candidate):
@@ -175,8 +181,8 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
         "# same model, same metrics; apply it: task=predict predict.model_uri=<run folder>/model",
     ]
     ext = cfg.extractor.name
-    defaults = []
-    if ext and (CONF_EXP.parent / "extractor" / f"{ext}.yaml").is_file():
+    defaults: list = [{"override /task": "export"}, {"override /model": str(cand.model)}]
+    if ext and (CONF_DIR / "extractor" / f"{ext}.yaml").is_file():
         defaults.append({"override /extractor": ext})
     if cand.ring_width_mm is None:  # the ring width was not searched: every extracted region
         widths = [float(w) for w in cfg.region.ring_widths_mm]
@@ -197,12 +203,9 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
         keep += ["manifest", "spacing_mm", "mask_label"]
     else:
         keep.append("features_table")
-    body: dict = {}
-    if defaults:
-        body["defaults"] = defaults
+    body: dict = {"defaults": defaults}
     body.update(
         {
-            "task": "export",
             "study": cfg.study,
             "seed": int(cfg.seed),
             "data": {k: data[k] for k in keep if k in data},
@@ -210,10 +213,10 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
                 "include_intra": True,
                 "ring_widths_mm": widths,
                 "bands_mm": [],
-                "fov": cfg.region.fov,
+                "fov": str(cfg.region.fov),
             },
             "selection": dict(cand.selection),
-            "model": {"name": cand.model, "params": dict(cand.model_params)},
+            "model": {"params": dict(cand.model_params)},
             "search": {
                 "seed": seed,
                 "inner_folds": int(cfg.search.inner_folds),
@@ -223,7 +226,7 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
             },
         }
     )
-    if ext and not defaults:
+    if ext and len(defaults) == 2:
         body["extractor"] = {
             "name": ext,
             "params_file": cfg.extractor.params_file,
@@ -234,12 +237,13 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
 
 
 def _plain(x):
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+    if OmegaConf.is_config(x):
+        return OmegaConf.to_container(x, resolve=True, enum_to_str=True)
+    return x
 
 
 def run(cfg) -> float:
     """Fit the chosen configuration on all cases, save it, and (from a study) export it."""
-    from her2study.tasks.search import load_design
 
     seed = int(cfg.search.seed if cfg.search.seed is not None else cfg.seed)
     folds = int(cfg.search.inner_folds)
@@ -285,6 +289,8 @@ def run(cfg) -> float:
     exp_path = None
     if origin["kind"] == "study":
         target = export_dir(cfg)
+        if cfg.search.export_dir is None:
+            target.mkdir(parents=True, exist_ok=True)
         if not target.is_dir():
             raise ConfigError(f"search.export_dir {str(target)!r} is not a folder")
         exp_path = target / f"best_{cfg.study}.yaml"

@@ -19,8 +19,8 @@ def run(cfg) -> int:
         fs.region_stats.to_csv(out / "region_stats.csv", index=False)
     if cfg.region.overlays and cohort.cases:
         write_overlays(cfg, cohort, out / "overlays")
-    print(f"{describe_source(cohort)}")
-    print(
+    log.info(f"{describe_source(cohort)}")
+    log.info(
         f"features: {fs.table.shape[0]} cases x {fs.table.shape[1]} columns"
         f" -> {out / 'features.parquet'}"
         f" ({fs.n_cached} region entries from cache, {fs.n_extracted} extracted)"

@@ -19,6 +19,7 @@ from her2study.split import split_from_config
 from her2study.study import evaluate_signatures, fit_signatures, paired_delong
 from her2study.tasks.common import (
     SECRET_KEYS,
+    clinical_columns,
     cohort_and_features,
     log_run_config,
     output_dir,
@@ -27,11 +28,6 @@ from her2study.tasks.common import (
 from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
-
-
-def clinical_columns(cfg) -> list[str]:
-    cols = cfg.model.clinical.columns
-    return list(cols) if cols is not None else list(cfg.data.clinical_columns)
 
 
 def run(cfg) -> float:
@@ -69,10 +65,12 @@ def run(cfg) -> float:
     )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
-    print(f"\nData: {source}; training {n_train}, test {n_test} cases")
-    print(to_text(compact_comparison(comparison)))
-    print(f"(thresholds: Youden on training; full table with the paper's figures: {out}/table3.md)")
-    print(f"report: {report}")
+    log.info(f"\nData: {source}; training {n_train}, test {n_test} cases")
+    log.info(to_text(compact_comparison(comparison)))
+    log.info(
+        f"(thresholds: Youden on training; full table with the paper's figures: {out}/table3.md)"
+    )
+    log.info(f"report: {report}")
 
     tags = run_tags("paper", cfg, cohort)
     run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
@@ -85,7 +83,7 @@ def run(cfg) -> float:
     ) as tracker:
         log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
         if tracker.run_id:
-            print(
+            log.info(
                 f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
                 f"({cfg.tracking.tracking_uri})"
             )

@@ -19,20 +19,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from her2study.cohort.source import describe_source
 from her2study.errors import ConfigError
 from her2study.report import search_design_items, search_report
 from her2study.reporting import to_markdown
 from her2study.search import (
-    Design,
     nested_search,
     open_storage,
     parse_space,
     search_defaults,
     storage_url,
 )
-from her2study.tasks.common import cohort_and_features, log_run_config, output_dir, run_tags
-from her2study.tasks.paper import clinical_columns
+from her2study.tasks.common import load_design, log_run_config, output_dir, run_tags
 from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -57,16 +54,6 @@ def check_widths(cfg, dims) -> None:
                 raise ConfigError("search.space.ring_width_mm needs region.include_intra=true")
 
 
-def load_design(cfg) -> tuple[Design, object]:
-    cohort, fs = cohort_and_features(cfg)
-    cols = clinical_columns(cfg)
-    clinical = cohort.table[cols] if cols else None
-    design = Design.from_tables(
-        fs.table, cohort.labels, clinical, cohort.synthetic, describe_source(cohort)
-    )
-    return design, cohort
-
-
 def run(cfg) -> float:
     """Run (or resume) the search; return the pooled out-of-fold AUC."""
     url = storage_url(cfg.search, cfg.study)
@@ -85,7 +72,7 @@ def run(cfg) -> float:
     out = output_dir(cfg)
     source = design.source
     note = source if cohort.synthetic else None
-    print(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
+    log.info(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
     tags = run_tags("search", cfg, cohort, optuna_storage=url)
     with Tracker(
         cfg.tracking.tracking_uri,
@@ -225,7 +212,7 @@ def make_figures(result, cfg, note) -> dict:
 def print_summary(result, cfg, out) -> None:
     e = result.estimate
     s = cfg.search
-    print(
+    log.info(
         f"\nNested estimate ({s.outer_folds}-fold x {s.outer_repeats} outer; the search never saw"
         f" the outer test folds):\n"
         f"  mean outer AUC {e['mean_outer_auc']:.3f} (95% CI {e['mean_outer_auc_ci_low']:.3f}-"
@@ -238,10 +225,10 @@ def print_summary(result, cfg, out) -> None:
         "chosen for being high)"
     )
     if result.chosen is not None:
-        print(
+        log.info(
             f"Final configuration (search on all cases): {result.chosen_candidate.label()}\n"
             f"  its own inner-CV AUC {result.final_inner_auc:.3f} is optimistic; its performance "
             f"estimate is the nested one above.\n"
             f"  export it: python -m her2study task=export study={cfg.study}"
         )
-    print(f"outputs: {out}")
+    log.info(f"outputs: {out}")

@@ -11,6 +11,6 @@ log = logging.getLogger(__name__)
 
 def run(cfg) -> int:
     manifest = ensure_synthetic(cfg.data, n_jobs=cfg.execution.n_jobs)
-    print(f"SYNTHETIC cohort written: {manifest}")
-    print(f"use it as your own data: data=manifest data.manifest={manifest}")
+    log.info(f"SYNTHETIC cohort written: {manifest}")
+    log.info(f"use it as your own data: data=manifest data.manifest={manifest}")
     return 0
