@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+import warnings
 
 import hydra
 from hydra.utils import get_method
@@ -58,8 +59,45 @@ def _app(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
+def _task_settings_problem(argv: list[str]) -> str | None:
+    """``search.*`` / ``predict.*`` overrides on a task that has no such settings, said plainly
+    (Hydra would fail inside OmegaConf with a traceback). Composes once, only when needed."""
+
+    def key(arg: str) -> str:
+        return arg.split("=", 1)[0].lstrip("+~")
+
+    args = [
+        a for a in argv if "=" in a and not a.startswith("-") and not key(a).startswith("hydra")
+    ]
+    sections = {key(a).split(".", 1)[0] for a in args} & {"search", "predict"}
+    sections = {s for s in sections if any(key(a).startswith(s + ".") for a in args)}
+    if not sections:
+        return None
+    from hydra import compose, initialize_config_module
+
+    others = [a for a in args if key(a).split(".", 1)[0] not in sections]
+    try:
+        with initialize_config_module("her2study.conf", version_base="1.3"):
+            cfg = compose("config", overrides=others)
+    except Exception:  # noqa: BLE001 - Hydra reports its own errors when it composes for real
+        return None
+    missing = sorted(s for s in sections if cfg.get(s) is None)
+    if not missing:
+        return None
+    return (
+        f"{', '.join(m + '.*' for m in missing)} settings do not apply to task={cfg.task.name}: "
+        "search.* belongs to task=search / task=export (+exp=search), predict.* to "
+        "task=predict; drop those overrides or choose that task"
+    )
+
+
 def main() -> None:
     """Hydra exits 1 on a config it cannot compose; a bad config is a user error: exit 2."""
+    warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main")
+    problem = _task_settings_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         _app()
     except SystemExit as stop:

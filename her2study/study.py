@@ -19,17 +19,8 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from her2study.errors import ConfigError
-from her2study.evaluation import (
-    auc_delong,
-    binary_metrics,
-    brier_score,
-    calibration_slope_intercept,
-    choose_threshold,
-    delong_test,
-    hosmer_lemeshow,
-    net_benefit,
-)
-from her2study.evaluation.delong import auc_bootstrap_ci
+from her2study.evaluation import auc_delong, choose_threshold, delong_test
+from her2study.evaluation.evaluate import evaluate
 from her2study.models import (
     ClinicalModel,
     CombinedModel,
@@ -274,16 +265,10 @@ def _fit_nomogram(rings, clinic, features, clinical, y, train, cfg) -> Signature
     )
 
 
-def _auc(y, p, ecfg, seed):
-    if ecfg.ci == "bootstrap":
-        return auc_bootstrap_ci(y, p, n_boot=ecfg.n_boot, seed=seed)
-    return auc_delong(y, p)
-
-
 def evaluate_signatures(
     fits: list[SignatureFit], y: pd.Series, split: pd.Series, cfg
 ) -> pd.DataFrame:
-    """Table-3-like rows (set x signature): AUC with CI, threshold metrics, calibration, NB."""
+    """Table-3-like rows (set x signature) in :func:`her2study.evaluation.evaluate`'s names."""
     ecfg = cfg.evaluation
     rows = []
     for fit in fits:
@@ -299,43 +284,27 @@ def evaluate_signatures(
                 raise ValueError(
                     f"the {set_name} set has one class only: the split cannot be evaluated"
                 )
-            auc = _auc(yy, pp, ecfg, int(cfg.seed))
-            if set_name == "train" and auc.auc >= 0.999 and fit.kind != "clinical":
+            m = evaluate(
+                yy,
+                pp,
+                kind="apparent" if set_name == "train" else "test",
+                threshold=thr,
+                ci=ecfg.ci,
+                n_boot=ecfg.n_boot,
+                seed=int(cfg.seed),
+                hl_groups=ecfg.hl_groups,
+                net_benefit_at=ecfg.net_benefit_at,
+            )
+            if set_name == "train" and m["auc"] >= 0.999 and fit.kind != "clinical":
                 log.warning(
                     "%s separates the training set perfectly (AUC %.3f): its coefficients are "
                     "unstable and its calibration meaningless; a penalised model "
-                    "(model.name=lasso_logistic or ridge) or fewer features (selection.lasso_rule="
+                    "(model=lasso_logistic or model=ridge) or fewer features (selection.lasso_rule="
                     "1se, selection.max_features) is advisable",
                     fit.name,
-                    auc.auc,
+                    m["auc"],
                 )
-            m = binary_metrics(yy, pp, thr)
-            clipped = np.clip(pp, 1e-9, 1 - 1e-9)  # finite logits for HL and recalibration
-            hl = hosmer_lemeshow(yy, clipped, groups=ecfg.hl_groups)
-            cal = calibration_slope_intercept(yy, clipped)
-            nb = net_benefit(yy, pp, np.asarray(ecfg.net_benefit_at, dtype=float))
-            row = {
-                "set": set_name,
-                "signature": fit.name,
-                "n": len(yy),
-                "auc": auc.auc,
-                "auc_ci_low": auc.ci_low,
-                "auc_ci_high": auc.ci_high,
-                "ppv": m["ppv"],
-                "npv": m["npv"],
-                "sensitivity": m["sensitivity"],
-                "specificity": m["specificity"],
-                "accuracy": m["accuracy"],
-                "threshold": thr,
-                "hl_chi2": hl.chi2,
-                "hl_p": hl.p,
-                "cal_slope": cal["slope"],
-                "cal_intercept": cal["intercept"],
-                "brier": brier_score(yy, pp),
-            }
-            nb_at = zip(ecfg.net_benefit_at, nb, strict=True)
-            row.update({f"net_benefit_{t:g}": v for t, v in nb_at})
-            rows.append(row)
+            rows.append({"set": set_name, "signature": fit.name, **m})
     return pd.DataFrame(rows)
 
 
