@@ -160,7 +160,7 @@ def protect_ids(cohort, table, data_cfg):
     """
     from dataclasses import replace
 
-    from her2study.tracking import looks_identifying, pseudonymise
+    from her2study.privacy import looks_identifying, pseudonymise
 
     flagged = looks_identifying(cohort.ids)
     if not data_cfg.pseudonymise:
