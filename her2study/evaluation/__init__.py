@@ -1,7 +1,8 @@
 """Evaluation of predictions: AUC/DeLong, thresholds, calibration, decision curves, figures.
 
 All functions take predictions (``y_true`` in {0, 1}, ``y_score`` or ``prob``),
-never fitted estimators. Higher scores mean "more likely positive" and a case
+never fitted estimators (but :func:`plot_nomogram`, which draws a fitted logistic model's
+coefficients). Higher scores mean "more likely positive" and a case
 is predicted positive when ``score >= threshold``.
 """
 
@@ -31,6 +32,7 @@ from .figures import (
     plot_roc,
 )
 from .metrics import binary_metrics, check_binary_inputs, choose_threshold, wilson_ci
+from .nomogram_plot import plot_nomogram
 
 __all__ = [
     "AUCResult",
@@ -55,6 +57,7 @@ __all__ = [
     "plot_coefficients",
     "plot_dca",
     "plot_lasso_path",
+    "plot_nomogram",
     "plot_roc",
     "wilson_ci",
 ]

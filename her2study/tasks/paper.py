@@ -135,7 +135,7 @@ def make_figures(fits, y, split, cfg, source) -> dict:
         plot_lasso_path,
         plot_roc,
     )
-    from her2study.models import plot_nomogram
+    from her2study.evaluation.nomogram_plot import plot_nomogram
 
     note = source if "SYNTHETIC" in source else None
     figs = {}
