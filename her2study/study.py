@@ -25,6 +25,7 @@ from her2study.evaluation import (
     brier_score,
     calibration_slope_intercept,
     choose_threshold,
+    clip_probabilities,
     delong_test,
     hosmer_lemeshow,
     net_benefit,
@@ -37,13 +38,9 @@ from her2study.models import (
     rad_score,
     signature_coefficients,
 )
-from her2study.regions import ring_spec
+from her2study.regions import ring_label, ring_spec
 
 log = logging.getLogger(__name__)
-
-
-def ring_label(width_mm: float) -> str:
-    return f"IntraPeri {float(width_mm):g} mm"
 
 
 @dataclass
@@ -335,7 +332,7 @@ def evaluate_signatures(
                     auc.auc,
                 )
             m = binary_metrics(yy, pp, thr)
-            clipped = np.clip(pp, 1e-9, 1 - 1e-9)  # finite logits for HL and recalibration
+            clipped = clip_probabilities(pp)  # finite logits for HL and recalibration
             hl = hosmer_lemeshow(yy, clipped, groups=ecfg.hl_groups)
             cal = calibration_slope_intercept(yy, clipped)
             nb = net_benefit(yy, pp, np.asarray(ecfg.net_benefit_at, dtype=float))

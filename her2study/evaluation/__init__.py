@@ -12,6 +12,7 @@ from .calibration import (
     calibration_curve_binned,
     calibration_slope_intercept,
     calibration_smoothed,
+    clip_probabilities,
     hosmer_lemeshow,
 )
 from .dca import decision_curve, net_benefit
@@ -47,6 +48,7 @@ __all__ = [
     "calibration_smoothed",
     "check_binary_inputs",
     "choose_threshold",
+    "clip_probabilities",
     "decision_curve",
     "delong_covariance",
     "delong_test",

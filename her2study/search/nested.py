@@ -72,6 +72,7 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
         auc_delong,
         brier_score,
         calibration_slope_intercept,
+        clip_probabilities,
         hosmer_lemeshow,
         net_benefit,
     )
@@ -80,7 +81,7 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
     pooled = oof.groupby("case_id").agg(label=("label", "first"), prob=("prob", "mean"))
     y, p = pooled["label"].to_numpy(int), pooled["prob"].to_numpy(float)
     auc = auc_delong(y, p)
-    pc = np.clip(p, 1e-9, 1 - 1e-9)
+    pc = clip_probabilities(p)
     cal = calibration_slope_intercept(y, pc)
     hl = hosmer_lemeshow(y, pc, groups=int(cfg.evaluation.hl_groups))
     at = list(cfg.search.metrics_at) or list(cfg.evaluation.net_benefit_at)
