@@ -98,26 +98,13 @@ def public_config(cfg) -> dict:
 
 def code_version() -> str:
     """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
-    import subprocess
+    from her2study.provenance import git_head
 
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    head = git_head(short=True)
+    if head is None:
         return "unknown"
+    sha, dirty = head
+    return sha + ("+dirty" if dirty else "")
 
 
 def run_tags(task: str, cfg, cohort, **extra) -> dict:
