@@ -11,6 +11,7 @@ from her2study.cohort.source import load_from_config
 from her2study.errors import ConfigError
 from her2study.features import FeatureSet, extract_features, load_params
 from her2study.regions import region_specs
+from her2study.reporting import to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,16 @@ def output_dir(cfg) -> Path:
         out = Path("outputs") / cfg.study
         out.mkdir(parents=True, exist_ok=True)
         return out
+
+
+def save_table(out: Path, name: str, df, source: str, md: bool = True) -> list[Path]:
+    """``<name>.csv`` and, with ``md``, ``<name>.md`` headed by the data source; their paths."""
+    df.to_csv(out / f"{name}.csv", index=False)
+    paths = [out / f"{name}.csv"]
+    if md:
+        (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
+        paths.append(out / f"{name}.md")
+    return paths
 
 
 def specs_from_config(cfg):
