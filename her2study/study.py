@@ -26,15 +26,11 @@ from her2study.models import (
     CombinedModel,
     pipeline_from_config,
     rad_score,
-    signature_coefficients,
+    selected_coefficients,
 )
-from her2study.regions import ring_spec
+from her2study.regions import ring_label, ring_spec
 
 log = logging.getLogger(__name__)
-
-
-def ring_label(width_mm: float) -> str:
-    return f"IntraPeri {float(width_mm):g} mm"
 
 
 @dataclass
@@ -48,16 +44,6 @@ class SignatureFit:
     columns: list[str]
     coefficients: pd.Series | None = None  # selected features -> coefficient
     details: dict = field(default_factory=dict)  # tables: clinical ORs, VIFs, LASSO CV curve
-
-
-def selected_coefficients(pipe) -> pd.Series:
-    """Features surviving every selection step, with the final model's coefficients (NaN for
-    models without linear coefficients)."""
-    try:
-        return signature_coefficients(pipe).rename("coefficient")
-    except TypeError:
-        names = pipe[:-1].get_feature_names_out()
-        return pd.Series(np.nan, index=names, name="coefficient")
 
 
 def lasso_details(pipe) -> dict:

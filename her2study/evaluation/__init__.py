@@ -1,7 +1,8 @@
 """Evaluation of predictions: AUC/DeLong, thresholds, calibration, decision curves, figures.
 
 All functions take predictions (``y_true`` in {0, 1}, ``y_score`` or ``prob``),
-never fitted estimators. Higher scores mean "more likely positive" and a case
+never fitted estimators (but :func:`plot_nomogram`, which draws a fitted logistic model's
+coefficients). Higher scores mean "more likely positive" and a case
 is predicted positive when ``score >= threshold``.
 """
 
@@ -11,6 +12,7 @@ from .calibration import (
     calibration_curve_binned,
     calibration_slope_intercept,
     calibration_smoothed,
+    clip_probabilities,
     hosmer_lemeshow,
 )
 from .dca import decision_curve, net_benefit
@@ -31,6 +33,7 @@ from .figures import (
     plot_roc,
 )
 from .metrics import binary_metrics, check_binary_inputs, choose_threshold, wilson_ci
+from .nomogram_plot import plot_nomogram
 
 __all__ = [
     "AUCResult",
@@ -45,6 +48,7 @@ __all__ = [
     "calibration_smoothed",
     "check_binary_inputs",
     "choose_threshold",
+    "clip_probabilities",
     "decision_curve",
     "delong_covariance",
     "delong_test",
@@ -55,6 +59,7 @@ __all__ = [
     "plot_coefficients",
     "plot_dca",
     "plot_lasso_path",
+    "plot_nomogram",
     "plot_roc",
     "wilson_ci",
 ]

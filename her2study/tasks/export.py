@@ -40,6 +40,7 @@ from her2study import __version__
 from her2study.errors import ConfigError
 from her2study.search import (
     Candidate,
+    _plain,
     build_pipeline,
     candidate_from_config,
     candidate_from_params,
@@ -234,12 +235,6 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
         }
     text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=100)
     return "\n".join(header) + "\n" + text
-
-
-def _plain(x):
-    if OmegaConf.is_config(x):
-        return OmegaConf.to_container(x, resolve=True, enum_to_str=True)
-    return x
 
 
 def run(cfg) -> float:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from her2study.cohort.source import describe_source
 from her2study.report import paper_report
-from her2study.reporting import compact_comparison, compare_with_paper, to_markdown, to_text
+from her2study.reporting import compact_comparison, compare_with_paper, to_text
 from her2study.split import split_from_config
 from her2study.study import evaluate_signatures, fit_signatures, paired_delong
 from her2study.tasks.common import (
@@ -24,6 +24,7 @@ from her2study.tasks.common import (
     log_run_config,
     output_dir,
     run_tags,
+    save_table,
 )
 from her2study.tracking import Tracker, check_tracking_uri
 
@@ -96,11 +97,7 @@ def write_tables(out: Path, fits, metrics, comparison, tests, split, source) -> 
     paths: list[Path] = []
 
     def save(name: str, df: pd.DataFrame, md: bool = True) -> None:
-        df.to_csv(out / f"{name}.csv", index=False)
-        paths.append(out / f"{name}.csv")
-        if md:
-            (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
-            paths.append(out / f"{name}.md")
+        paths.extend(save_table(out, name, df, source, md))
 
     save("table3", comparison)
     save("metrics", metrics, md=False)
@@ -133,7 +130,7 @@ def make_figures(fits, y, split, cfg, source) -> dict:
         plot_lasso_path,
         plot_roc,
     )
-    from her2study.models import plot_nomogram
+    from her2study.evaluation.nomogram_plot import plot_nomogram
 
     note = source if "SYNTHETIC" in source else None
     figs = {}
