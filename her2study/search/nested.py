@@ -67,25 +67,18 @@ def selected_features(pipe) -> list[str]:
 
 
 def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
-    """The nested estimate from outer-fold results and pooled out-of-fold predictions."""
-    from her2study.evaluation import (
-        auc_delong,
-        brier_score,
-        calibration_slope_intercept,
-        clip_probabilities,
-        hosmer_lemeshow,
-        net_benefit,
-    )
+    """The nested estimate from outer-fold results and pooled out-of-fold predictions (the
+    pooled metrics in :func:`her2study.evaluation.evaluate`'s names, prefixed ``pooled_``)."""
+    from her2study.evaluation import auc_delong
+    from her2study.evaluation.evaluate import evaluate, prefixed
 
     m, sd, lo, hi = _mean_ci(folds["outer_auc"])
     pooled = oof.groupby("case_id").agg(label=("label", "first"), prob=("prob", "mean"))
     y, p = pooled["label"].to_numpy(int), pooled["prob"].to_numpy(float)
-    auc = auc_delong(y, p)
-    pc = clip_probabilities(p)
-    cal = calibration_slope_intercept(y, pc)
-    hl = hosmer_lemeshow(y, pc, groups=int(cfg.evaluation.hl_groups))
     at = list(cfg.search.metrics_at) or list(cfg.evaluation.net_benefit_at)
-    nb = net_benefit(y, p, np.asarray(at, dtype=float)) if at else []
+    metrics = evaluate(
+        y, p, kind="nested", hl_groups=int(cfg.evaluation.hl_groups), net_benefit_at=at
+    )
     per_repeat = [
         float(auc_delong(g["label"].to_numpy(int), g["prob"].to_numpy(float)).auc)
         for _, g in oof.groupby("repeat")
@@ -99,20 +92,12 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
         "sd_outer_auc": sd,
         "mean_outer_auc_ci_low": lo,
         "mean_outer_auc_ci_high": hi,
-        "pooled_auc": float(auc.auc),
-        "pooled_auc_ci_low": float(auc.ci_low),
-        "pooled_auc_ci_high": float(auc.ci_high),
+        **prefixed("pooled_", metrics, drop=("kind", "n")),
         "pooled_auc_per_repeat": per_repeat,
-        "cal_slope": cal["slope"],
-        "cal_intercept": cal["intercept"],
-        "hl_chi2": float(hl.chi2),
-        "hl_p": float(hl.p),
-        "brier": brier_score(y, p),
         "mean_inner_auc_of_winners": float(folds["inner_auc"].mean()),
         "ring_width_counts": _counts(folds["ring_width_mm"]),
         "model_counts": _counts(folds["model"]),
     }
-    est.update({f"net_benefit_{t:g}": float(v) for t, v in zip(at, nb, strict=True)})
     return est
 
 

@@ -75,7 +75,8 @@ def _with_regions(cfg, cand: Candidate):
 
 def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[object, dict, list]:
     """Fit on all cases; K-fold out-of-fold predictions -> CV AUC and Youden threshold."""
-    from her2study.evaluation import auc_delong, binary_metrics, choose_threshold
+    from her2study.evaluation import choose_threshold
+    from her2study.evaluation.evaluate import evaluate, prefixed
 
     cols = design.columns(cand)
     X, y = design.X[cols], design.y
@@ -88,20 +89,18 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
         ]
     yy = y.to_numpy()
     thr = choose_threshold(yy, oof, method="youden")
-    auc = auc_delong(yy, oof)
-    m = binary_metrics(yy, oof, thr)
     sel = selected_features(pipe)
     metrics = {
         "n_cases": int(len(yy)),
         "n_columns": len(cols),
         "n_selected": len(sel),
-        "cv_auc": float(auc.auc),
-        "cv_auc_ci_low": float(auc.ci_low),
-        "cv_auc_ci_high": float(auc.ci_high),
+        **prefixed(
+            "cv_",
+            evaluate(yy, oof, kind="out_of_fold", threshold=thr),
+            drop=("kind", "n", "threshold"),
+        ),
         "apparent_auc": float(roc_auc_score(yy, pipe.predict_proba(X)[:, 1])),
         "threshold": float(thr),
-        "cv_sensitivity": float(m["sensitivity"]),
-        "cv_specificity": float(m["specificity"]),
     }
     return pipe, metrics, sel
 
