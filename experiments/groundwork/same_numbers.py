@@ -6,7 +6,8 @@ Numbers must be equal to the last bit (``--rtol`` to loosen); text columns must 
 columns and keys present only after are listed as added, not failed (new outputs are allowed);
 ones present only before are differences unless ``--rename OLD=NEW`` maps them (a key renamed to
 the one metric vocabulary). Exit 1 on any difference. Used to show that issue 7's moves left
-the numbers of ``+exp=paper`` and a small ``+exp=search`` unchanged (``experiments/groundwork/README.md``).
+the numbers of ``+exp=paper`` and a small ``+exp=search`` unchanged
+(``experiments/groundwork/README.md``).
 """
 
 from __future__ import annotations
