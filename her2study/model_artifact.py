@@ -379,7 +379,7 @@ def log_model(target, name: str, pipeline, card: dict, threshold: float, **kwarg
     from mlflow.models import Model
 
     with _quiet(), _staged(pipeline, card, threshold, kwargs.get("pip_requirements")) as kw:
-        info = Model.log(name=name, flavor=mlflow.pyfunc, run_id=run_id, **kw)
+        info = Model.log(None, mlflow.pyfunc, name=name, run_id=run_id, **kw)
     return info.model_uri
 
 
@@ -467,6 +467,23 @@ def _is_uri(uri: str) -> bool:
     return len(scheme) > 1  # not a Windows drive letter
 
 
+@contextlib.contextmanager
+def _tracking(uri: str | None) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` (models:/ URIs resolve through it),
+    the previous one restored after."""
+    if not uri:
+        yield
+        return
+    from mlflow.tracking import is_tracking_uri_set
+
+    previous = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def _check_store(tracking_uri: str | None, uri: str) -> None:
     from her2study.tracking import check_tracking_uri
 
@@ -511,7 +528,11 @@ def load_model(uri: str | Path, tracking_uri: str | None = None) -> tuple[Her2St
     _check_store(tracking_uri, uri)
     from mlflow.exceptions import MlflowException
 
-    with tempfile.TemporaryDirectory(prefix="her2study-model-") as tmp, _quiet():
+    with (
+        tempfile.TemporaryDirectory(prefix="her2study-model-") as tmp,
+        _quiet(),
+        _tracking(tracking_uri),
+    ):
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri

@@ -303,3 +303,17 @@ def test_collect_still_raises_for_problems_of_the_whole_manifest(make_cohort):
     manifest = make_cohort(n=4, extra=_break("duplicate"))
     with pytest.raises(CohortError, match="duplicate case id"):
         load_cohort(manifest, require_labels=False, on_error="collect")
+
+
+def test_ignored_columns_are_not_read(make_cohort):
+    def extra(df, root):
+        df["mask_reader2"] = "img/absent.nii.gz"
+        df["split"] = "later"
+        return df
+
+    manifest = make_cohort(n=4, extra=extra)
+    with pytest.raises(CohortError, match="second reader's mask: file not found"):
+        load_cohort(manifest)
+    cohort = load_cohort(manifest, ignore_columns=("mask_reader2", "split"))
+    assert cohort.ids == ["C000", "C001", "C002", "C003"]
+    assert all(c.mask_reader2 is None and c.split is None for c in cohort.cases)

@@ -1,5 +1,6 @@
 """Search -> export -> re-run and predict, end to end on real files: a small synthetic cohort with
-real pyradiomics features, an Optuna SQLite study, a real MLflow SQLite store in tmp."""
+real pyradiomics features, an Optuna SQLite study, a real MLflow SQLite store in tmp; and the one
+model format (her2study.model_artifact): its threshold, and what its loader refuses."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import warnings
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +16,7 @@ from omegaconf import open_dict
 
 from her2study.config import register_configs
 from her2study.errors import ConfigError
+from her2study.model_artifact import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -104,8 +105,8 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     run(make_cfg("task=export", *common, f"search.export_dir={tmp_path / 'exp'}"))
     out = root / "outputs" / "ep"
     first = json.loads((out / "metrics.json").read_text())
-    bundle = joblib.load(out / "model" / "model.joblib")
-    card = bundle["card"]
+    model, card = load_model(out / "model")
+    assert (out / "model" / "MLmodel").is_file() and not (out / "model" / "model.joblib").exists()
     text = (tmp_path / "exp" / "best_ep.yaml").read_text()
     head = text.splitlines()
     assert head[0] == "# @package _global_"
@@ -115,6 +116,11 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     assert f"{est['pooled_auc']:.3f}" in text
     assert card["candidate"]["use_clinical"] is True and card["threshold"] == first["threshold"]
     assert card["data"]["synthetic"] is True and card["mlflow_model_uri"].startswith("models:/")
+    assert card["estimate_kind"].startswith("nested cross-validation (3-fold x 1 outer)")
+    assert card["extraction"]["regions"] and card["her2study_version"]
+    # the input example is a row of zeros, not a training case
+    example = json.loads((out / "model" / "input_example.json").read_text())
+    assert example["columns"] == card["columns"] and example["data"] == [[0] * len(card["columns"])]
 
     # the experiment file re-runs the configuration: same model, same metrics, same seed
     (out / "metrics.json").unlink()
@@ -125,18 +131,21 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     run(rerun)
     second = json.loads((out / "metrics.json").read_text())
     assert second == first
-    again = joblib.load(out / "model" / "model.joblib")
+    again, card2 = load_model(out / "model")
+    assert card["estimate_kind"].endswith("from the search")
+    assert card2["estimate_kind"] == card["estimate_kind"].replace("search", "experiment file")
     from her2study.tasks.common import cohort_and_features
 
     cohort, fs = cohort_and_features(rerun)
     X = fs.table.join(cohort.table[card["clinical_columns"]])[card["columns"]]
-    np.testing.assert_array_equal(
-        bundle["pipeline"].predict_proba(X), again["pipeline"].predict_proba(X)
-    )
+    np.testing.assert_array_equal(model.pipeline.predict_proba(X), again.pipeline.predict_proba(X))
 
 
 def _new_cases(root: Path, tmp_path: Path, n_ok=4):
-    """A user's manifest of new cases (no labels) in its own folder, with two broken cases."""
+    """A user's manifest of new cases (no label column) in its own folder, with four broken
+    cases: a missing image, a missing clinical value, an empty mask, a 2-pixel tumour."""
+    import SimpleITK as sitk
+
     from her2study.cohort.source import ensure_synthetic
 
     cfg = make_cfg(
@@ -146,12 +155,23 @@ def _new_cases(root: Path, tmp_path: Path, n_ok=4):
     )
     manifest = ensure_synthetic(cfg.data)
     src = pd.read_csv(manifest, dtype={"case_id": str})
-    rows = src.head(n_ok + 2).copy()
+    rows = src.head(n_ok + 4).copy()
     for col in ("image", "mask"):
         rows[col] = [str((manifest.parent / p).resolve()) for p in rows[col]]
     ids = list(rows["case_id"])
     rows.loc[rows.index[n_ok], "image"] = str(tmp_path / "missing.nii.gz")
     rows.loc[rows.index[n_ok + 1], "er_pct"] = np.nan  # a clinical value the model needs
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for k, n_pixels in ((2, 0), (3, 2)):  # an empty mask; a tumour too small for pyradiomics
+        i = rows.index[n_ok + k]
+        ref = sitk.ReadImage(rows.at[i, "mask"])
+        arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+        arr[arr.shape[0] // 2, arr.shape[1] // 2 : arr.shape[1] // 2 + n_pixels] = 1
+        mask = sitk.GetImageFromArray(arr)
+        mask.CopyInformation(ref)
+        sitk.WriteImage(mask, str(masks / f"{ids[n_ok + k]}.nii.gz"))
+        rows.at[i, "mask"] = str(masks / f"{ids[n_ok + k]}.nii.gz")
     user = tmp_path / "user"
     user.mkdir()
     rows.drop(columns=["label"]).to_csv(user / "new.csv", index=False)
@@ -169,8 +189,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     monkeypatch.chdir(tmp_path)
     export(make_cfg("task=export", *common, f"search.export_dir={tmp_path}"))
     model_dir = tmp_path / "outputs" / "ep" / "model"
-    bundle = joblib.load(model_dir / "model.joblib")
-    card = bundle["card"]
+    model, card = load_model(model_dir)
     manifest, ids = _new_cases(root, tmp_path)
     cfg = with_predict(
         make_cfg(
@@ -186,13 +205,13 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     run(cfg)
     pred = pd.read_csv(tmp_path / "outputs" / "pred" / "predictions.csv", dtype={"case_id": str})
     assert list(pred["case_id"]) == ids  # every case listed, in the manifest's order
+    assert "label" not in pred.columns  # none given, none made up
     failed = pred[pred["status"] == "failed"].set_index("case_id")
     assert list(failed.index) == ids[4:]
-    assert (
-        "file not found" in failed.loc[ids[4], "problem"]
-        or "missing" in failed.loc[ids[4], "problem"]
-    )
+    assert "file not found" in failed.loc[ids[4], "problem"]
     assert "er_pct" in failed.loc[ids[5], "problem"]
+    assert "empty" in failed.loc[ids[6], "problem"]
+    assert "only 2 pixels" in failed.loc[ids[7], "problem"]
     assert failed["probability"].isna().all()
     ok = pred[pred["status"] == "ok"].set_index("case_id")
     # the model's own probabilities on the same cases' features (training cohort's table)
@@ -201,7 +220,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     X = fs.table.join(cohort.table[card["clinical_columns"]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = bundle["pipeline"].predict_proba(X.loc[ids[:4], card["columns"]])[:, 1]
+        expected = model.pipeline.predict_proba(X.loc[ids[:4], card["columns"]])[:, 1]
     np.testing.assert_allclose(ok["probability"].to_numpy(), expected, rtol=0, atol=1e-12)
     assert (ok["class"] == (expected >= card["threshold"]).astype(int)).all()
     assert sorted(p.name for p in manifest.parent.iterdir()) == ["new.csv"]  # only read
@@ -236,6 +255,8 @@ def test_predict_needs_a_model(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="predict.model_uri"):
         run(with_predict(make_cfg("task=predict", "tracking=off")))
     with pytest.raises(ConfigError, match="no model at"):
+        run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match="holds no MLmodel file"):
         run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path)))
 
 

@@ -252,6 +252,7 @@ def load_cohort(
     check_files: bool = True,
     require_labels: bool = True,
     on_error: str = "raise",
+    ignore_columns: tuple[str, ...] | list[str] = (),
 ) -> Cohort:
     """Read and validate a manifest; raise :class:`CohortError` listing every problem.
 
@@ -259,8 +260,9 @@ def load_cohort(
     its values are kept as numbers (NaN where not numeric) without checks. ``on_error="collect"``:
     the cases that have problems of their own (files, masks, clinical values, split) are left out
     and listed with the reasons in :attr:`Cohort.failed`; problems of the manifest as a whole
-    (missing columns, empty or duplicate case ids) still raise. Input files are only read, never
-    written to.
+    (missing columns, empty or duplicate case ids) still raise. ``ignore_columns``: optional
+    columns not to read at all (predict ignores ``mask_reader2`` and ``split``). Input files are
+    only read, never written to.
     """
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
@@ -276,6 +278,7 @@ def load_cohort(
         raise CohortError(
             [Problem("", file, f"cannot read the CSV ({exc})", "save it as UTF-8 CSV")], file
         ) from None
+    df = df.drop(columns=[c for c in ignore_columns if c in df.columns])
     clinical = list(clinical_columns)
     problems = check_table(df, file, case_column, label_column, clinical, require_labels)
     missing = [c for c in REQUIRED if c not in df.columns]

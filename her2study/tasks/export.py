@@ -5,9 +5,11 @@ configuration chosen by the search on all cases (Optuna study ``NAME/final``) an
 
 1. fits it on the whole cohort (seed ``search.seed`` or ``seed``), computes its K-fold
    out-of-fold predictions (``search.inner_folds``) and the Youden threshold on them;
-2. saves the fitted pipeline with its feature columns, threshold, extraction settings and the
-   nested estimate in ``<run folder>/model/`` (``model.joblib`` + ``card.json``), and logs it
-   as an MLflow model (``Tracker.log_sklearn_model``; the card is its metadata);
+2. saves the fitted pipeline with its model card (feature columns, threshold, extraction
+   settings, the nested estimate) as a her2study MLflow pyfunc model in ``<run folder>/model/``
+   (:func:`her2study.model_artifact.save_model`) and logs the same model to the MLflow run
+   (:func:`her2study.model_artifact.log_model`; ``tracking.log_model``). Through pyfunc or
+   ``mlflow models serve`` it returns the probability and the class at the exported threshold;
 3. writes ``conf/exp/best_NAME.yaml`` (``search.export_dir``): a normal experiment file setting
    the ring width, selection thresholds, model and parameters, with ``task: export`` and
    ``search.export_source: config``.
@@ -27,7 +29,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import joblib
 import pandas as pd
 import yaml
 from omegaconf import OmegaConf
@@ -36,6 +37,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from her2study import __version__
 from her2study.errors import ConfigError
+from her2study.model_artifact import log_model, save_model
 from her2study.search import (
     Candidate,
     build_pipeline,
@@ -118,6 +120,7 @@ def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> di
         "threshold_rule": f"Youden on {cfg.search.inner_folds}-fold out-of-fold predictions "
         "of all training cases",
         "metrics": metrics,
+        "estimate_kind": _estimate_kind(estimate, origin),
         "nested_estimate": estimate,
         "positive_class": cfg.data.positive_class,
         "negative_class": cfg.data.negative_class,
@@ -136,11 +139,15 @@ def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> di
     }
 
 
-def save_model(folder: Path, pipe, card: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"pipeline": pipe, "card": card}, folder / "model.joblib")
-    (folder / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
-    return folder
+def _estimate_kind(estimate: dict, origin: dict) -> str:
+    """What the card's performance estimate is (the card's ``metrics`` are not one)."""
+    if not estimate or "pooled_auc" not in estimate:
+        return "none (cv_auc and apparent_auc in metrics are not performance estimates)"
+    where = "the search" if origin.get("kind") == "study" else "the experiment file"
+    return (
+        f"nested cross-validation ({estimate.get('outer_folds')}-fold x "
+        f"{estimate.get('outer_repeats')} outer), from {where}"
+    )
 
 
 def _fmt(e: dict, key: str) -> str:
@@ -279,7 +286,7 @@ def run(cfg) -> float:
     pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
     out = output_dir(cfg)
     card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
-    folder = save_model(out / "model", pipe, card)
+    folder = save_model(out / "model", pipe, card, metrics["threshold"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
     exp_path = None
@@ -321,16 +328,10 @@ def run(cfg) -> float:
         if exp_path is not None:
             tracker.log_artifact(exp_path, "config")
         if cfg.tracking.log_model:
-            X = design.X[design.columns(cand)]
-            model_uri = tracker.log_sklearn_model(
-                pipe,
-                "model",
-                X.head(5).astype(float),
-                metadata=json.loads(json.dumps(card, default=str)),
-            )
+            model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
             if model_uri:
                 card["mlflow_model_uri"] = model_uri
-                save_model(folder, pipe, card)
+                save_model(folder, pipe, card, metrics["threshold"])
     print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_uri)
     return metrics["cv_auc"]
 
@@ -365,7 +366,7 @@ def print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_u
             f"mean outer AUC {_fmt(e, 'mean_outer_auc')}"
         )
     print(
-        f"model: {folder} (model.joblib, card.json)"
+        f"model: {folder} (MLflow pyfunc model; card in artifacts/card.json)"
         + (f"; MLflow {model_uri}" if model_uri else "")
     )
     if exp_path is not None:
