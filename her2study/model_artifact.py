@@ -524,7 +524,10 @@ def load_model(uri: str | Path, tracking_uri: str | None = None) -> tuple[Her2St
                 "single-file models (.joblib, .pkl) are refused because reading them runs code; "
                 "give the 'model' folder written by task=export"
             )
-        return _load_folder(path)
+        try:
+            return _load_folder(path)
+        except ModelArtifactError as err:
+            raise ModelArtifactError(f"predict.model_uri: {err}") from None
     _check_store(tracking_uri, uri)
     from mlflow.exceptions import MlflowException
 

@@ -273,3 +273,203 @@ def test_export_without_a_finished_search_says_so(tmp_path, monkeypatch):
                 f"search.storage=sqlite:///{tmp_path / 'x.db'}",
             )
         )
+
+
+# ------------------------------------------------------------------------------------------
+# The model format itself: threshold inside, pyfunc and our loader agree, what is refused
+# ------------------------------------------------------------------------------------------
+
+CARD = {
+    "columns": ["intra_a", "intra_b"],
+    "extraction": {
+        "params": {},
+        "regions": ["intra"],
+        "fov": "nonzero",
+        "mask_label": None,
+        "ring_widths_mm": [],
+    },
+    "estimate_kind": "none (test)",
+}
+
+
+def small_model(seed=0):
+    """A fitted scikit-learn pipeline on synthetic numbers (no patient anywhere)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"intra_a": rng.normal(size=80), "intra_b": rng.normal(size=80)})
+    y = (X["intra_a"] + rng.normal(scale=0.7, size=80) > 0).astype(int)
+    return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+
+
+def grid():
+    """Rows whose P(label=1) rises with intra_a from ~0 to ~1."""
+    return pd.DataFrame({"intra_a": np.linspace(-4, 4, 401), "intra_b": 0.0})
+
+
+def test_pyfunc_model_gives_probability_and_class_at_the_stored_threshold(tmp_path):
+    import mlflow
+
+    from her2study.model_artifact import save_model
+
+    pipe = small_model()
+    folder = save_model(tmp_path / "model", pipe, CARD, threshold=0.8)
+    X = grid()
+    p = pipe.predict_proba(X)[:, 1]
+    below = int(np.flatnonzero(p < 0.8).max())  # the last row under the threshold
+    above = int(np.flatnonzero(p >= 0.8).min())
+    assert above == below + 1 and p[below] > 0.5  # a row a 0.5 cut would call positive
+    ours, card = load_model(folder)
+    assert card["threshold"] == 0.8 and card["columns"] == CARD["columns"]
+    theirs = mlflow.pyfunc.load_model(str(folder))  # MLflow's own loader, as a user would
+    for model in (ours, theirs):
+        out = model.predict(X)
+        assert list(out.columns) == ["probability", "predicted_class"]
+        np.testing.assert_allclose(out["probability"], p, rtol=0, atol=1e-12)
+        assert out["predicted_class"].iloc[below] == 0 and out["predicted_class"].iloc[above] == 1
+        assert (out["predicted_class"] == (p >= 0.8)).all()
+        moved = model.predict(X, params={"threshold": 0.5})  # a threshold given at call time
+        assert moved["predicted_class"].iloc[below] == 1
+    # the card is inside the folder; nothing in it is a pickle; the example is zeros
+    assert json.loads((folder / "artifacts" / "card.json").read_text())["threshold"] == 0.8
+    assert not [f for f in folder.rglob("*") if f.suffix in (".pkl", ".joblib", ".pickle")]
+    example = json.loads((folder / "input_example.json").read_text())
+    assert example == {"columns": ["intra_a", "intra_b"], "data": [[0.0, 0.0]]}
+    # saving again replaces our own model; another folder is never overwritten
+    save_model(folder, pipe, CARD, threshold=0.3)
+    assert load_model(folder)[1]["threshold"] == 0.3
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a her2study model folder"):
+        save_model(other, pipe, CARD, threshold=0.3)
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_log_model_in_a_child_run_loads_by_models_and_runs_uri(tmp_path):
+    """What the paper task's per-signature child runs call: log_model(tracker, ...)."""
+    from mlflow import MlflowClient
+
+    from her2study.model_artifact import log_model
+    from her2study.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pipe = small_model()
+    with Tracker(uri, "e") as tr, tr.child("signature") as cid:
+        model_uri = log_model(tr, "model", pipe, CARD, 0.7)
+    assert model_uri.startswith("models:/")
+    assert MlflowClient(uri).get_logged_model(model_uri.split("/", 1)[1]).source_run_id == cid
+    X = grid()
+    for u in (model_uri, f"runs:/{cid}/model"):
+        model, card = load_model(u, uri)
+        assert card["threshold"] == 0.7
+        np.testing.assert_allclose(
+            model.predict(X)["probability"], pipe.predict_proba(X)[:, 1], rtol=0, atol=1e-12
+        )
+    with Tracker(uri, "e", enabled=False) as off:
+        assert log_model(off, "model", pipe, CARD, 0.7) is None
+    with pytest.raises(ConfigError, match="no MLflow database"):
+        load_model(model_uri, f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file (what a crafted model.joblib does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _run_cli(args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "her2study", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_crafted_joblib_is_refused_before_it_is_read(tmp_path):
+    import joblib
+
+    # the payload works: reading it runs the code
+    joblib.dump({"pipeline": _Payload(tmp_path / "probe"), "card": {}}, tmp_path / "probe.joblib")
+    joblib.load(tmp_path / "probe.joblib")
+    assert (tmp_path / "probe").read_text() == "ran"
+    # handed to predict, as a file and inside an old-style export folder: refused, not read
+    marker = tmp_path / "marker"
+    old = tmp_path / "old_export"
+    old.mkdir()
+    bundle = {"pipeline": _Payload(marker), "card": {"columns": ["x"]}}
+    joblib.dump(bundle, old / "model.joblib")
+    (old / "card.json").write_text("{}")
+    for given, reason in (
+        (old / "model.joblib", "is a file, not a her2study model folder"),
+        (old, "model.joblib is the old export format"),
+    ):
+        res = _run_cli(
+            ["task=predict", f"predict.model_uri={given}", "tracking=off", "study=p"], tmp_path
+        )
+        err = res.stdout + res.stderr
+        assert res.returncode == 2, err[-2000:]
+        assert reason in err and str(given) in err
+        assert "Traceback" not in err
+        assert len([ln for ln in err.splitlines() if "ERROR" in ln]) == 1
+        assert not marker.exists()
+
+
+def test_foreign_and_forged_mlflow_models_are_refused(tmp_path):
+    import shutil
+
+    import mlflow
+    import skops.io as sio
+    import yaml
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from her2study.model_artifact import save_model
+    from her2study.tracking import Tracker
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 2)), np.r_[np.zeros(15, int), np.ones(15, int)]
+    foreign = LogisticRegression().fit(X, y)
+    reqs = ["scikit-learn"]  # given: MLflow need not infer them (slow)
+    mlflow.sklearn.save_model(foreign, str(tmp_path / "sk"), pip_requirements=reqs)
+    with pytest.raises(ConfigError, match="not a her2study model.*sklearn") as info:
+        load_model(tmp_path / "sk")
+    assert str(tmp_path / "sk" / "MLmodel") in str(info.value)
+    # the same from an MLflow store
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "e") as tr:
+        logged = mlflow.sklearn.log_model(
+            foreign, name="m", run_id=tr.run_id, pip_requirements=reqs
+        ).model_uri
+    with pytest.raises(ConfigError, match=f"{logged}.*not a her2study model"):
+        load_model(logged, uri)
+    # a real her2study folder whose marker was removed
+    ours = save_model(tmp_path / "ours", small_model(), CARD, 0.5)
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(ours, unmarked)
+    conf = yaml.safe_load((unmarked / "MLmodel").read_text())
+    del conf["metadata"]["her2study_model"]
+    (unmarked / "MLmodel").write_text(yaml.safe_dump(conf))
+    with pytest.raises(ConfigError, match="no 'her2study_model' marker"):
+        load_model(unmarked)
+    # a forged her2study folder whose pipeline names a function that runs commands
+    forged = tmp_path / "forged"
+    shutil.copytree(ours, forged)
+    import os
+
+    sio.dump(make_pipeline(FunctionTransformer(os.system)), forged / "artifacts/pipeline.skops")
+    with pytest.raises(ConfigError, match="refused: it names types outside.*system"):
+        load_model(forged)
