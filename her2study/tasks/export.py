@@ -101,13 +101,23 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
     return pipe, metrics, sel
 
 
+def extraction_settings(cfg, columns, clinical=()) -> dict:
+    """The ``extraction`` block of a model card: how task=predict makes a new case's features
+    (the regions of ``columns``, the extractor settings, field of view, mask label of ``cfg``)."""
+    regions = sorted({c.split("_", 1)[0] for c in columns if c not in set(clinical)})
+    return {
+        "params": extractor_params(cfg),
+        "fov": cfg.region.fov,
+        "mask_label": cfg.data.mask_label,
+        "regions": regions,
+        "ring_widths_mm": [float(w) for w in cfg.region.ring_widths_mm],
+        "bands_mm": [[float(a), float(b)] for a, b in (cfg.region.bands_mm or [])],
+    }
+
+
 def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> dict:
+    """The card of an exported model; ``cfg`` has the candidate's regions (``_with_regions``)."""
     cols = design.columns(cand)
-    regions = sorted({c.split("_", 1)[0] for c in cols if c not in design.clinical})
-    if cand.ring_width_mm is None:
-        widths = [float(w) for w in cfg.region.ring_widths_mm]
-    else:
-        widths = [float(cand.ring_width_mm)] if cand.ring_width_mm else []
     return {
         "her2study_version": __version__,
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
@@ -129,13 +139,7 @@ def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> di
             "source": design.source,
             "n_cases": int(len(design.y)),
         },
-        "extraction": {
-            "params": extractor_params(cfg),
-            "fov": cfg.region.fov,
-            "mask_label": cfg.data.mask_label,
-            "regions": regions,
-            "ring_widths_mm": widths,
-        },
+        "extraction": extraction_settings(cfg, cols, design.clinical),
     }
 
 

@@ -87,7 +87,9 @@ def features_from_images(cohort, card: dict, cfg):
     from her2study.regions import region_specs
 
     ext = card["extraction"]
-    specs = region_specs(True, list(ext.get("ring_widths_mm") or []), [])
+    specs = region_specs(
+        True, list(ext.get("ring_widths_mm") or []), list(ext.get("bands_mm") or [])
+    )
     specs = [s for s in specs if s.name in set(ext["regions"])]
     fs = extract_features(
         cohort,
