@@ -198,7 +198,9 @@ class Her2StudyModel(PythonModel):
 
     def predict_proba(self, X) -> np.ndarray:
         """P(label = 1) of each row of ``X`` (a DataFrame with the card's columns)."""
-        X = self._design(X)
+        return self._proba(self._design(X))
+
+    def _proba(self, X: pd.DataFrame) -> np.ndarray:
         classes = list(getattr(self.pipeline, "classes_", [0, 1]))
         return self.pipeline.predict_proba(X)[:, classes.index(1)]
 
@@ -209,7 +211,7 @@ class Her2StudyModel(PythonModel):
         if params and params.get("threshold") is not None:
             threshold = float(params["threshold"])
         X = self._design(model_input)
-        prob = self.predict_proba(X)
+        prob = self._proba(X)
         return pd.DataFrame(
             {"probability": prob, "predicted_class": (prob >= threshold).astype(np.int64)},
             index=X.index,
@@ -443,7 +445,10 @@ def _check_mlmodel(folder: Path) -> dict:
 def check_model_folder(folder: str | Path) -> dict:
     """The model card of a her2study model folder, without loading the pipeline."""
     folder = Path(folder)
-    conf = _check_mlmodel(folder)
+    return _read_card(folder, _check_mlmodel(folder))
+
+
+def _read_card(folder: Path, conf: dict) -> dict:
     rel = conf["flavors"]["python_function"]["artifacts"][CARD]["path"]
     try:
         card = json.loads((folder / rel).read_text(encoding="utf-8"))
@@ -455,8 +460,8 @@ def check_model_folder(folder: str | Path) -> dict:
 
 
 def _load_folder(folder: Path) -> tuple[Her2StudyModel, dict]:
-    card = check_model_folder(folder)
     conf = _check_mlmodel(folder)
+    card = _read_card(folder, conf)
     rel = conf["flavors"]["python_function"]["artifacts"][PIPELINE]["path"]
     pipeline = load_pipeline(folder / rel)
     return Her2StudyModel(pipeline, card), card

@@ -473,3 +473,26 @@ def test_foreign_and_forged_mlflow_models_are_refused(tmp_path):
     sio.dump(make_pipeline(FunctionTransformer(os.system)), forged / "artifacts/pipeline.skops")
     with pytest.raises(ConfigError, match="refused: it names types outside.*system"):
         load_model(forged)
+
+
+def test_every_model_the_search_can_choose_is_saved_and_loaded(tmp_path):
+    """The skops allow-list admits each model's own classes (forest trees, calibrated SVM,
+    her2study's selectors): the loaded pipeline gives the same probabilities."""
+    from conftest import noise_features
+
+    from her2study.model_artifact import save_model
+    from her2study.models import MODELS, make_radiomics_pipeline
+
+    X, _, y = noise_features(n=60, p=5)
+    card = {**CARD, "columns": list(X.columns)}
+    for name in MODELS:
+        params = {"n_estimators": 20} if name == "random_forest" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = make_radiomics_pipeline(
+                mw_alpha=0.5, lasso_cv=3, model=name, model_params=params
+            ).fit(X, y)
+        model, _ = load_model(save_model(tmp_path / name, pipe, card, 0.5))
+        np.testing.assert_array_equal(
+            model.predict(X)["probability"], pipe.predict_proba(X)[:, 1], err_msg=name
+        )

@@ -108,10 +108,11 @@ def features_from_images(cohort, card: dict, cfg):
 
 
 def run(cfg) -> int:
-    from her2study.model_artifact import load_model
+    from her2study.model_artifact import describe, load_model
 
     pc = predict_config(cfg)
     model, card = load_model(str(pc.model_uri), cfg.tracking.tracking_uri)
+    log.info("%s: %s", pc.model_uri, describe(card))
     out = output_dir(cfg)
     columns = list(card["columns"])
     clinical = list(card.get("clinical_columns") or [])
