@@ -264,3 +264,56 @@ def test_features_table(tmp_path):
         load_features_table(tmp_path / "bad.csv", clinical_columns=["age"])
     with pytest.raises(CohortError, match="features table not found"):
         load_features_table(Path(tmp_path / "none.csv"))
+
+
+def test_new_cases_need_no_labels_and_bad_cases_are_set_aside(make_cohort):
+    """Predict-time cohorts: no label column; a case's own problems are collected, not raised."""
+
+    def unlabeled(df, root):
+        df = _break("empty_mask")(df, root)
+        df = _break("missing_file")(df, root)
+        df.loc[4, "age"] = np.nan
+        return df.drop(columns=["label"])
+
+    manifest = make_cohort(n=6, extra=unlabeled)
+    with pytest.raises(CohortError, match="missing column"):
+        load_cohort(manifest)  # a study needs labels
+    with pytest.raises(CohortError) as info:
+        load_cohort(manifest, require_labels=False, clinical_columns=["age"])
+    assert len(info.value.problems) == 3
+    cohort = load_cohort(
+        manifest, require_labels=False, clinical_columns=["age"], on_error="collect"
+    )
+    assert cohort.ids == ["C001", "C002", "C005"] == [c.case_id for c in cohort.cases]
+    assert list(cohort.failed) == ["C000", "C003", "C004"]
+    assert "file not found" in cohort.failed["C000"] and "nope.nii.gz" in cohort.failed["C000"]
+    assert "empty" in cohort.failed["C003"] and "age" in cohort.failed["C004"]
+    assert "label" not in cohort.table.columns and not cohort.has_labels
+    assert all(c.label is None for c in cohort.cases)
+    with pytest.raises(ValueError, match="no label column"):
+        cohort.labels  # noqa: B018
+    # labels, when present, are kept as they are (one class, or none at all, is fine here)
+    df = pd.read_csv(manifest).assign(label=1)
+    df.to_csv(manifest, index=False)
+    cohort = load_cohort(manifest, require_labels=False, on_error="collect")
+    assert list(cohort.table["label"]) == [1, 1, 1, 1]
+
+
+def test_collect_still_raises_for_problems_of_the_whole_manifest(make_cohort):
+    manifest = make_cohort(n=4, extra=_break("duplicate"))
+    with pytest.raises(CohortError, match="duplicate case id"):
+        load_cohort(manifest, require_labels=False, on_error="collect")
+
+
+def test_ignored_columns_are_not_read(make_cohort):
+    def extra(df, root):
+        df["mask_reader2"] = "img/absent.nii.gz"
+        df["split"] = "later"
+        return df
+
+    manifest = make_cohort(n=4, extra=extra)
+    with pytest.raises(CohortError, match="second reader's mask: file not found"):
+        load_cohort(manifest)
+    cohort = load_cohort(manifest, ignore_columns=("mask_reader2", "split"))
+    assert cohort.ids == ["C000", "C001", "C002", "C003"]
+    assert all(c.mask_reader2 is None and c.split is None for c in cohort.cases)

@@ -1,5 +1,6 @@
 """Search -> export -> re-run and predict, end to end on real files: a small synthetic cohort with
-real pyradiomics features, an Optuna SQLite study, a real MLflow SQLite store in tmp."""
+real pyradiomics features, an Optuna SQLite study, a real MLflow SQLite store in tmp; and the one
+model format (her2study.model_artifact): its threshold, and what its loader refuses."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import warnings
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +16,7 @@ from omegaconf import open_dict
 
 from her2study.config import register_configs
 from her2study.errors import ConfigError
+from her2study.model_artifact import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -104,8 +105,8 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     run(make_cfg("task=export", *common, f"search.export_dir={tmp_path / 'exp'}"))
     out = root / "outputs" / "ep"
     first = json.loads((out / "metrics.json").read_text())
-    bundle = joblib.load(out / "model" / "model.joblib")
-    card = bundle["card"]
+    model, card = load_model(out / "model")
+    assert (out / "model" / "MLmodel").is_file() and not (out / "model" / "model.joblib").exists()
     text = (tmp_path / "exp" / "best_ep.yaml").read_text()
     head = text.splitlines()
     assert head[0] == "# @package _global_"
@@ -115,6 +116,11 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     assert f"{est['pooled_auc']:.3f}" in text
     assert card["candidate"]["use_clinical"] is True and card["threshold"] == first["threshold"]
     assert card["data"]["synthetic"] is True and card["mlflow_model_uri"].startswith("models:/")
+    assert card["estimate_kind"].startswith("nested cross-validation (3-fold x 1 outer)")
+    assert card["extraction"]["regions"] and card["her2study_version"]
+    # the input example is a row of zeros, not a training case
+    example = json.loads((out / "model" / "input_example.json").read_text())
+    assert example["columns"] == card["columns"] and example["data"] == [[0] * len(card["columns"])]
 
     # the experiment file re-runs the configuration: same model, same metrics, same seed
     (out / "metrics.json").unlink()
@@ -125,18 +131,21 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     run(rerun)
     second = json.loads((out / "metrics.json").read_text())
     assert second == first
-    again = joblib.load(out / "model" / "model.joblib")
+    again, card2 = load_model(out / "model")
+    assert card["estimate_kind"].endswith("from the search")
+    assert card2["estimate_kind"] == card["estimate_kind"].replace("search", "experiment file")
     from her2study.tasks.common import cohort_and_features
 
     cohort, fs = cohort_and_features(rerun)
     X = fs.table.join(cohort.table[card["clinical_columns"]])[card["columns"]]
-    np.testing.assert_array_equal(
-        bundle["pipeline"].predict_proba(X), again["pipeline"].predict_proba(X)
-    )
+    np.testing.assert_array_equal(model.pipeline.predict_proba(X), again.pipeline.predict_proba(X))
 
 
 def _new_cases(root: Path, tmp_path: Path, n_ok=4):
-    """A user's manifest of new cases (no labels) in its own folder, with two broken cases."""
+    """A user's manifest of new cases (no label column) in its own folder, with four broken
+    cases: a missing image, a missing clinical value, an empty mask, a 2-pixel tumour."""
+    import SimpleITK as sitk
+
     from her2study.cohort.source import ensure_synthetic
 
     cfg = make_cfg(
@@ -146,12 +155,23 @@ def _new_cases(root: Path, tmp_path: Path, n_ok=4):
     )
     manifest = ensure_synthetic(cfg.data)
     src = pd.read_csv(manifest, dtype={"case_id": str})
-    rows = src.head(n_ok + 2).copy()
+    rows = src.head(n_ok + 4).copy()
     for col in ("image", "mask"):
         rows[col] = [str((manifest.parent / p).resolve()) for p in rows[col]]
     ids = list(rows["case_id"])
     rows.loc[rows.index[n_ok], "image"] = str(tmp_path / "missing.nii.gz")
     rows.loc[rows.index[n_ok + 1], "er_pct"] = np.nan  # a clinical value the model needs
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for k, n_pixels in ((2, 0), (3, 2)):  # an empty mask; a tumour too small for pyradiomics
+        i = rows.index[n_ok + k]
+        ref = sitk.ReadImage(rows.at[i, "mask"])
+        arr = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+        arr[arr.shape[0] // 2, arr.shape[1] // 2 : arr.shape[1] // 2 + n_pixels] = 1
+        mask = sitk.GetImageFromArray(arr)
+        mask.CopyInformation(ref)
+        sitk.WriteImage(mask, str(masks / f"{ids[n_ok + k]}.nii.gz"))
+        rows.at[i, "mask"] = str(masks / f"{ids[n_ok + k]}.nii.gz")
     user = tmp_path / "user"
     user.mkdir()
     rows.drop(columns=["label"]).to_csv(user / "new.csv", index=False)
@@ -169,8 +189,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     monkeypatch.chdir(tmp_path)
     export(make_cfg("task=export", *common, f"search.export_dir={tmp_path}"))
     model_dir = tmp_path / "outputs" / "ep" / "model"
-    bundle = joblib.load(model_dir / "model.joblib")
-    card = bundle["card"]
+    model, card = load_model(model_dir)
     manifest, ids = _new_cases(root, tmp_path)
     cfg = with_predict(
         make_cfg(
@@ -186,13 +205,13 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     run(cfg)
     pred = pd.read_csv(tmp_path / "outputs" / "pred" / "predictions.csv", dtype={"case_id": str})
     assert list(pred["case_id"]) == ids  # every case listed, in the manifest's order
+    assert "label" not in pred.columns  # none given, none made up
     failed = pred[pred["status"] == "failed"].set_index("case_id")
     assert list(failed.index) == ids[4:]
-    assert (
-        "file not found" in failed.loc[ids[4], "problem"]
-        or "missing" in failed.loc[ids[4], "problem"]
-    )
+    assert "file not found" in failed.loc[ids[4], "problem"]
     assert "er_pct" in failed.loc[ids[5], "problem"]
+    assert "empty" in failed.loc[ids[6], "problem"]
+    assert "only 2 pixels" in failed.loc[ids[7], "problem"]
     assert failed["probability"].isna().all()
     ok = pred[pred["status"] == "ok"].set_index("case_id")
     # the model's own probabilities on the same cases' features (training cohort's table)
@@ -201,7 +220,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     X = fs.table.join(cohort.table[card["clinical_columns"]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = bundle["pipeline"].predict_proba(X.loc[ids[:4], card["columns"]])[:, 1]
+        expected = model.pipeline.predict_proba(X.loc[ids[:4], card["columns"]])[:, 1]
     np.testing.assert_allclose(ok["probability"].to_numpy(), expected, rtol=0, atol=1e-12)
     assert (ok["class"] == (expected >= card["threshold"]).astype(int)).all()
     assert sorted(p.name for p in manifest.parent.iterdir()) == ["new.csv"]  # only read
@@ -236,6 +255,8 @@ def test_predict_needs_a_model(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="predict.model_uri"):
         run(with_predict(make_cfg("task=predict", "tracking=off")))
     with pytest.raises(ConfigError, match="no model at"):
+        run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match="holds no MLmodel file"):
         run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path)))
 
 
@@ -251,4 +272,227 @@ def test_export_without_a_finished_search_says_so(tmp_path, monkeypatch):
                 "tracking=off",
                 f"search.storage=sqlite:///{tmp_path / 'x.db'}",
             )
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# The model format itself: threshold inside, pyfunc and our loader agree, what is refused
+# ------------------------------------------------------------------------------------------
+
+CARD = {
+    "columns": ["intra_a", "intra_b"],
+    "extraction": {
+        "params": {},
+        "regions": ["intra"],
+        "fov": "nonzero",
+        "mask_label": None,
+        "ring_widths_mm": [],
+    },
+    "estimate_kind": "none (test)",
+}
+
+
+def small_model(seed=0):
+    """A fitted scikit-learn pipeline on synthetic numbers (no patient anywhere)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"intra_a": rng.normal(size=80), "intra_b": rng.normal(size=80)})
+    y = (X["intra_a"] + rng.normal(scale=0.7, size=80) > 0).astype(int)
+    return make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+
+
+def grid():
+    """Rows whose P(label=1) rises with intra_a from ~0 to ~1."""
+    return pd.DataFrame({"intra_a": np.linspace(-4, 4, 401), "intra_b": 0.0})
+
+
+def test_pyfunc_model_gives_probability_and_class_at_the_stored_threshold(tmp_path):
+    import mlflow
+
+    from her2study.model_artifact import save_model
+
+    pipe = small_model()
+    folder = save_model(tmp_path / "model", pipe, CARD, threshold=0.8)
+    X = grid()
+    p = pipe.predict_proba(X)[:, 1]
+    below = int(np.flatnonzero(p < 0.8).max())  # the last row under the threshold
+    above = int(np.flatnonzero(p >= 0.8).min())
+    assert above == below + 1 and p[below] > 0.5  # a row a 0.5 cut would call positive
+    ours, card = load_model(folder)
+    assert card["threshold"] == 0.8 and card["columns"] == CARD["columns"]
+    theirs = mlflow.pyfunc.load_model(str(folder))  # MLflow's own loader, as a user would
+    for model in (ours, theirs):
+        out = model.predict(X)
+        assert list(out.columns) == ["probability", "predicted_class"]
+        np.testing.assert_allclose(out["probability"], p, rtol=0, atol=1e-12)
+        assert out["predicted_class"].iloc[below] == 0 and out["predicted_class"].iloc[above] == 1
+        assert (out["predicted_class"] == (p >= 0.8)).all()
+        moved = model.predict(X, params={"threshold": 0.5})  # a threshold given at call time
+        assert moved["predicted_class"].iloc[below] == 1
+    # the card is inside the folder; nothing in it is a pickle; the example is zeros
+    assert json.loads((folder / "artifacts" / "card.json").read_text())["threshold"] == 0.8
+    assert not [f for f in folder.rglob("*") if f.suffix in (".pkl", ".joblib", ".pickle")]
+    example = json.loads((folder / "input_example.json").read_text())
+    assert example == {"columns": ["intra_a", "intra_b"], "data": [[0.0, 0.0]]}
+    # saving again replaces our own model; another folder is never overwritten
+    save_model(folder, pipe, CARD, threshold=0.3)
+    assert load_model(folder)[1]["threshold"] == 0.3
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a her2study model folder"):
+        save_model(other, pipe, CARD, threshold=0.3)
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_log_model_in_a_child_run_loads_by_models_and_runs_uri(tmp_path):
+    """What the paper task's per-signature child runs call: log_model(tracker, ...)."""
+    from mlflow import MlflowClient
+
+    from her2study.model_artifact import log_model
+    from her2study.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pipe = small_model()
+    with Tracker(uri, "e") as tr, tr.child("signature") as cid:
+        model_uri = log_model(tr, "model", pipe, CARD, 0.7)
+    assert model_uri.startswith("models:/")
+    assert MlflowClient(uri).get_logged_model(model_uri.split("/", 1)[1]).source_run_id == cid
+    X = grid()
+    for u in (model_uri, f"runs:/{cid}/model"):
+        model, card = load_model(u, uri)
+        assert card["threshold"] == 0.7
+        np.testing.assert_allclose(
+            model.predict(X)["probability"], pipe.predict_proba(X)[:, 1], rtol=0, atol=1e-12
+        )
+    with Tracker(uri, "e", enabled=False) as off:
+        assert log_model(off, "model", pipe, CARD, 0.7) is None
+    with pytest.raises(ConfigError, match="no MLflow database"):
+        load_model(model_uri, f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file (what a crafted model.joblib does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _run_cli(args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "her2study", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_crafted_joblib_is_refused_before_it_is_read(tmp_path):
+    import joblib
+
+    # the payload works: reading it runs the code
+    joblib.dump({"pipeline": _Payload(tmp_path / "probe"), "card": {}}, tmp_path / "probe.joblib")
+    joblib.load(tmp_path / "probe.joblib")
+    assert (tmp_path / "probe").read_text() == "ran"
+    # handed to predict, as a file and inside an old-style export folder: refused, not read
+    marker = tmp_path / "marker"
+    old = tmp_path / "old_export"
+    old.mkdir()
+    bundle = {"pipeline": _Payload(marker), "card": {"columns": ["x"]}}
+    joblib.dump(bundle, old / "model.joblib")
+    (old / "card.json").write_text("{}")
+    for given, reason in (
+        (old / "model.joblib", "is a file, not a her2study model folder"),
+        (old, "model.joblib is the old export format"),
+    ):
+        res = _run_cli(
+            ["task=predict", f"predict.model_uri={given}", "tracking=off", "study=p"], tmp_path
+        )
+        err = res.stdout + res.stderr
+        assert res.returncode == 2, err[-2000:]
+        assert reason in err and str(given) in err
+        assert "Traceback" not in err
+        assert len([ln for ln in err.splitlines() if "ERROR" in ln]) == 1
+        assert not marker.exists()
+
+
+def test_foreign_and_forged_mlflow_models_are_refused(tmp_path):
+    import shutil
+
+    import mlflow
+    import skops.io as sio
+    import yaml
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from her2study.model_artifact import save_model
+    from her2study.tracking import Tracker
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 2)), np.r_[np.zeros(15, int), np.ones(15, int)]
+    foreign = LogisticRegression().fit(X, y)
+    reqs = ["scikit-learn"]  # given: MLflow need not infer them (slow)
+    mlflow.sklearn.save_model(foreign, str(tmp_path / "sk"), pip_requirements=reqs)
+    with pytest.raises(ConfigError, match="not a her2study model.*sklearn") as info:
+        load_model(tmp_path / "sk")
+    assert str(tmp_path / "sk" / "MLmodel") in str(info.value)
+    # the same from an MLflow store
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "e") as tr:
+        logged = mlflow.sklearn.log_model(
+            foreign, name="m", run_id=tr.run_id, pip_requirements=reqs
+        ).model_uri
+    with pytest.raises(ConfigError, match=f"{logged}.*not a her2study model"):
+        load_model(logged, uri)
+    # a real her2study folder whose marker was removed
+    ours = save_model(tmp_path / "ours", small_model(), CARD, 0.5)
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(ours, unmarked)
+    conf = yaml.safe_load((unmarked / "MLmodel").read_text())
+    del conf["metadata"]["her2study_model"]
+    (unmarked / "MLmodel").write_text(yaml.safe_dump(conf))
+    with pytest.raises(ConfigError, match="no 'her2study_model' marker"):
+        load_model(unmarked)
+    # a forged her2study folder whose pipeline names a function that runs commands
+    forged = tmp_path / "forged"
+    shutil.copytree(ours, forged)
+    import os
+
+    sio.dump(make_pipeline(FunctionTransformer(os.system)), forged / "artifacts/pipeline.skops")
+    with pytest.raises(ConfigError, match="refused: it names types outside.*system"):
+        load_model(forged)
+
+
+def test_every_model_the_search_can_choose_is_saved_and_loaded(tmp_path):
+    """The skops allow-list admits each model's own classes (forest trees, calibrated SVM,
+    her2study's selectors): the loaded pipeline gives the same probabilities."""
+    from conftest import noise_features
+
+    from her2study.model_artifact import save_model
+    from her2study.models import MODELS, make_radiomics_pipeline
+
+    X, _, y = noise_features(n=60, p=5)
+    card = {**CARD, "columns": list(X.columns)}
+    for name in MODELS:
+        params = {"n_estimators": 20} if name == "random_forest" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = make_radiomics_pipeline(
+                mw_alpha=0.5, lasso_cv=3, model=name, model_params=params
+            ).fit(X, y)
+        model, _ = load_model(save_model(tmp_path / name, pipe, card, 0.5))
+        np.testing.assert_array_equal(
+            model.predict(X)["probability"], pipe.predict_proba(X)[:, 1], err_msg=name
         )

@@ -157,3 +157,27 @@ def test_dask_backend_matches_local(cohort, tmp_path):
     dask = extract_features(cohort, specs, FAST_PARAMS, tmp_path / "b", n_jobs=2, backend="dask")
     assert dask.n_extracted == 12
     pd.testing.assert_frame_equal(local.table, dask.table)
+
+
+def test_collect_lists_failed_cases_with_reasons(make_cohort, tmp_path):
+    """on_error="collect": a case whose tumour is too small for pyradiomics is left out and
+    named with the reason; the others are extracted as usual. "raise" stops with all of them."""
+    from conftest import write_nifti
+
+    from her2study.features.extraction import ExtractionError
+
+    def tiny(df, root):
+        mask = np.zeros((120, 140), np.uint8)
+        mask[60, 70] = mask[60, 71] = 1  # 2 pixels < minimumROISize 4
+        write_nifti(mask, root / "img/C002_mask.nii.gz")
+        return df
+
+    cohort = load_cohort(make_cohort(n=4, extra=tiny))
+    specs = region_specs(True, [1.0])
+    with pytest.raises(ExtractionError, match="case C002"):
+        extract_features(cohort, specs, FAST_PARAMS, tmp_path / "cache")
+    fs = extract_features(cohort, specs, FAST_PARAMS, tmp_path / "cache", on_error="collect")
+    assert list(fs.table.index) == ["C000", "C001", "C003"]
+    assert list(fs.failed) == ["C002"] and "only 2 pixels" in fs.failed["C002"]
+    assert np.isfinite(fs.table.to_numpy()).all()
+    assert set(fs.region_stats["case_id"]) == {"C000", "C001", "C003"}

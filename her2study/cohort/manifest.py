@@ -4,6 +4,10 @@ A manifest is a CSV with one row per lesion: ``case_id``, ``image``, ``mask``, `
 optionally ``spacing_x_mm``/``spacing_y_mm``, ``mask_reader2``, ``split`` and clinical columns.
 Paths are relative to the manifest. Every problem of the whole manifest is collected and reported
 at once, each naming the case, the file and the fix.
+
+New cases to predict have no labels: ``load_cohort(..., require_labels=False)``; with
+``on_error="collect"`` a case with a problem of its own (missing file, empty mask, missing clinical
+value) is set aside in ``Cohort.failed`` with the reason instead of stopping the whole manifest.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class Case:
     case_id: str
     image: Path
     mask: Path
-    label: int
+    label: int | None  # 0/1; None for a cohort loaded without labels (-1: invalid, reported)
     mask_reader2: Path | None = None
     spacing_mm: tuple[float, float] | None = None  # from the manifest or config, else the header
     split: str | None = None
@@ -75,9 +79,18 @@ class Cohort:
     cases: list[Case] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     label_column: str = "label"
+    failed: dict[str, str] = field(default_factory=dict)  # on_error="collect": case -> reason
+
+    @property
+    def has_labels(self) -> bool:
+        return (
+            self.label_column in self.table.columns and self.table[self.label_column].notna().all()
+        )
 
     @property
     def labels(self) -> pd.Series:
+        if self.label_column not in self.table.columns:
+            raise ValueError(f"this cohort has no label column '{self.label_column}'")
         return self.table[self.label_column].astype(int)
 
     @property
@@ -118,10 +131,15 @@ def check_table(
     case_column: str,
     label_column: str,
     clinical_columns: list[str],
+    require_labels: bool = True,
 ) -> list[Problem]:
-    """Checks shared by manifests and features tables: ids, labels, clinical columns."""
+    """Checks shared by manifests and features tables: ids, labels, clinical columns.
+
+    ``require_labels=False``: the label column may be absent, and its values are not checked.
+    """
     problems: list[Problem] = []
-    missing = [c for c in (case_column, label_column) if c not in df.columns]
+    needed = (case_column, label_column) if require_labels else (case_column,)
+    missing = [c for c in needed if c not in df.columns]
     if missing:
         return [
             Problem(
@@ -139,7 +157,8 @@ def check_table(
         problems.append(
             Problem(dup, file, f"duplicate case id (CSV lines {rows})", "make case ids unique")
         )
-    problems += _check_labels(df, case_column, label_column, file)
+    if require_labels:
+        problems += _check_labels(df, case_column, label_column, file)
     for col in clinical_columns:
         if col not in df.columns:
             problems.append(
@@ -232,11 +251,22 @@ def load_cohort(
     clinical_columns: list[str] | tuple[str, ...] = (),
     synthetic: bool = False,
     check_files: bool = True,
+    require_labels: bool = True,
+    on_error: str = "raise",
+    ignore_columns: tuple[str, ...] | list[str] = (),
 ) -> Cohort:
     """Read and validate a manifest; raise :class:`CohortError` listing every problem.
 
-    Input files are only read, never written to.
+    ``require_labels=False`` (new cases to predict): no label column is needed; when there is one
+    its values are kept as numbers (NaN where not numeric) without checks. ``on_error="collect"``:
+    the cases that have problems of their own (files, masks, clinical values, split) are left out
+    and listed with the reasons in :attr:`Cohort.failed`; problems of the manifest as a whole
+    (missing columns, empty or duplicate case ids) still raise. ``ignore_columns``: optional
+    columns not to read at all (predict ignores ``mask_reader2`` and ``split``). Input files are
+    only read, never written to.
     """
+    if on_error not in ("raise", "collect"):
+        raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
     manifest = Path(manifest).resolve()
     file = manifest.name
     if not manifest.is_file():
@@ -249,8 +279,9 @@ def load_cohort(
         raise CohortError(
             [Problem("", file, f"cannot read the CSV ({exc})", "save it as UTF-8 CSV")], file
         ) from None
+    df = df.drop(columns=[c for c in ignore_columns if c in df.columns])
     clinical = list(clinical_columns)
-    problems = check_table(df, file, case_column, label_column, clinical)
+    problems = check_table(df, file, case_column, label_column, clinical, require_labels)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         problems.append(
@@ -277,7 +308,10 @@ def load_cohort(
                 paths[col] = None
                 continue
             paths[col] = (root / str(value).strip()).resolve()
-        label = pd.to_numeric(pd.Series([row[label_column]]), errors="coerce").iloc[0]
+        label = None
+        if label_column in df.columns:
+            value = pd.to_numeric(pd.Series([row[label_column]]), errors="coerce").iloc[0]
+            label = int(value) if value in (0, 1) else (-1 if require_labels else None)
         if paths["image"] is None or paths["mask"] is None:
             continue
         cases.append(
@@ -285,7 +319,7 @@ def load_cohort(
                 case_id=cid,
                 image=paths["image"],
                 mask=paths["mask"],
-                label=int(label) if label in (0, 1) else -1,
+                label=label,
                 mask_reader2=paths["mask_reader2"],
                 spacing_mm=_row_spacing(row, spacing_mm),
                 split=str(split).strip().lower() if split is not None and pd.notna(split) else None,
@@ -295,6 +329,11 @@ def load_cohort(
         for case in cases:
             problems += _check_case(case, mask_label, root)
 
+    failed: dict[str, str] = {}
+    if on_error == "collect":
+        failed = _set_aside(problems, df[case_column].astype(str).str.strip())
+        problems = [p for p in problems if p.case_id not in failed]
+        cases = [c for c in cases if c.case_id not in failed]
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
     if errors:
@@ -302,10 +341,18 @@ def load_cohort(
     for w in warnings:
         log.warning("%s", w)
 
-    keep = [label_column] + clinical + (["split"] if "split" in df.columns else [])
+    has_label = label_column in df.columns
+    keep = (
+        ([label_column] if has_label else [])
+        + clinical
+        + (["split"] if "split" in df.columns else [])
+    )
     table = df.assign(**{case_column: df[case_column].astype(str).str.strip()})
     table = table.set_index(case_column)[keep]
-    table[label_column] = table[label_column].astype(int)
+    table = table[~table.index.isin(list(failed))]
+    if has_label:
+        labels = pd.to_numeric(table[label_column], errors="coerce")
+        table[label_column] = labels.astype(int) if require_labels else labels
     for col in clinical:
         table[col] = pd.to_numeric(table[col])
     table.index.name = "case_id"
@@ -316,4 +363,15 @@ def load_cohort(
         cases=cases,
         warnings=warnings,
         label_column=label_column,
+        failed=failed,
     )
+
+
+def _set_aside(problems: list[Problem], ids: pd.Series) -> dict[str, str]:
+    """Case id -> its errors (joined), for the errors that belong to one identifiable case."""
+    unique = set(ids[~ids.duplicated(keep=False) & ids.ne("")])
+    failed: dict[str, str] = {}
+    for p in problems:
+        if p.severity == "error" and p.case_id in unique:
+            failed[p.case_id] = "; ".join(filter(None, [failed.get(p.case_id), str(p)]))
+    return {cid: failed[cid] for cid in ids if cid in failed}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from her2study.cohort.io import read_image, read_mask
+from her2study.cohort.io import ImageReadError, read_image, read_mask
 from her2study.cohort.manifest import Case, Cohort
 from her2study.digest import canonical_digest, file_digest
 from her2study.errors import ConfigError, Her2StudyError
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the meaning of a cached value changes (region definition, value conversion).
 FEATURE_CODE_VERSION = 1
+STATS_COLUMNS = ["case_id", "region", "n_pixels", "area_mm2", "coverage"]
 
 
 class ExtractionError(Her2StudyError, RuntimeError):
@@ -95,6 +96,7 @@ class FeatureSet:
     region_stats: pd.DataFrame  # case_id, region, n_pixels, area_mm2, coverage
     n_cached: int = 0
     n_extracted: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # on_error="collect": case -> reasons
 
 
 def _entry_key(case_digest: dict, spec: RegionSpec, fov: str, params_key: str) -> str:
@@ -182,6 +184,14 @@ def extract_case(
     return result
 
 
+def _extract_or_report(case: Case, *args) -> CaseResult:
+    """:func:`extract_case`, with a case whose files cannot be read reported, not raised."""
+    try:
+        return extract_case(case, *args)
+    except ImageReadError as err:
+        return CaseResult(case.case_id, errors=[f"case {case.case_id}: {err} -> fix: {err.fix}"])
+
+
 @contextlib.contextmanager
 def _backend(backend: str, n_jobs: int):
     """joblib backend context: loky/threading locally, dask or ray for a cluster."""
@@ -216,24 +226,31 @@ def extract_features(
     backend: str = "loky",
     progress: bool = False,
     min_coverage: float = 0.8,
+    on_error: str = "raise",
 ) -> FeatureSet:
     """Features for every case and region of a cohort; cached entries are reused.
 
-    Raises :class:`ExtractionError` listing every failed case and region.
+    ``on_error="raise"``: raises :class:`ExtractionError` listing every failed case and region.
+    ``on_error="collect"``: the failed cases (a region too small, pyradiomics failing, a file
+    that cannot be read) are left out of the table and listed with their reasons in
+    :attr:`FeatureSet.failed`.
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
+    if on_error not in ("raise", "collect"):
+        raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
     build_extractor(params)  # validate the settings once, before any work
     cache_root = str(Path(cache_root).resolve())
+    job = extract_case if on_error == "raise" else _extract_or_report
     jobs = (
-        delayed(extract_case)(case, specs, params, cache_root, fov_mode, mask_label)
-        for case in cohort.cases
+        delayed(job)(case, specs, params, cache_root, fov_mode, mask_label) for case in cohort.cases
     )
     row_of = {cid: i for i, cid in enumerate(cohort.ids)}
     names: dict[str, list[str]] = {}  # region -> feature names, from the first case
     values = None  # float64 (cases x columns), filled as results arrive: no per-case dicts kept
     stats, errors = [], []
+    failed: dict[str, str] = {}
     n_cached = n_extracted = 0
     with _backend(backend, n_jobs):
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
@@ -248,6 +265,7 @@ def extract_features(
             n_extracted += r.n_extracted
             if r.errors:
                 errors += r.errors
+                failed[r.case_id] = "; ".join(r.errors)
                 continue
             if values is None:
                 names = {s.name: list(r.features[s.name]) for s in specs}
@@ -261,13 +279,18 @@ def extract_features(
                 row[start : start + len(keys)] = [feats.get(k, np.nan) for k in keys]
                 start += len(keys)
                 stats.append({"case_id": r.case_id, "region": spec.name, **r.stats[spec.name]})
-    if errors:
+    if errors and on_error == "raise":
         raise ExtractionError(f"{len(errors)} extraction problem(s):\n  " + "\n  ".join(errors))
     columns = [f"{region}_{k}" for region, keys in names.items() for k in keys]
+    if values is None:  # no case succeeded (on_error="collect")
+        values = np.full((len(row_of), 0), np.nan)
     table = pd.DataFrame(values, index=pd.Index(cohort.ids, name="case_id"), columns=columns)
+    if failed:
+        table = table.drop(index=list(failed))
+        failed = {cid: failed[cid] for cid in cohort.ids if cid in failed}  # cohort order
     order = {(s.name): i for i, s in enumerate(specs)}
     stats.sort(key=lambda d: (row_of[d["case_id"]], order[d["region"]]))
-    region_stats = pd.DataFrame(stats)
+    region_stats = pd.DataFrame(stats) if stats else pd.DataFrame(columns=STATS_COLUMNS)
     low = region_stats[region_stats["coverage"] < min_coverage]
     for _, row in low.iterrows():
         log.warning(
@@ -283,4 +306,5 @@ def extract_features(
         region_stats=region_stats,
         n_cached=n_cached,
         n_extracted=n_extracted,
+        failed=failed,
     )

@@ -5,9 +5,11 @@ configuration chosen by the search on all cases (Optuna study ``NAME/final``) an
 
 1. fits it on the whole cohort (seed ``search.seed`` or ``seed``), computes its K-fold
    out-of-fold predictions (``search.inner_folds``) and the Youden threshold on them;
-2. saves the fitted pipeline with its feature columns, threshold, extraction settings and the
-   nested estimate in ``<run folder>/model/`` (``model.joblib`` + ``card.json``), and logs it
-   as an MLflow model (``Tracker.log_sklearn_model``; the card is its metadata);
+2. saves the fitted pipeline with its model card (feature columns, threshold, extraction
+   settings, the nested estimate) as a her2study MLflow pyfunc model in ``<run folder>/model/``
+   (:func:`her2study.model_artifact.save_model`) and logs the same model to the MLflow run
+   (:func:`her2study.model_artifact.log_model`; ``tracking.log_model``). Through pyfunc or
+   ``mlflow models serve`` it returns the probability and the class at the exported threshold;
 3. writes ``exp/best_NAME.yaml`` under ``<search.output_root>/configs`` (or
    ``search.export_dir``; never into the installed package): a normal experiment file setting the
    ring width, selection thresholds, model and parameters, with ``override /task: export`` and
@@ -29,7 +31,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import joblib
 import pandas as pd
 import yaml
 from omegaconf import OmegaConf
@@ -38,6 +39,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from her2study import __version__
 from her2study.errors import ConfigError
+from her2study.model_artifact import log_model, save_model
 from her2study.search import (
     Candidate,
     _plain,
@@ -105,13 +107,23 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
     return pipe, metrics, sel
 
 
+def extraction_settings(cfg, columns, clinical=()) -> dict:
+    """The ``extraction`` block of a model card: how task=predict makes a new case's features
+    (the regions of ``columns``, the extractor settings, field of view, mask label of ``cfg``)."""
+    regions = sorted({c.split("_", 1)[0] for c in columns if c not in set(clinical)})
+    return {
+        "params": extractor_params(cfg),
+        "fov": cfg.region.fov,
+        "mask_label": cfg.data.mask_label,
+        "regions": regions,
+        "ring_widths_mm": [float(w) for w in cfg.region.ring_widths_mm],
+        "bands_mm": [[float(a), float(b)] for a, b in (cfg.region.bands_mm or [])],
+    }
+
+
 def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> dict:
+    """The card of an exported model; ``cfg`` has the candidate's regions (``_with_regions``)."""
     cols = design.columns(cand)
-    regions = sorted({c.split("_", 1)[0] for c in cols if c not in design.clinical})
-    if cand.ring_width_mm is None:
-        widths = [float(w) for w in cfg.region.ring_widths_mm]
-    else:
-        widths = [float(cand.ring_width_mm)] if cand.ring_width_mm else []
     return {
         "her2study_version": __version__,
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
@@ -124,6 +136,7 @@ def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> di
         "threshold_rule": f"Youden on {cfg.search.inner_folds}-fold out-of-fold predictions "
         "of all training cases",
         "metrics": metrics,
+        "estimate_kind": _estimate_kind(estimate, origin),
         "nested_estimate": estimate,
         "positive_class": cfg.data.positive_class,
         "negative_class": cfg.data.negative_class,
@@ -132,21 +145,19 @@ def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> di
             "source": design.source,
             "n_cases": int(len(design.y)),
         },
-        "extraction": {
-            "params": extractor_params(cfg),
-            "fov": cfg.region.fov,
-            "mask_label": cfg.data.mask_label,
-            "regions": regions,
-            "ring_widths_mm": widths,
-        },
+        "extraction": extraction_settings(cfg, cols, design.clinical),
     }
 
 
-def save_model(folder: Path, pipe, card: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"pipeline": pipe, "card": card}, folder / "model.joblib")
-    (folder / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
-    return folder
+def _estimate_kind(estimate: dict, origin: dict) -> str:
+    """What the card's performance estimate is (the card's ``metrics`` are not one)."""
+    if not estimate or "pooled_auc" not in estimate:
+        return "none (cv_auc and apparent_auc in metrics are not performance estimates)"
+    where = "the search" if origin.get("kind") == "study" else "the experiment file"
+    return (
+        f"nested cross-validation ({estimate.get('outer_folds')}-fold x "
+        f"{estimate.get('outer_repeats')} outer), from {where}"
+    )
 
 
 def _fmt(e: dict, key: str) -> str:
@@ -277,7 +288,7 @@ def run(cfg) -> float:
     pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
     out = output_dir(cfg)
     card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
-    folder = save_model(out / "model", pipe, card)
+    folder = save_model(out / "model", pipe, card, metrics["threshold"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
     exp_path = None
@@ -321,16 +332,10 @@ def run(cfg) -> float:
         if exp_path is not None:
             tracker.log_artifact(exp_path, "config")
         if cfg.tracking.log_model:
-            X = design.X[design.columns(cand)]
-            model_uri = tracker.log_sklearn_model(
-                pipe,
-                "model",
-                X.head(5).astype(float),
-                metadata=json.loads(json.dumps(card, default=str)),
-            )
+            model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
             if model_uri:
                 card["mlflow_model_uri"] = model_uri
-                save_model(folder, pipe, card)
+                save_model(folder, pipe, card, metrics["threshold"])
     print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_uri)
     return metrics["cv_auc"]
 
@@ -365,7 +370,7 @@ def print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_u
             f"mean outer AUC {_fmt(e, 'mean_outer_auc')}"
         )
     print(
-        f"model: {folder} (model.joblib, card.json)"
+        f"model: {folder} (MLflow pyfunc model; card in artifacts/card.json)"
         + (f"; MLflow {model_uri}" if model_uri else "")
     )
     if exp_path is not None:
