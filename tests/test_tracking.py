@@ -30,7 +30,6 @@ from her2study.tracking import (
     check_tracking_uri,
     child_runs,
     flatten_config,
-    load_sklearn_model,
     looks_identifying,
     pseudonymise,
     runs_table,
@@ -71,7 +70,6 @@ def _artifacts(client, run_id, path=None):
 def test_parent_children_params_metrics_artifacts_model(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     X, y = _xy()
-    model = LogisticRegression().fit(X, y)
     long_value = "x" * (MAX_PARAM_VAL_LENGTH + 1000)
     medium_value = "y" * 600  # above MLflow 1's 500-char limit, below MLflow 3's
     params = {f"p{i:03d}": i for i in range(150)}
@@ -107,7 +105,6 @@ def test_parent_children_params_metrics_artifacts_model(tmp_path):
                 children.append(cid)
             assert tr.last_child_run_id == cid
         assert tr.current_run_id == tr.run_id
-        model_uri = tr.log_sklearn_model(model, "model", X)
         parent = tr.run_id
 
     client = MlflowClient(uri)
@@ -160,22 +157,6 @@ def test_parent_children_params_metrics_artifacts_model(tmp_path):
     # artifacts sit next to the database, not in the current directory's ./mlruns
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.artifact_location.startswith(str(tmp_path / "mlartifacts"))
-    # model: signature, <=5-row input example, loadable, same probabilities
-    assert model_uri.startswith("models:/")
-    logged = client.get_logged_model(model_uri.split("/", 1)[1])
-    assert logged.source_run_id == parent
-    loaded = load_sklearn_model(uri, model_uri)
-    np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X))
-    via_run = load_sklearn_model(uri, f"runs:/{parent}/model")
-    np.testing.assert_allclose(via_run.predict_proba(X)[:, 1], model.predict_proba(X)[:, 1])
-    mdl_dir = logged.artifact_location  # a local folder beside the database
-    assert mdl_dir.startswith(str(tmp_path / "mlartifacts"))
-    mlmodel = mlflow.models.Model.load(mdl_dir)
-    sig = mlmodel.signature
-    assert sig.inputs.input_names() == ["f_a", "f_b", "f_c"]
-    assert sig.outputs is not None
-    assert len(mlmodel.load_input_example(mdl_dir)) == 5
-
     # read back for the compare task
     t = runs_table(uri, "exp1")
     assert list(t["run_id"]) == [parent]
@@ -185,18 +166,6 @@ def test_parent_children_params_metrics_artifacts_model(tmp_path):
     assert runs_table(uri, "exp1", filter_string="metrics.auc > 0.9").empty
     with pytest.raises(TrackingError, match="No MLflow experiment named 'nope'"):
         runs_table(uri, "nope")
-
-
-def test_model_in_child_run_with_pinned_requirements(tmp_path):
-    uri = f"sqlite:///{tmp_path}/m.db"
-    X, y = _xy(seed=1)
-    model = LogisticRegression().fit(X, y)
-    with Tracker(uri, "e") as tr, tr.child("best") as cid:
-        model_uri = tr.log_sklearn_model(model, "m", X, pip_requirements=PIP)
-    logged = MlflowClient(uri).get_logged_model(model_uri.split("/", 1)[1])
-    assert logged.source_run_id == cid
-    loaded = load_sklearn_model(uri, model_uri)
-    np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X))
 
 
 def test_failing_body_marks_parent_and_child_failed(tmp_path):

@@ -224,3 +224,17 @@ def load_design(cfg):
         fs.table, cohort.labels, clinical, cohort.synthetic, describe_source(cohort)
     )
     return design, cohort
+
+
+def extraction_settings(cfg, columns, clinical=()) -> dict:
+    """The ``extraction`` block of a model card: how task=predict makes a new case's features
+    (the regions of ``columns``, the extractor settings, field of view, mask label of ``cfg``)."""
+    regions = sorted({c.split("_", 1)[0] for c in columns if c not in set(clinical)})
+    return {
+        "params": extractor_params(cfg),
+        "fov": str(cfg.region.fov),
+        "mask_label": cfg.data.mask_label,
+        "regions": regions,
+        "ring_widths_mm": [float(w) for w in cfg.region.ring_widths_mm],
+        "bands_mm": [[float(a), float(b)] for a, b in (cfg.region.bands_mm or [])],
+    }

@@ -51,7 +51,12 @@ from her2study.search import (
     selected_features,
     storage_url,
 )
-from her2study.tasks.common import extractor_params, load_design, output_dir, run_tags
+from her2study.tasks.common import (
+    extraction_settings,
+    load_design,
+    output_dir,
+    run_tags,
+)
 from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -105,20 +110,6 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
         "threshold": float(thr),
     }
     return pipe, metrics, sel
-
-
-def extraction_settings(cfg, columns, clinical=()) -> dict:
-    """The ``extraction`` block of a model card: how task=predict makes a new case's features
-    (the regions of ``columns``, the extractor settings, field of view, mask label of ``cfg``)."""
-    regions = sorted({c.split("_", 1)[0] for c in columns if c not in set(clinical)})
-    return {
-        "params": extractor_params(cfg),
-        "fov": cfg.region.fov,
-        "mask_label": cfg.data.mask_label,
-        "regions": regions,
-        "ring_widths_mm": [float(w) for w in cfg.region.ring_widths_mm],
-        "bands_mm": [[float(a), float(b)] for a, b in (cfg.region.bands_mm or [])],
-    }
 
 
 def model_card(cfg, cand, design, cohort, metrics, estimate, origin: dict) -> dict:
@@ -353,29 +344,29 @@ def _final_auc(storage, study_name: str):
 
 def print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_uri) -> None:
     e = estimate
-    print(f"\nData: {design.source}; {metrics['n_cases']} cases")
-    print(f"Configuration: {cand.label()}")
-    print(
+    log.info(f"\nData: {design.source}; {metrics['n_cases']} cases")
+    log.info(f"Configuration: {cand.label()}")
+    log.info(
         f"Fitted on all cases: {metrics['n_selected']} features selected of "
         f"{metrics['n_columns']}; threshold {metrics['threshold']:.4f} (Youden on "
         f"{cfg.search.inner_folds}-fold out-of-fold predictions)"
     )
-    print(
+    log.info(
         f"  cross-validated AUC of this configuration {metrics['cv_auc']:.3f} and apparent AUC "
         f"{metrics['apparent_auc']:.3f}: NOT performance estimates (chosen on these cases)"
     )
     if "pooled_auc" in e:
-        print(
+        log.info(
             f"Performance estimate (nested CV): pooled out-of-fold AUC {_fmt(e, 'pooled_auc')}; "
             f"mean outer AUC {_fmt(e, 'mean_outer_auc')}"
         )
-    print(
+    log.info(
         f"model: {folder} (MLflow pyfunc model; card in artifacts/card.json)"
         + (f"; MLflow {model_uri}" if model_uri else "")
     )
     if exp_path is not None:
-        print(f"experiment file: {exp_path}  (re-run: python -m her2study +exp={exp_path.stem})")
-    print(
+        log.info(f"experiment file: {exp_path}  (re-run: python -m her2study +exp={exp_path.stem})")
+    log.info(
         f"apply it: python -m her2study task=predict predict.model_uri={folder} data=manifest "
         "data.manifest=<new cases.csv>"
     )

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from her2study.cohort.source import describe_source
+from her2study.model_artifact import log_model
 from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
 from her2study.split import split_from_config
@@ -21,6 +22,7 @@ from her2study.tasks.common import (
     SECRET_KEYS,
     clinical_columns,
     cohort_and_features,
+    extraction_settings,
     log_run_config,
     output_dir,
     run_tags,
@@ -178,21 +180,6 @@ def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
     }
 
 
-def model_requirements() -> list[str]:
-    """Pinned requirements of a logged pipeline (given, so MLflow need not infer them); the
-    her2study package itself travels with the model as code."""
-    from importlib.metadata import version
-
-    pkgs = ["scikit-learn", "numpy", "pandas", "scipy", "statsmodels", "skops"]
-    reqs = []
-    for pkg in pkgs:
-        try:
-            reqs.append(f"{pkg}=={version(pkg)}")
-        except Exception:  # not installed: leave it to the environment
-            continue
-    return reqs
-
-
 def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort) -> None:
     """Parent run: config, all metrics, tables, figures; child run per signature with its model."""
     if not tracker.enabled:
@@ -230,10 +217,13 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                 coef = fit.coefficients.rename_axis("feature").reset_index()
                 tracker.log_table(coef, "selected_features.csv")
             if cfg.tracking.log_model and fit.kind == "radiomics":
-                tracker.log_sklearn_model(
-                    fit.model,
-                    "model",
-                    fs.table[fit.columns].head(5),
-                    pip_requirements=model_requirements(),
-                    code_paths=[str(Path(__file__).resolve().parents[1])],  # the her2study package
-                )
+                thr = metrics.loc[metrics["signature"] == fit.name, "threshold"].iloc[0]
+                card = {
+                    "study": cfg.study,
+                    "signature": fit.name,
+                    "columns": list(fit.columns),
+                    "extraction": extraction_settings(cfg, fit.columns),
+                    "estimate_kind": "fitted on the training split; its estimates are the "
+                    "parent run's metrics (apparent, out-of-fold, test)",
+                }
+                log_model(tracker, "model", fit.model, card, float(thr))

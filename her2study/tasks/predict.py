@@ -182,12 +182,12 @@ def run(cfg) -> int:
     table.to_csv(target, index=False)
     n_ok = int((table["status"] == "ok").sum()) if len(table) else 0
     note = " (model trained on a SYNTHETIC cohort)" if card.get("data", {}).get("synthetic") else ""
-    print(
+    log.info(
         f"predictions: {n_ok} of {len(table)} cases -> {target}{note}; threshold "
         f"{threshold:.4f} ({'given' if given else 'exported'})"
     )
     for cid, why in failed.items():
-        print(f"  FAILED {cid}: {why}")
+        log.info(f"  FAILED {cid}: {why}")
     (out / "predict_card.json").write_text(
         json.dumps(
             {

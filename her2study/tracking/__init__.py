@@ -7,7 +7,7 @@ Estimators never log; tasks open one :class:`Tracker` per Hydra job and call its
         tr.log_params(flatten_config(cfg))
         with tr.child("fold-0"):
             tr.log_metrics({"auc": 0.81, "IntraPeri 1 mm auc": 0.79})
-        tr.log_sklearn_model(model, "model", X_train)
+        log_model(tr, "model", pipeline, card, threshold)  # her2study.model_artifact
 
 * The store is checked before any work (:func:`check_tracking_uri`), so a missing
   ``mlflow server`` fails in seconds with a :class:`TrackingError` that says how to fix it,
@@ -47,7 +47,7 @@ from her2study.tracking.probe import (
     check_tracking_uri,
 )
 from her2study.tracking.probe import _using_tracking_uri as _using_tracking_uri
-from her2study.tracking.runs import child_runs, load_sklearn_model, runs_table
+from her2study.tracking.runs import child_runs, runs_table
 from her2study.tracking.tracker import SKIPPED_METRICS_TAG, Tracker
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "check_tracking_uri",
     "child_runs",
     "flatten_config",
-    "load_sklearn_model",
     "looks_identifying",
     "pseudonymise",
     "runs_table",

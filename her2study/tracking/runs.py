@@ -13,20 +13,6 @@ from her2study.tracking.probe import (
 )
 
 
-def load_sklearn_model(tracking_uri: str, model_uri: str):
-    """Load a model logged by :meth:`Tracker.log_sklearn_model` (``models:/...`` or ``runs:/``)."""
-    check_tracking_uri(tracking_uri)
-    import mlflow.sklearn
-
-    with _using_tracking_uri(tracking_uri):
-        return mlflow.sklearn.load_model(model_uri)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading runs back (compare task)
-# --------------------------------------------------------------------------------------------
-
-
 def _check_readable(tracking_uri: str) -> None:
     check_tracking_uri(tracking_uri)
     if tracking_uri.strip().lower().startswith("sqlite:"):
