@@ -227,7 +227,10 @@ def test_disabled_tracker_writes_nothing(tmp_path):
         tr.log_artifacts(tmp_path)
         with tr.child("c") as cid:
             assert cid is None
-        assert tr.log_sklearn_model(LogisticRegression().fit(X, y), "m", X) is None
+        from her2study.model_artifact import log_model
+
+        card = {"columns": ["f_a", "f_b", "f_c"], "extraction": {}}
+        assert log_model(tr, "m", LogisticRegression().fit(X, y), card, 0.5) is None
     assert not (tmp_path / "mlflow.db").exists()
     assert list(tmp_path.iterdir()) == []
 
