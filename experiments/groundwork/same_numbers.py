@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--files", nargs="*", default=None)
     ap.add_argument("--rtol", type=float, default=0.0)
     ap.add_argument("--rename", nargs="*", default=[], help="OLD=NEW key or column renames")
+    ap.add_argument("--ignore", nargs="*", default=[], help="columns/keys not compared (timings)")
     args = ap.parse_args(argv)
     names = args.files or sorted(
         {p.name for p in args.before.glob("*") if p.suffix in (".csv", ".json")}
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
             print(f"skip {name}: not in both folders")
             continue
         fn = compare_json if name.endswith(".json") else compare_csv
-        problems += fn(a, b, args.rtol, dict(r.split("=", 1) for r in args.rename))
+        found = fn(a, b, args.rtol, dict(r.split("=", 1) for r in args.rename))
+        problems += [q for q in found if not any(f" {k}:" in q for k in args.ignore)]
         checked.append(name)
     print(f"compared {len(checked)} files: {', '.join(checked)}")
     for item in ADDED:
