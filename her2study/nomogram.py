@@ -67,6 +67,15 @@ def stratified_folds(y, n_splits: int, seed: int):
     )
 
 
+def _design(scores, clinical: pd.DataFrame) -> pd.DataFrame:
+    """``rad_score`` then the clinical columns, row by row (no index alignment: bootstrap
+    samples repeat case ids)."""
+    d = clinical.reset_index(drop=True)
+    d.insert(0, "rad_score", np.asarray(scores, dtype=float))
+    d.index = clinical.index
+    return d
+
+
 class NomogramModel(ClassifierMixin, BaseEstimator):
     """Rad-score of a radiomics signature + clinical factors in one logistic model.
 
@@ -143,7 +152,7 @@ class NomogramModel(ClassifierMixin, BaseEstimator):
         else:
             chosen = candidates
         self.clinical_selected_ = chosen
-        self.design_ = pd.DataFrame({"rad_score": scores}, index=X.index).join(X[chosen])
+        self.design_ = _design(scores, X[chosen])
         self.combined_ = CombinedModel(vif_limit=self.vif_limit).fit(self.design_, y)
         self.classes_ = self.combined_.classes_
         return self
@@ -152,7 +161,7 @@ class NomogramModel(ClassifierMixin, BaseEstimator):
         """``rad_score`` (from the full-training signature) + the selected clinical columns."""
         check_is_fitted(self, "combined_")
         rs = rad_score(self.signature_, X[list(self.radiomics_columns)])
-        return pd.DataFrame({"rad_score": rs}, index=X.index).join(X[self.clinical_selected_])
+        return _design(rs, X[self.clinical_selected_])
 
     def predict_proba(self, X: pd.DataFrame):
         return self.combined_.predict_proba(self.design(X))

@@ -363,6 +363,7 @@ def validate_fits(fits, ytr, train, cfg) -> None:
                 n_boot=reps,
                 seed=int(cfg.seed),
                 n_jobs=int(cfg.execution.n_jobs),
+                apparent_prob=fit.prob.loc[train].to_numpy(),
             )
         fit.validation = res.to_frame()
         log.info(
