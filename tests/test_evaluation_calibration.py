@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import statsmodels.api as sm
 import statsmodels.formula.api as smf
 import yaml
 from scipy import stats
@@ -156,6 +157,59 @@ def test_recalibration_detects_overfitting_and_shift():
     assert np.all(np.diff(smooth["predicted"]) >= 0)
     mid = smooth["predicted"].between(0.2, 0.8)
     assert np.abs(smooth.loc[mid, "observed"] - smooth.loc[mid, "predicted"]).max() < 0.05
+
+
+def test_recalibration_cis_match_statsmodels_formula_fit():
+    rng = np.random.default_rng(11)
+    lp = rng.normal(-0.4, 1.2, 300)
+    y = rng.binomial(1, 1 / (1 + np.exp(-(0.3 + 0.7 * lp))))
+    prob = 1 / (1 + np.exp(-lp))
+    df = pd.DataFrame({"y": y, "lp": np.log(prob / (1 - prob))})
+    slope = smf.glm("y ~ lp", data=df, family=sm.families.Binomial()).fit()
+    citl = smf.glm("y ~ 1", data=df, family=sm.families.Binomial(), offset=df["lp"]).fit()
+    for alpha in (0.05, 0.1):
+        cal = calibration_slope_intercept(y, prob, alpha=alpha)
+        s_ci, i_ci = slope.conf_int(alpha).loc["lp"], citl.conf_int(alpha).loc["Intercept"]
+        assert cal["slope"] == pytest.approx(slope.params["lp"], rel=1e-8)
+        assert cal["intercept"] == pytest.approx(citl.params["Intercept"], abs=1e-8)
+        assert (cal["slope_ci_low"], cal["slope_ci_high"]) == pytest.approx(tuple(s_ci), rel=1e-7)
+        assert (cal["intercept_ci_low"], cal["intercept_ci_high"]) == pytest.approx(
+            tuple(i_ci), rel=1e-7
+        )
+    assert cal["slope_ci_low"] < 0.7 < cal["slope_ci_high"]  # the true slope
+    assert cal["intercept_ci_low"] > 0  # 0.3 shift plus slope < 1 at mean lp < 0
+
+
+def test_recalibration_closed_form_cases():
+    """Cases with a closed-form answer.
+
+    Constant prediction p0: calibration-in-the-large = logit(ybar) - logit(p0), Wald
+    se = 1 / sqrt(n ybar (1 - ybar)). Two predicted risks: the slope model is
+    saturated, slope = (logit r2 - logit r1) / (logit p2 - logit p1) with
+    se = sqrt(sum 1 / (n_k r_k (1 - r_k))) / (logit p2 - logit p1).
+    """
+    z = 1.959963984540054
+    logit = lambda v: np.log(v / (1 - v))  # noqa: E731
+    y = np.r_[np.ones(13), np.zeros(29)].astype(int)
+    citl = calibration_slope_intercept(y, np.full(42, 0.2))
+    ybar = 13 / 42
+    se = 1 / np.sqrt(42 * ybar * (1 - ybar))
+    assert citl["intercept"] == pytest.approx(logit(ybar) - logit(0.2), abs=1e-7)
+    assert citl["intercept_ci_low"] == pytest.approx(citl["intercept"] - z * se, abs=1e-6)
+    assert citl["intercept_ci_high"] == pytest.approx(citl["intercept"] + z * se, abs=1e-6)
+    assert np.isnan(citl["slope"]) and np.isnan(citl["slope_ci_low"])
+
+    p = np.repeat([0.2, 0.6], [50, 30])
+    y2 = np.r_[np.ones(15), np.zeros(35), np.ones(21), np.zeros(9)].astype(int)
+    r1, r2 = 15 / 50, 21 / 30
+    width = logit(0.6) - logit(0.2)
+    slope = (logit(r2) - logit(r1)) / width
+    se = np.sqrt(1 / (50 * r1 * (1 - r1)) + 1 / (30 * r2 * (1 - r2))) / width
+    res = calibration_slope_intercept(y2, p)
+    # IRLS stops at a relative deviance change of 1e-8: agreement to ~1e-6
+    assert res["slope"] == pytest.approx(slope, abs=1e-6)
+    assert res["slope_ci_low"] == pytest.approx(slope - z * se, abs=1e-6)
+    assert res["slope_ci_high"] == pytest.approx(slope + z * se, abs=1e-6)
 
 
 def test_brier_score_by_hand():

@@ -269,23 +269,28 @@ def calibration_slope_intercept(y_true, prob, alpha: float = 0.05) -> dict:
     dict
         ``slope`` (coefficient of logit(p) in ``y ~ logit(p)``), ``intercept``
         (calibration-in-the-large: intercept of ``y ~ 1 + offset(logit(p))``),
-        and ``*_ci_low`` / ``*_ci_high`` Wald intervals. Perfect calibration
-        gives slope 1, intercept 0.
+        and ``*_ci_low`` / ``*_ci_high`` Wald intervals (statsmodels GLM, binomial,
+        logit link). Perfect calibration gives slope 1, intercept 0. A constant
+        prediction has no slope (NaN) but a calibration-in-the-large.
     """
     import statsmodels.api as sm
 
     y, p = check_binary_inputs(y_true, prob, name="prob", probability=True)
     lp = _logit(p)
     fam = sm.families.Binomial()
-    slope_fit = sm.GLM(y, sm.add_constant(lp), family=fam).fit()
     citl_fit = sm.GLM(y, np.ones((y.size, 1)), family=fam, offset=lp).fit()
-    s_ci = np.asarray(slope_fit.conf_int(alpha))[1]
     i_ci = np.asarray(citl_fit.conf_int(alpha))[0]
+    if np.ptp(lp) > 0:
+        slope_fit = sm.GLM(y, np.column_stack([np.ones(y.size), lp]), family=fam).fit()
+        slope = float(slope_fit.params[1])
+        s_ci = np.asarray(slope_fit.conf_int(alpha))[1]
+    else:  # a constant prediction has no slope
+        slope, s_ci = float("nan"), (float("nan"), float("nan"))
     return {
         "intercept": float(citl_fit.params[0]),
         "intercept_ci_low": float(i_ci[0]),
         "intercept_ci_high": float(i_ci[1]),
-        "slope": float(slope_fit.params[1]),
+        "slope": slope,
         "slope_ci_low": float(s_ci[0]),
         "slope_ci_high": float(s_ci[1]),
     }
