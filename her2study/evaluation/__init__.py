@@ -30,7 +30,13 @@ from .figures import (
     plot_lasso_path,
     plot_roc,
 )
-from .metrics import binary_metrics, check_binary_inputs, choose_threshold, wilson_ci
+from .metrics import (
+    binary_metrics,
+    check_binary_inputs,
+    choose_threshold,
+    holm_adjust,
+    wilson_ci,
+)
 
 __all__ = [
     "AUCResult",
@@ -48,6 +54,7 @@ __all__ = [
     "decision_curve",
     "delong_covariance",
     "delong_test",
+    "holm_adjust",
     "hosmer_lemeshow",
     "net_benefit",
     "plot_calibration",
