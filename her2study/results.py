@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from her2study.evaluation import choose_threshold, delong_test
-from her2study.evaluation.delong import holm_adjust
 from her2study.evaluation.evaluate import evaluate
+from her2study.evaluation.metrics import holm_adjust
 
 log = logging.getLogger(__name__)
 

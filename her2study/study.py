@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from her2study.errors import ConfigError
 from her2study.evaluation import auc_delong
@@ -251,8 +252,6 @@ def fit_signatures(
 
 
 def clone_fit(estimator, X, y):
-    from sklearn.base import clone
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return clone(estimator).fit(X, y)
@@ -297,7 +296,7 @@ def _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg) -> 
     )
     X = features[base.columns].join(clinical)
     oof_score = base.details["oof_rad_score"]
-    nom = NomogramModel(**est.get_params())
+    nom = clone(est)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         nom.fit(X.loc[train], ytr, oof_rad_score=oof_score if mode == "cross_fitted" else None)
@@ -328,8 +327,6 @@ def _nomogram_oof(nom, X, ytr, oof_score, folds) -> pd.Series:
     model are refitted on the other folds' cross-fitted rad-scores and clinical columns, and
     the fold's cases are scored with their own cross-fitted rad-score (so no case is scored by
     anything fitted on it)."""
-    from sklearn.base import clone
-
     cand = list(nom.clinical_columns or [])
     design = pd.DataFrame({"rad_score": np.asarray(oof_score, dtype=float)}, index=X.index)
     out = pd.Series(np.nan, index=X.index)
