@@ -44,7 +44,8 @@ def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
             else "-",
         }
         for m in METRICS[1:]:
-            row[m.upper() if m in ("ppv", "npv") else m.capitalize()] = _num(r[m])
+            ours = _ci(r[m], r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high"))  # Wilson 95% CI
+            row[m.upper() if m in ("ppv", "npv") else m.capitalize()] = ours
             row[f"paper {m.upper() if m in ('ppv', 'npv') else m.capitalize()}"] = (
                 _num(p[m]) if p is not None else "-"
             )
