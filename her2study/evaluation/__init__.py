@@ -1,8 +1,9 @@
 """Evaluation of predictions: AUC/DeLong, thresholds, calibration, decision curves, figures.
 
 All functions take predictions (``y_true`` in {0, 1}, ``y_score`` or ``prob``),
-never fitted estimators. Higher scores mean "more likely positive" and a case
-is predicted positive when ``score >= threshold``.
+never fitted estimators, except :func:`optimism_bootstrap` (``validation``), which
+refits an unfitted estimator or pipeline on bootstrap samples. Higher scores mean
+"more likely positive" and a case is predicted positive when ``score >= threshold``.
 """
 
 from .calibration import (
@@ -37,11 +38,14 @@ from .metrics import (
     holm_adjust,
     wilson_ci,
 )
+from .validation import INDICES, ValidationResult, optimism_bootstrap, performance_indices
 
 __all__ = [
     "AUCResult",
     "DeLongTestResult",
     "HosmerLemeshowResult",
+    "INDICES",
+    "ValidationResult",
     "auc_bootstrap_ci",
     "auc_delong",
     "binary_metrics",
@@ -57,6 +61,8 @@ __all__ = [
     "holm_adjust",
     "hosmer_lemeshow",
     "net_benefit",
+    "optimism_bootstrap",
+    "performance_indices",
     "plot_calibration",
     "plot_coefficient_paths",
     "plot_coefficients",
