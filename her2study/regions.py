@@ -59,6 +59,11 @@ def ring_spec(width_mm: float) -> RegionSpec:
     return RegionSpec(f"peri{_mm(width_mm)}mm", 0.0, float(width_mm))
 
 
+def ring_label(width_mm: float) -> str:
+    """The name of the tumour + ``width_mm`` ring signature: ``IntraPeri 1 mm``."""
+    return f"IntraPeri {float(width_mm):g} mm"
+
+
 def band_spec(inner_mm: float, outer_mm: float) -> RegionSpec:
     if not 0 <= inner_mm < outer_mm:
         raise ConfigError(f"band needs 0 <= inner < outer mm, got {inner_mm}-{outer_mm}")

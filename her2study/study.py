@@ -30,16 +30,12 @@ from her2study.models import (
     CombinedModel,
     PenalisedClinicalModel,
     pipeline_from_config,
-    signature_coefficients,
+    selected_coefficients,
 )
 from her2study.nomogram import NomogramModel, out_of_fold, stratified_folds
-from her2study.regions import ring_spec
+from her2study.regions import ring_label, ring_spec
 
 log = logging.getLogger(__name__)
-
-
-def ring_label(width_mm: float) -> str:
-    return f"IntraPeri {float(width_mm):g} mm"
 
 
 @dataclass
@@ -57,16 +53,6 @@ class SignatureFit:
     estimator: object = None  # the unfitted estimator (what the bootstrap refits)
     inputs: pd.DataFrame | None = None  # its input columns, every case
     validation: pd.DataFrame | None = None  # bootstrap: index x apparent/optimism/corrected
-
-
-def selected_coefficients(pipe) -> pd.Series:
-    """Features surviving every selection step, with the final model's coefficients (NaN for
-    models without linear coefficients)."""
-    try:
-        return signature_coefficients(pipe).rename("coefficient")
-    except TypeError:
-        names = pipe[:-1].get_feature_names_out()
-        return pd.Series(np.nan, index=names, name="coefficient")
 
 
 def lasso_details(pipe) -> dict:

@@ -14,13 +14,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from her2study.evaluation import plot_nomogram
 from her2study.models import (
     MODELS,
     ClinicalModel,
     CombinedModel,
     LassoCVClassifier,
     make_radiomics_pipeline,
-    plot_nomogram,
     rad_score,
     signature_coefficients,
     variance_inflation_factors,

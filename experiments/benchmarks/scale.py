@@ -84,7 +84,8 @@ def seed_paper_cache(cwd: Path, n: int) -> dict:
 
     from her2study.cohort.source import load_from_config
     from her2study.config import register_configs
-    from her2study.features.cache import FeatureCache, canonical_digest, file_digest
+    from her2study.digest import canonical_digest, file_digest
+    from her2study.features.cache import FeatureCache
     from her2study.features.extraction import _entry_key, extract_case
     from her2study.tasks.common import extractor_params, specs_from_config
 

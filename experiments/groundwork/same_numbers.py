@@ -2,10 +2,12 @@
 
     python experiments/groundwork/same_numbers.py BEFORE_DIR AFTER_DIR [--files metrics.csv ...]
 
-Numbers must be equal to the last bit (``--rtol`` to loosen); text columns must be equal. Files
-present on one side only are listed, not failed (new outputs are allowed). Exit 1 on any
-difference. Used to show that issue 7's moves left the numbers of ``+exp=paper`` and a small
-``+exp=search`` unchanged (``experiments/groundwork/README.md``).
+Numbers must be equal to the last bit (``--rtol`` to loosen); text columns must be equal. Files,
+columns and keys present only after are listed as added, not failed (new outputs are allowed);
+ones present only before are differences unless ``--rename OLD=NEW`` maps them (a key renamed to
+the one metric vocabulary). Exit 1 on any difference. Used to show that issue 7's moves left
+the numbers of ``+exp=paper`` and a small ``+exp=search`` unchanged
+(``experiments/groundwork/README.md``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,19 @@ def _flat(obj, prefix=""):
         yield prefix.rstrip("."), obj
 
 
-def compare_json(a: Path, b: Path, rtol: float) -> list[str]:
-    fa, fb = dict(_flat(json.loads(a.read_text()))), dict(_flat(json.loads(b.read_text())))
+ADDED: list[str] = []
+
+
+def compare_json(a: Path, b: Path, rtol: float, rename: dict) -> list[str]:
+    fa = {rename.get(k, k): v for k, v in _flat(json.loads(a.read_text()))}
+    fb = dict(_flat(json.loads(b.read_text())))
     out = []
     for k in sorted(set(fa) | set(fb)):
-        if k not in fa or k not in fb:
-            out.append(f"{a.name}: key {k} only in {'after' if k in fb else 'before'}")
+        if k not in fa:
+            ADDED.append(f"{a.name}: key {k}")
+            continue
+        if k not in fb:
+            out.append(f"{a.name}: key {k} only before")
             continue
         va, vb = fa[k], fb[k]
         if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
@@ -48,12 +57,14 @@ def compare_json(a: Path, b: Path, rtol: float) -> list[str]:
     return out
 
 
-def compare_csv(a: Path, b: Path, rtol: float) -> list[str]:
-    da, db = pd.read_csv(a), pd.read_csv(b)
+def compare_csv(a: Path, b: Path, rtol: float, rename: dict) -> list[str]:
+    da, db = pd.read_csv(a).rename(columns=rename), pd.read_csv(b)
     out = []
     common = [c for c in da.columns if c in db.columns]
-    for c in sorted(set(da.columns) ^ set(db.columns)):
-        out.append(f"{a.name}: column {c} only in {'after' if c in db.columns else 'before'}")
+    for c in sorted(set(db.columns) - set(da.columns)):
+        ADDED.append(f"{a.name}: column {c}")
+    for c in sorted(set(da.columns) - set(db.columns)):
+        out.append(f"{a.name}: column {c} only before")
     if len(da) != len(db):
         return [*out, f"{a.name}: {len(da)} rows before, {len(db)} after"]
     for c in common:
@@ -75,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("after", type=Path)
     ap.add_argument("--files", nargs="*", default=None)
     ap.add_argument("--rtol", type=float, default=0.0)
+    ap.add_argument("--rename", nargs="*", default=[], help="OLD=NEW key or column renames")
     args = ap.parse_args(argv)
     names = args.files or sorted(
         {p.name for p in args.before.glob("*") if p.suffix in (".csv", ".json")}
@@ -87,9 +99,11 @@ def main(argv=None) -> int:
             print(f"skip {name}: not in both folders")
             continue
         fn = compare_json if name.endswith(".json") else compare_csv
-        problems += fn(a, b, args.rtol)
+        problems += fn(a, b, args.rtol, dict(r.split("=", 1) for r in args.rename))
         checked.append(name)
     print(f"compared {len(checked)} files: {', '.join(checked)}")
+    for item in ADDED:
+        print("added", item)
     for p in problems:
         print("DIFF", p)
     print("identical" if not problems else f"{len(problems)} differences")

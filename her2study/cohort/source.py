@@ -7,8 +7,8 @@ from pathlib import Path
 
 from her2study.cohort.manifest import Cohort, load_cohort
 from her2study.cohort.synthetic import SyntheticSpec, write_synthetic_cohort
+from her2study.digest import canonical_digest
 from her2study.errors import ConfigError
-from her2study.files import canonical_digest
 
 log = logging.getLogger(__name__)
 

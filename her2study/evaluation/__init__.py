@@ -2,8 +2,9 @@
 
 All functions take predictions (``y_true`` in {0, 1}, ``y_score`` or ``prob``),
 never fitted estimators, except :func:`optimism_bootstrap` (``validation``), which
-refits an unfitted estimator or pipeline on bootstrap samples. Higher scores mean
-"more likely positive" and a case is predicted positive when ``score >= threshold``.
+refits an unfitted estimator or pipeline on bootstrap samples, and :func:`plot_nomogram`, which
+draws a fitted logistic model's coefficients. Higher scores mean "more likely positive" and a
+case is predicted positive when ``score >= threshold``.
 """
 
 from .calibration import (
@@ -12,6 +13,7 @@ from .calibration import (
     calibration_curve_binned,
     calibration_slope_intercept,
     calibration_smoothed,
+    clip_probabilities,
     hosmer_lemeshow,
 )
 from .dca import decision_curve, net_benefit
@@ -38,6 +40,7 @@ from .metrics import (
     holm_adjust,
     wilson_ci,
 )
+from .nomogram_plot import plot_nomogram
 from .validation import INDICES, ValidationResult, optimism_bootstrap, performance_indices
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "calibration_smoothed",
     "check_binary_inputs",
     "choose_threshold",
+    "clip_probabilities",
     "decision_curve",
     "delong_covariance",
     "delong_test",
@@ -68,6 +72,7 @@ __all__ = [
     "plot_coefficients",
     "plot_dca",
     "plot_lasso_path",
+    "plot_nomogram",
     "plot_roc",
     "wilson_ci",
 ]

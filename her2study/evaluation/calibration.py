@@ -24,6 +24,7 @@ __all__ = [
     "calibration_smoothed",
     "calibration_slope_intercept",
     "brier_score",
+    "clip_probabilities",
 ]
 
 _EPS = 1e-12
@@ -250,8 +251,14 @@ def calibration_smoothed(y_true, prob, frac: float = 2 / 3, it: int = 0) -> pd.D
     return pd.DataFrame({"predicted": fit[:, 0], "observed": np.clip(fit[:, 1], 0, 1)})
 
 
+def clip_probabilities(prob, eps: float = 1e-9) -> np.ndarray:
+    """``prob`` kept within ``[eps, 1 - eps]``, so that its logits are finite (as before the
+    Hosmer-Lemeshow test and logistic recalibration of predictions)."""
+    return np.clip(prob, eps, 1 - eps)
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
+    p = clip_probabilities(p, _EPS)
     return np.log(p / (1 - p))
 
 

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import brier_score, calibration_slope_intercept, hosmer_lemeshow
+from .calibration import (
+    brier_score,
+    calibration_slope_intercept,
+    clip_probabilities,
+    hosmer_lemeshow,
+)
 from .dca import net_benefit
 from .delong import auc_bootstrap_ci, auc_delong
 from .metrics import binary_metrics
 
 KINDS = ("apparent", "optimism_corrected", "out_of_fold", "test", "nested")
-PROB_CLIP = 1e-9  # probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] for logits
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
-
-
-def clip_prob(p) -> np.ndarray:
-    """Probabilities clipped away from 0 and 1, so that logits are finite."""
-    return np.clip(np.asarray(p, dtype=float), PROB_CLIP, 1 - PROB_CLIP)
 
 
 def auc_with_ci(y, p, ci: str = "delong", n_boot: int = 2000, seed: int = 0):
@@ -87,7 +86,7 @@ def evaluate(
         for name in THRESHOLD_METRICS:
             for suffix in ("", "_ci_low", "_ci_high"):
                 out[name + suffix] = float(m[name + suffix])
-    clipped = clip_prob(p)
+    clipped = clip_probabilities(p)  # finite logits for HL and recalibration
     # df = non-empty groups - 2 on the fitting data (apparent), = groups on data not fitted on
     hl = hosmer_lemeshow(y, clipped, groups=int(hl_groups), fitted=kind == "apparent")
     cal = calibration_slope_intercept(y, clipped)

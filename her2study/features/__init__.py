@@ -1,6 +1,7 @@
 """PyRadiomics extraction per region, a content-addressed cache, and features tables."""
 
-from her2study.features.cache import FeatureCache, file_digest
+from her2study.digest import file_digest
+from her2study.features.cache import FeatureCache
 from her2study.features.extraction import (
     ExtractionError,
     FeatureSet,

@@ -8,14 +8,29 @@ so a killed run leaves either a whole entry or none, and a rerun redoes only wha
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
-from her2study.files import (  # noqa: F401  (re-exported: the cache's key helpers)
-    atomic_write_bytes,
-    atomic_write_text,
-    canonical_digest,
-    file_digest,
-)
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 class FeatureCache:

@@ -19,8 +19,9 @@ import yaml
 
 from her2study.cohort.io import read_image, read_mask
 from her2study.cohort.manifest import Case, Cohort
+from her2study.digest import canonical_digest, file_digest
 from her2study.errors import ConfigError, Her2StudyError
-from her2study.features.cache import FeatureCache, canonical_digest, file_digest
+from her2study.features.cache import FeatureCache
 from her2study.regions import (
     REGION_VERSION,
     RegionMaker,

@@ -6,9 +6,7 @@ header is read here.
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import yaml
 
 from her2study import __version__
+from her2study.provenance import git_head
 
 __all__ = ["code_version", "extractor_block", "reviewer_checklist", "sel"]
 
@@ -51,31 +50,11 @@ def pyradiomics_version() -> str:
 
 
 def git_commit() -> str | None:
-    """The package's git commit (+ "with local changes"), when it runs from a checkout.
-
-    Read-only: ``rev-parse`` and ``diff --quiet`` with optional locks off (no index refresh).
-    """
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
+    """The package's git commit (+ "with local changes"), when it runs from a checkout."""
+    state = git_head()
+    if state is None:
         return None
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            env=env,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"],
-            capture_output=True,
-            timeout=5,
-            env=env,
-        ).returncode
-    except (OSError, subprocess.SubprocessError):
-        return None
+    head, dirty = state
     return head[:12] + (" with local changes" if dirty else "")
 
 

@@ -11,6 +11,7 @@ from her2study.cohort.source import load_from_config
 from her2study.errors import ConfigError
 from her2study.features import FeatureSet, extract_features, load_params
 from her2study.regions import region_specs
+from her2study.reporting import to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,16 @@ def output_dir(cfg) -> Path:
         out = Path("outputs") / cfg.study
         out.mkdir(parents=True, exist_ok=True)
         return out
+
+
+def save_table(out: Path, name: str, df, source: str, md: bool = True) -> list[Path]:
+    """``<name>.csv`` and, with ``md``, ``<name>.md`` headed by the data source; their paths."""
+    df.to_csv(out / f"{name}.csv", index=False)
+    paths = [out / f"{name}.csv"]
+    if md:
+        (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
+        paths.append(out / f"{name}.md")
+    return paths
 
 
 def specs_from_config(cfg):
@@ -98,26 +109,13 @@ def public_config(cfg) -> dict:
 
 def code_version() -> str:
     """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
-    import subprocess
+    from her2study.provenance import git_head
 
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    head = git_head(short=True)
+    if head is None:
         return "unknown"
+    sha, dirty = head
+    return sha + ("+dirty" if dirty else "")
 
 
 def run_tags(task: str, cfg, cohort, **extra) -> dict:
@@ -160,7 +158,7 @@ def protect_ids(cohort, table, data_cfg):
     """
     from dataclasses import replace
 
-    from her2study.tracking import looks_identifying, pseudonymise
+    from her2study.privacy import looks_identifying, pseudonymise
 
     flagged = looks_identifying(cohort.ids)
     if not data_cfg.pseudonymise:

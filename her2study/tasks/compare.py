@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from her2study.errors import ConfigError
+from her2study.regions import ring_label
 from her2study.report import compare_report
 from her2study.reporting import paper_table3, to_markdown, to_text
 from her2study.tasks.common import output_dir
@@ -33,7 +34,7 @@ def margin_table(runs: pd.DataFrame) -> pd.DataFrame:
         if widths is None or pd.isna(widths):
             continue
         for w in ast.literal_eval(str(widths)):
-            name = f"IntraPeri {float(w):g} mm"
+            name = ring_label(w)
             row = {
                 "run_id": run["run_id"],
                 "ring_width_mm": float(w),

@@ -40,6 +40,7 @@ from her2study import __version__
 from her2study.errors import ConfigError
 from her2study.search import (
     Candidate,
+    _plain,
     build_pipeline,
     candidate_from_config,
     candidate_from_params,
@@ -74,7 +75,8 @@ def _with_regions(cfg, cand: Candidate):
 
 def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[object, dict, list]:
     """Fit on all cases; K-fold out-of-fold predictions -> CV AUC and Youden threshold."""
-    from her2study.evaluation import auc_delong, binary_metrics, choose_threshold
+    from her2study.evaluation import choose_threshold
+    from her2study.evaluation.evaluate import evaluate, prefixed
 
     cols = design.columns(cand)
     X, y = design.X[cols], design.y
@@ -87,20 +89,18 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
         ]
     yy = y.to_numpy()
     thr = choose_threshold(yy, oof, method="youden")
-    auc = auc_delong(yy, oof)
-    m = binary_metrics(yy, oof, thr)
     sel = selected_features(pipe)
     metrics = {
         "n_cases": int(len(yy)),
         "n_columns": len(cols),
         "n_selected": len(sel),
-        "cv_auc": float(auc.auc),
-        "cv_auc_ci_low": float(auc.ci_low),
-        "cv_auc_ci_high": float(auc.ci_high),
+        **prefixed(
+            "cv_",
+            evaluate(yy, oof, kind="out_of_fold", threshold=thr),
+            drop=("kind", "n", "threshold"),
+        ),
         "apparent_auc": float(roc_auc_score(yy, pipe.predict_proba(X)[:, 1])),
         "threshold": float(thr),
-        "cv_sensitivity": float(m["sensitivity"]),
-        "cv_specificity": float(m["specificity"]),
     }
     return pipe, metrics, sel
 
@@ -234,12 +234,6 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
         }
     text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=100)
     return "\n".join(header) + "\n" + text
-
-
-def _plain(x):
-    if OmegaConf.is_config(x):
-        return OmegaConf.to_container(x, resolve=True, enum_to_str=True)
-    return x
 
 
 def run(cfg) -> float:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from her2study.cohort.source import describe_source
 from her2study.report import paper_report
-from her2study.reporting import compact_comparison, compare_with_paper, to_markdown, to_text
+from her2study.reporting import compact_comparison, compare_with_paper, to_text
 from her2study.results import (
     evaluate_signatures,
     overfitting_note,
@@ -30,6 +30,7 @@ from her2study.tasks.common import (
     log_run_config,
     output_dir,
     run_tags,
+    save_table,
 )
 from her2study.tracking import Tracker, check_tracking_uri
 
@@ -155,11 +156,7 @@ def write_tables(
     paths: list[Path] = []
 
     def save(name: str, df: pd.DataFrame, md: bool = True) -> None:
-        df.to_csv(out / f"{name}.csv", index=False)
-        paths.append(out / f"{name}.csv")
-        if md:
-            (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
-            paths.append(out / f"{name}.md")
+        paths.extend(save_table(out, name, df, source, md))
 
     save("table3", comparison)
     save("metrics", metrics, md=False)
@@ -195,7 +192,7 @@ def make_figures(fits, y, split, cfg, source) -> dict:
         plot_lasso_path,
         plot_roc,
     )
-    from her2study.models import plot_nomogram
+    from her2study.evaluation.nomogram_plot import plot_nomogram
 
     note = source if "SYNTHETIC" in source else None
     figs = {}

@@ -21,7 +21,6 @@ import yaml
 
 from her2study.errors import ConfigError
 from her2study.report import search_design_items, search_report
-from her2study.reporting import to_markdown
 from her2study.search import (
     nested_search,
     open_storage,
@@ -29,7 +28,13 @@ from her2study.search import (
     search_defaults,
     storage_url,
 )
-from her2study.tasks.common import load_design, log_run_config, output_dir, run_tags
+from her2study.tasks.common import (
+    load_design,
+    log_run_config,
+    output_dir,
+    run_tags,
+    save_table,
+)
 from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -143,11 +148,7 @@ def write_tables(out, result, source: str, cfg) -> list:
     paths = []
 
     def save(name: str, df: pd.DataFrame, md: bool = True) -> None:
-        df.to_csv(out / f"{name}.csv", index=False)
-        paths.append(out / f"{name}.csv")
-        if md:
-            (out / f"{name}.md").write_text(f"_Data: {source}_\n\n" + to_markdown(df) + "\n")
-            paths.append(out / f"{name}.md")
+        paths.extend(save_table(out, name, df, source, md))
 
     save("outer_folds", result.folds)
     save("oof_predictions", result.oof, md=False)
@@ -219,7 +220,8 @@ def print_summary(result, cfg, out) -> None:
         f"{e['mean_outer_auc_ci_high']:.3f}, t-interval across {e['n_outer']} folds)\n"
         f"  pooled out-of-fold AUC {e['pooled_auc']:.3f} (DeLong 95% CI "
         f"{e['pooled_auc_ci_low']:.3f}-{e['pooled_auc_ci_high']:.3f}); calibration slope "
-        f"{e['cal_slope']:.2f}, intercept {e['cal_intercept']:.2f}, HL p {e['hl_p']:.3f}\n"
+        f"{e['pooled_cal_slope']:.2f}, intercept {e['pooled_cal_intercept']:.2f}, HL p "
+        f"{e['pooled_hl_p']:.3f}\n"
         f"  ring widths that won: {e['ring_width_counts']}; models: {e['model_counts']}\n"
         f"  (winners' mean inner AUC {e['mean_inner_auc_of_winners']:.3f}: optimistic, "
         "chosen for being high)"

@@ -1,0 +1,71 @@
+"""Privacy guard for case IDs: which look like patient names or MRNs, and salted pseudonyms.
+
+Case IDs logged anywhere (tables, tags, figures) are the manifest's own IDs.
+:func:`looks_identifying` flags IDs that look like patient names or DICOM PatientIDs / MRNs,
+and :func:`pseudonymise` is the offered remedy (salted SHA-256 codes) before a study is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["looks_identifying", "pseudonymise"]
+
+_MRN = re.compile(r"^[A-Za-z]{0,4}[-_ ]?\d{6,}$")
+_SSN = re.compile(r"^\d{3}-\d{2}-\d{4}$")
+_NAME_WORD = re.compile(r"^[A-Z][A-Za-z'’]+$")  # "Jane", "DOE", "O'Brien"
+_TITLE_WORD = re.compile(r"^[A-Z][a-z'’]+(?:[A-Z][a-z]+)?$")  # "Jane", "McDonald"; not "SYN"
+
+
+def _looks_identifying(case_id: str) -> bool:
+    s = str(case_id).strip()
+    if not s:
+        return False
+    if _MRN.match(s) or _SSN.match(s):  # DICOM PatientID / MRN / national number
+        return True
+    if "^" in s:  # DICOM PN: Family^Given^Middle^Prefix^Suffix
+        return any(part.isalpha() for part in re.split(r"[\^\s]+", s))
+    # "Jane Doe", "DOE, JANE", "Jane Doe 2": two+ capitalised words split by spaces/commas
+    words = [w for w in re.split(r"[\s,]+", s) if w]
+    if len(words) >= 2 and sum(bool(_NAME_WORD.match(w)) and len(w) >= 2 for w in words) >= 2:
+        return True
+    # "Jane_Doe", "Jane-Doe", "Jane.Doe": Title-case words (all-caps codes like "HER2_POS" pass)
+    words = [w for w in re.split(r"[_.\-]+", s) if w]
+    return len(words) >= 2 and sum(bool(_TITLE_WORD.match(w)) for w in words) >= 2
+
+
+def looks_identifying(ids: Iterable[Any]) -> list[str]:
+    """Case IDs that look like patient names or DICOM PatientIDs / MRNs.
+
+    Case IDs are the cohort manifest's own: her2study logs them (per-case tables, figures) as
+    given. Flagged are: DICOM person names (``Doe^Jane``), two or more capitalised words
+    (``Jane Doe``, ``DOE, JANE``, ``Jane_Doe``), long digit strings (6+ digits, optionally after a
+    short letter prefix: ``12345678``, ``MRN1234567``) and SSN-like numbers. Coded IDs such as
+    ``SYN0001``, ``C001``, ``case_12`` pass. The remedy is :func:`pseudonymise` (keep the key
+    table off the tracking server). A heuristic: it cannot prove an ID is anonymous.
+    """
+    return [str(i) for i in ids if _looks_identifying(str(i))]
+
+
+def pseudonymise(ids: Iterable[Any], salt: str) -> dict[str, str]:
+    """Map case IDs to ``anon-<12 hex>`` codes: the first 12 hex characters of
+    SHA-256(``salt + "\\0" + id``).
+
+    The same salt gives the same codes (re-runs stay joinable); keep the salt secret, since
+    without one an MRN's hash can be found by trying every number.
+    """
+    if not isinstance(salt, str) or not salt:
+        raise ValueError("pseudonymise needs a non-empty secret salt")
+    out: dict[str, str] = {}
+    codes: dict[str, str] = {}
+    for i in ids:
+        key = str(i)
+        code = "anon-" + hashlib.sha256(f"{salt}\0{key}".encode()).hexdigest()[:12]
+        if codes.get(code, key) != key:  # pragma: no cover - 48-bit collision
+            raise ValueError(f"pseudonym collision for {key!r}; use another salt")
+        codes[code] = key
+        out[key] = code
+    return out

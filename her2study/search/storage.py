@@ -1,0 +1,272 @@
+"""Optuna: storage URLs and their checks, the per-trial seeded sampler, studies and trials."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2study.errors import ConfigError
+from her2study.search.candidate import candidate_from_params
+from her2study.search.memo import InnerCV
+from her2study.search.space import Dim, resolve, suggest
+
+SAMPLERS = ("tpe", "random")
+FIT_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # who ran a trial (several workers)
+
+
+# Optuna: storage, sampler, study
+# ------------------------------------------------------------------------------------------
+
+
+def storage_url(search_cfg, study: str) -> str:
+    """``search.storage``, or the default SQLite file under ``search.output_root``."""
+    if search_cfg.storage:
+        return str(search_cfg.storage)
+    root = Path(search_cfg.output_root).resolve()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study)
+    return f"sqlite:///{root / f'optuna_{safe}.db'}"
+
+
+_STORAGES: dict[str, Any] = {}
+
+
+def open_storage(url: str, create_dirs: bool = False):
+    """An Optuna storage for ``url``; :class:`ConfigError` (before any work) when it cannot be
+    opened. ``journal:///path`` is a JournalStorage on that file."""
+    import optuna
+
+    if url in _STORAGES:
+        return _STORAGES[url]
+    hint = (
+        "search.storage takes sqlite:///relative.db, sqlite:////absolute.db, "
+        "postgresql+psycopg2://user:password@host:5432/db (any SQLAlchemy URL), "
+        "journal:///path/to/file.log, or null for the default SQLite file"
+    )
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"search.storage {url!r} is not a storage URL. {hint}")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "journal":
+        if not url.startswith("journal:///"):
+            raise ConfigError(
+                f"search.storage {url!r}: use journal:///relative/file.log or "
+                f"journal:////absolute/file.log. {hint}"
+            )
+        path = Path(url[len("journal:///") :])  # as SQLAlchemy's sqlite:///: 4 slashes = absolute
+        if not str(path) or str(path) == ".":
+            raise ConfigError(f"search.storage {url!r} names no file. {hint}")
+        _check_folder(path, url, create_dirs)
+        from optuna.storages.journal import JournalFileBackend
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    else:
+        kwargs: dict = {}
+        if scheme == "sqlite":
+            rest = url[len("sqlite:///") :].split("?", 1)[0]
+            if not url.startswith("sqlite:///") or rest in ("", ":memory:"):
+                raise ConfigError(
+                    f"search.storage {url!r}: an in-memory or malformed SQLite "
+                    f"URL cannot be resumed or shared. {hint}"
+                )
+            _check_folder(Path(rest), url, create_dirs)
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        storage = _rdb_storage(url, kwargs, hint)
+    _STORAGES[url] = storage
+    return storage
+
+
+def _rdb_storage(url: str, kwargs: dict, hint: str):
+    """RDBStorage; workers starting together on a new database race to create its tables
+    ("already exists", "locked", alembic's "UNIQUE constraint failed"): the loser retries and
+    finds them."""
+    import optuna
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # bad dialect, missing driver, unreachable server, ...
+            text = str(exc).lower()
+            racing = ("already exists", "locked", "unique constraint failed")
+            if attempt < 5 and any(r in text for r in racing):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(
+                f"search.storage {url!r} cannot be opened: {type(exc).__name__}: {exc}. {hint}"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_folder(path: Path, url: str, create: bool) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"search.storage {url!r}: folder {str(folder.resolve())!r} does not "
+            "exist; create it or choose another path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"search.storage {url!r}: {str(path.resolve())!r} is not writable")
+
+
+class PerTrialSeedSampler:
+    """A sampler whose trial ``n`` draws from a sampler seeded with ``seed + n``.
+
+    The search is then deterministic given the trials before it, and two workers sharing a study
+    (or a resumed run) never repeat each other's random draws, which one seeded sampler per
+    process would do. Model-based samplers (TPE) read the history from the study, so a fresh
+    instance per trial loses nothing.
+    """
+
+    def __new__(cls, kind: str, seed: int, n_startup_trials: int = 10):
+        import optuna
+
+        class _Sampler(optuna.samplers.BaseSampler):
+            def __init__(self):
+                self._samplers: dict[int, Any] = {}
+                self._lock = threading.Lock()
+
+            def _make(self, number: int):
+                s = (int(seed) + 7919 * int(number)) % (2**32)
+                if kind == "random":
+                    return optuna.samplers.RandomSampler(seed=s)
+                return optuna.samplers.TPESampler(
+                    seed=s, n_startup_trials=n_startup_trials, group=True, multivariate=True
+                )
+
+            def _for(self, trial):
+                with self._lock:
+                    if trial.number not in self._samplers:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                            self._samplers[trial.number] = self._make(trial.number)
+                    return self._samplers[trial.number]
+
+            def infer_relative_search_space(self, study, trial):
+                return self._for(trial).infer_relative_search_space(study, trial)
+
+            def sample_relative(self, study, trial, search_space):
+                return self._for(trial).sample_relative(study, trial, search_space)
+
+            def sample_independent(self, study, trial, param_name, param_distribution):
+                return self._for(trial).sample_independent(
+                    study, trial, param_name, param_distribution
+                )
+
+            def before_trial(self, study, trial):
+                self._for(trial).before_trial(study, trial)
+
+            def after_trial(self, study, trial, state, values):
+                try:
+                    self._for(trial).after_trial(study, trial, state, values)
+                finally:
+                    with self._lock:
+                        self._samplers.pop(trial.number, None)
+
+            def reseed_rng(self):  # the per-trial seeds already differ
+                pass
+
+        return _Sampler()
+
+
+def open_study(storage, name: str, sampler: str, seed: int, n_startup_trials: int, attrs: dict):
+    """Create or load study ``name``; refuse to resume a study made with another design."""
+    import optuna
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"search.sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=PerTrialSeedSampler(sampler, seed, n_startup_trials),
+    )
+    existing = study.user_attrs
+    for key, value in attrs.items():
+        if key in existing and existing[key] != value:
+            raise ConfigError(
+                f"Optuna study '{name}' exists with another {key} ({existing[key]!r}, now "
+                f"{value!r}): it was made by a different search. Use another study name "
+                f"(study=...), another search.storage, or delete the study "
+                f"(optuna delete-study --study-name '{name}' --storage <url>)"
+            )
+    for key, value in attrs.items():
+        if key not in existing:
+            study.set_user_attr(key, value)
+    return study
+
+
+def n_complete(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def run_study(
+    study, objective, n_trials: int, timeout_s: float | None = None, n_jobs: int = 1
+) -> int:
+    """Run trials until ``n_trials`` are COMPLETE in the study (counting earlier runs and other
+    workers), the timeout passes, or too many fail. Returns the COMPLETE count."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    start = time.monotonic()
+    attempts = 0
+    while True:
+        done = n_complete(study)
+        remaining = n_trials - done
+        left = None if timeout_s is None else timeout_s - (time.monotonic() - start)
+        if remaining <= 0 or (left is not None and left <= 0) or attempts >= 3 * n_trials:
+            return done
+        attempts += remaining
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=left,
+                n_jobs=n_jobs,
+                catch=FIT_ERRORS,
+                callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))],
+                gc_after_trial=False,
+            )
+
+
+def make_objective(
+    inner: InnerCV, dims: list[Dim], defaults: dict, cfg, seed: int, tracker=None, prefix: str = ""
+):
+    def objective(trial):
+        params = suggest(trial, dims, defaults)
+        cand = candidate_from_params(params, cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no feature passes" etc. in weak folds
+            value, aucs = inner.score(cand, seed)
+        trial.set_user_attr("fold_auc", [round(a, 6) for a in aucs])
+        trial.set_user_attr("worker", WORKER)
+        if tracker is not None and tracker.enabled:
+            with tracker.child(f"{prefix}trial {trial.number}", tags={"kind": "trial"}):
+                tracker.log_params({k: v for k, v in params.items()})
+                tracker.log_metrics({"inner_auc": value})
+        return value
+
+    return objective
+
+
+def best_params(study, dims: list[Dim], defaults: dict) -> dict:
+    return resolve(dims, study.best_trial.params, defaults)
+
+
+# ------------------------------------------------------------------------------------------
+# The nested search
+# ------------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Keys and values made acceptable to MLflow: sanitised names, truncated params and tags,
+finite metrics, flattened configs, Markdown tables."""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _limits() -> dict[str, int]:
+    from mlflow.utils import validation as v
+
+    return {
+        "param_val": v.MAX_PARAM_VAL_LENGTH,  # 6000 in MLflow 3 (was 500 in MLflow 1)
+        "tag_val": v.MAX_TAG_VAL_LENGTH,  # 8000
+        "key": v.MAX_ENTITY_KEY_LENGTH,  # 250
+        "params_per_batch": v.MAX_PARAMS_TAGS_PER_BATCH,  # 100
+        "metrics_per_batch": v.MAX_METRICS_PER_BATCH,  # 1000
+    }
+
+
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-./:]" if os.name != "nt" else r"[^A-Za-z0-9_\-./]")
+
+
+def sanitize_key(key: Any, max_len: int | None = None) -> str:
+    """A metric / param / tag name MLflow accepts.
+
+    MLflow allows alphanumerics and ``_ - . space / :`` (no colon on Windows); here spaces and
+    anything else become ``_`` (``"IntraPeri 1 mm"`` -> ``"IntraPeri_1_mm"``, ``"µm"`` -> ``"um"``),
+    ``/``-segments that MLflow rejects as paths (empty, ``.``, ``..``) are dropped, and the result
+    is cut to MLflow's key length limit.
+    """
+    s = str(key).replace("µ", "u").replace("μ", "u")
+    s = unicodedata.normalize("NFKD", s).encode("ascii", "ignore").decode("ascii")
+    s = _BAD_KEY_CHARS.sub("_", s)
+    s = "/".join(seg for seg in s.split("/") if seg not in ("", ".", ".."))
+    s = s or "_"
+    return s[: max_len or _limits()["key"]]
+
+
+def _unique_keys(keys: Iterable[Any]) -> list[str]:
+    """Sanitised keys; names that collide after sanitising get ``_2``, ``_3`` ... suffixes."""
+    seen: set[str] = set()
+    out = []
+    for k in keys:
+        s = base = sanitize_key(k)
+        i = 2
+        while s in seen:
+            s = f"{base}_{i}"
+            i += 1
+        seen.add(s)
+        out.append(s)
+    return out
+
+
+def _truncate(s: str, limit: int) -> str:
+    if len(s) <= limit:
+        return s
+    marker = "...[truncated]"
+    return s[: limit - len(marker)] + marker
+
+
+def _to_plain(x: Any) -> Any:
+    """OmegaConf / numpy / pandas / Path values as plain Python (for JSON, YAML and params)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(x):
+            x = OmegaConf.to_container(x, resolve=True, throw_on_missing=False)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(x, Mapping):
+        return {str(k): _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_to_plain(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy arrays and scalars
+        return _to_plain(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "isoformat"):  # datetime, pandas Timestamp
+        return x.isoformat()
+    if isinstance(x, enum.Enum):
+        return x.name
+    return x
+
+
+def _param_str(v: Any) -> str:
+    v = _to_plain(v)
+    if isinstance(v, str):
+        return v
+    return str(v)
+
+
+def _tag_values(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    lim = _limits()["tag_val"]
+    return {sanitize_key(k): _truncate(_param_str(v), lim) for k, v in (tags or {}).items()}
+
+
+def _finite_float(v: Any) -> float | None:
+    """``v`` as a finite float; None for None, NaN, inf and anything that is not a number."""
+    if isinstance(v, (str, bytes)) or not (
+        isinstance(v, numbers.Number) or (hasattr(v, "dtype") and getattr(v, "ndim", 1) == 0)
+    ):
+        return None
+    try:
+        val = float(v)
+    except (TypeError, ValueError):
+        return None
+    return val if math.isfinite(val) else None
+
+
+def flatten_config(cfg: Any, exclude: tuple[str, ...] = ("hydra",), sep: str = ".") -> dict:
+    """Flatten a nested mapping or (resolved) OmegaConf config into dotted keys.
+
+    Lists become their string form (``region.ring_widths_mm`` -> ``"[1.0, 2.0]"``), empty
+    mappings ``"{}"``; scalars are kept as they are. ``exclude`` holds top-level keys or dotted
+    prefixes (``"hydra"``, ``"data.manifest"``) to leave out. Missing values (``???``) stay
+    ``"???"``.
+    """
+    plain = _to_plain(cfg)
+    if not isinstance(plain, Mapping):
+        raise TypeError(f"flatten_config needs a mapping or DictConfig, got {type(cfg).__name__}")
+    excl = tuple(exclude or ())
+
+    def skip(key: str) -> bool:
+        return any(key == e or key.startswith(e + sep) for e in excl)
+
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{sep}{k}" if prefix else str(k)
+            if skip(key):
+                continue
+            if isinstance(v, Mapping) and v:
+                walk(v, key)
+            elif isinstance(v, Mapping):
+                out[key] = "{}"
+            elif isinstance(v, list):
+                out[key] = str(v)
+            else:
+                out[key] = v
+
+    walk(plain, "")
+    return out
+
+
+def _to_markdown(df) -> str:
+    import pandas as pd
+
+    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None:
+        df = df.reset_index()
+
+    def cell(x: Any) -> str:
+        if isinstance(x, float) and math.isnan(x):
+            return ""
+        return str(x).replace("|", r"\|").replace("\n", " ")
+
+    cols = [cell(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(x) for x in row) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,422 @@
+"""The :class:`Tracker`: one MLflow parent run per job, nested child runs, artifacts, models.
+
+Keys and values are made acceptable to MLflow by :mod:`her2study.tracking.keys`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from her2study.tracking.keys import (
+    _finite_float,
+    _limits,
+    _param_str,
+    _tag_values,
+    _to_markdown,
+    _to_plain,
+    _truncate,
+    _unique_keys,
+)
+from her2study.tracking.probe import (
+    DEFAULT_TIMEOUT_S,
+    TrackingError,
+    _mlflow,
+    _sqlite_path,
+    _using_tracking_uri,
+    check_tracking_uri,
+)
+
+log = logging.getLogger(__name__)
+
+SKIPPED_METRICS_TAG = "skipped_metrics"
+
+# --------------------------------------------------------------------------------------------
+# The tracker
+# --------------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """One MLflow parent run per job, with nested child runs; a no-op when ``enabled=False``.
+
+    Args:
+        tracking_uri: ``sqlite:///mlflow.db``, ``http://127.0.0.1:5000``, ...
+        experiment: experiment name (created when missing).
+        enabled: False makes every method a no-op (``run_id`` stays None, nothing is written).
+        run_name: name of the parent run.
+        tags: tags of the parent run.
+        artifact_location: artifact root for a *new* experiment. Default: ``mlartifacts/`` beside
+            a SQLite database; the server's choice for http(s) stores.
+        timeout: seconds for the reachability check of http(s) stores.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        enabled: bool = True,
+        run_name: str | None = None,
+        tags: dict | None = None,
+        artifact_location: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.enabled = bool(enabled)
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.artifact_location = artifact_location
+        self.timeout = timeout
+        self._run_id: str | None = None
+        self._experiment_id: str | None = None
+        self._last_child_run_id: str | None = None
+        self._client = None
+        self._uri_ctx: contextlib.AbstractContextManager | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._skipped: dict[str, set[str]] = {}
+        self._state = "new"
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        """ID of the parent run (None when disabled or not started)."""
+        return self._run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
+    @property
+    def last_child_run_id(self) -> str | None:
+        """ID of the most recently started child run (any thread)."""
+        return self._last_child_run_id
+
+    @property
+    def current_run_id(self) -> str | None:
+        """The run this thread's ``log_*`` calls go to: the innermost child, else the parent."""
+        stack = self._stack()
+        return stack[-1] if stack else self._run_id
+
+    def _stack(self) -> list[str]:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
+
+    def _target(self) -> str | None:
+        if not self.enabled:
+            return None
+        if self._state != "active":
+            raise RuntimeError("Tracker is not active: log inside `with Tracker(...) as tracker:`")
+        return self.current_run_id
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _default_artifact_location(self) -> str | None:
+        if self.artifact_location:
+            return self.artifact_location
+        if self.tracking_uri.strip().lower().startswith("sqlite:"):
+            path = _sqlite_path(self.tracking_uri.strip())
+            if path is not None:
+                return str((Path(path).resolve().parent / "mlartifacts").resolve())
+        return None
+
+    def _get_or_create_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client = self._client
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            try:
+                return client.create_experiment(
+                    self.experiment, artifact_location=self._default_artifact_location()
+                )
+            except MlflowException:  # created meanwhile by a parallel job (Hydra multirun)
+                exp = client.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {self.experiment!r} at {self.tracking_uri} is deleted. "
+                f"Restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
+                f"or use another study name."
+            )
+        return exp.experiment_id
+
+    def __enter__(self) -> Tracker:
+        if self._state != "new":
+            raise RuntimeError("a Tracker can be entered once; make a new one")
+        if not self.enabled:
+            self._state = "active"
+            return self
+        self._state = "done"  # until the parent run exists
+        check_tracking_uri(self.tracking_uri, timeout=self.timeout)
+        mlflow = _mlflow()
+        from mlflow.exceptions import MlflowException
+
+        self._uri_ctx = _using_tracking_uri(self.tracking_uri)
+        self._uri_ctx.__enter__()
+        try:
+            self._client = mlflow.MlflowClient(self.tracking_uri)
+            self._experiment_id = self._get_or_create_experiment()
+            run = mlflow.start_run(
+                experiment_id=self._experiment_id,
+                run_name=self.run_name,
+                tags=_tag_values(self.tags),
+            )
+        except BaseException as e:
+            self._uri_ctx.__exit__(None, None, None)
+            if isinstance(e, MlflowException):
+                raise TrackingError(
+                    f"Could not open MLflow experiment {self.experiment!r} at "
+                    f"{self.tracking_uri}: {e.message}"
+                ) from e
+            raise
+        self._run_id = run.info.run_id
+        self._state = "active"
+        log.info(
+            "MLflow run %s (experiment %r, id %s) at %s",
+            self._run_id,
+            self.experiment,
+            self._experiment_id,
+            self.tracking_uri,
+        )
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._state != "active":
+            return False
+        self._state = "done"
+        if not self.enabled:
+            return False
+        mlflow = _mlflow()
+        status = "FINISHED" if exc_type is None else "FAILED"
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"  # Ctrl-C shows as killed, not as a failure of the study
+        try:
+            if exc_type is not None:
+                with contextlib.suppress(Exception):
+                    self._client.set_tag(
+                        self._run_id, "error", _truncate(f"{exc_type.__name__}: {exc}", 5000)
+                    )
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self._run_id:
+                mlflow.end_run(status=status)
+            else:
+                self._client.set_terminated(self._run_id, status=status)
+        finally:
+            self._uri_ctx.__exit__(None, None, None)
+        return False  # never swallow the exception
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict | None = None) -> Iterator[str | None]:
+        """A nested run under the current run of this thread (the parent, or an open child).
+
+        Yields the child's run ID (None when disabled); ends FINISHED, or FAILED when an
+        exception escapes (re-raised). Safe to use from worker threads.
+        """
+        if not self.enabled:
+            yield None
+            return
+        parent = self._target()
+        mlflow = _mlflow()
+        stack = self._stack()
+        # The fluent API checks parent_run_id against this thread's active run; a worker thread
+        # has none, the tracker's thread has the parent or this thread's open child.
+        run = mlflow.start_run(
+            experiment_id=self._experiment_id,
+            run_name=name,
+            nested=True,
+            parent_run_id=parent,
+            tags=_tag_values(tags),
+        )
+        run_id = run.info.run_id
+        with self._lock:
+            self._last_child_run_id = run_id
+        stack.append(run_id)
+        status = "FINISHED"
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            stack.pop()
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(status=status)
+            else:  # pragma: no cover - only if the body ended the run itself
+                self._client.set_terminated(run_id, status=status)
+
+    # -- logging -------------------------------------------------------------------------------
+    def log_params(self, flat: Mapping[str, Any]) -> None:
+        """Log params: values stringified and truncated to MLflow's limit, sent in batches.
+
+        MLflow refuses to change a param already logged on the same run with another value.
+        """
+        run_id = self._target()
+        if run_id is None or not flat:
+            return
+        from mlflow.entities import Param
+
+        lim = _limits()
+        params = [
+            Param(k, _truncate(_param_str(v), lim["param_val"]))
+            for k, v in zip(_unique_keys(flat.keys()), flat.values(), strict=True)
+        ]
+        n = lim["params_per_batch"]
+        for i in range(0, len(params), n):
+            self._client.log_batch(run_id, params=params[i : i + n])
+
+    def log_metrics(self, d: Mapping[str, Any], step: int | None = None) -> None:
+        """Log numeric metrics; None/NaN/inf/non-numbers are skipped and named in the run's
+        ``skipped_metrics`` tag. Keys are sanitised (:func:`sanitize_key`)."""
+        run_id = self._target()
+        if run_id is None or not d:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics, skipped = [], []
+        for key, v in zip(_unique_keys(d.keys()), d.values(), strict=True):
+            val = _finite_float(v)
+            if val is None:
+                skipped.append(key)
+                continue
+            metrics.append(Metric(key, val, ts, int(step or 0)))
+        n = _limits()["metrics_per_batch"]
+        for i in range(0, len(metrics), n):
+            self._client.log_batch(run_id, metrics=metrics[i : i + n])
+        if skipped:
+            with self._lock:
+                names = self._skipped.setdefault(run_id, set())
+                names.update(skipped)
+                value = ",".join(sorted(names))
+            log.info("metrics not logged (None/NaN/inf/not a number): %s", ", ".join(skipped))
+            value = _truncate(value, _limits()["tag_val"])
+            self._client.set_tag(run_id, SKIPPED_METRICS_TAG, value)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        run_id = self._target()
+        if run_id is None or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        lim = _limits()
+        items = [
+            RunTag(k, _truncate(_param_str(v), lim["tag_val"]))
+            for k, v in zip(_unique_keys(tags.keys()), tags.values(), strict=True)
+        ]
+        n = lim["params_per_batch"]
+        for i in range(0, len(items), n):
+            self._client.log_batch(run_id, tags=items[i : i + n])
+
+    def log_figure(self, fig, artifact_file: str) -> None:
+        """A matplotlib (or plotly) figure as an image artifact (format from the extension)."""
+        run_id = self._target()
+        if run_id is None:
+            return
+        self._client.log_figure(run_id, fig, artifact_file)
+
+    def log_table(self, df, artifact_file: str) -> None:
+        """A DataFrame as ``.csv`` or ``.md`` (Markdown) artifact; a named or non-range index is
+        written as column(s)."""
+        run_id = self._target()
+        if run_id is None:
+            return
+        import pandas as pd
+
+        ext = Path(artifact_file).suffix.lower()
+        if ext == ".csv":
+            keep_index = not isinstance(df.index, pd.RangeIndex) or df.index.name is not None
+            text = df.to_csv(index=keep_index)
+        elif ext in (".md", ".markdown"):
+            text = _to_markdown(df)
+        else:
+            raise ValueError(f"log_table writes .csv or .md files, not {artifact_file!r}")
+        self._client.log_text(run_id, text, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        run_id = self._target()
+        if run_id is None:
+            return
+        self._client.log_text(run_id, str(text), artifact_file)
+
+    def log_dict(self, d: Any, artifact_file: str) -> None:
+        """A mapping (or OmegaConf config, resolved) as ``.yaml``/``.yml`` or JSON artifact."""
+        run_id = self._target()
+        if run_id is None:
+            return
+        plain = _to_plain(d)
+        if Path(artifact_file).suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+        else:
+            text = json.dumps(plain, indent=2, default=str, allow_nan=True) + "\n"
+        self._client.log_text(run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        run_id = self._target()
+        if run_id is None:
+            return
+        self._client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        run_id = self._target()
+        if run_id is None:
+            return
+        self._client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_sklearn_model(self, model, name: str, X_example, **kwargs) -> str | None:
+        """Log a fitted classifier with a signature (inputs -> P(class 1)) and <=5 example rows.
+
+        Returns the model URI (``models:/m-...``; ``runs:/<run_id>/<name>`` resolves too), or
+        None when disabled. MLflow 3 stores models as "logged models" of the experiment, linked
+        to the run, not inside the run's artifact folder. Extra ``kwargs`` go to
+        :func:`mlflow.sklearn.log_model` (e.g. ``pip_requirements`` to skip the slow inference).
+        """
+        run_id = self._target()
+        if run_id is None:
+            return None
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(X_example, model.predict_proba(X_example)[:, 1])
+        kwargs.setdefault("skops_trusted_types", _project_types(model))
+        info = mlflow.sklearn.log_model(
+            model,
+            name=name,
+            signature=signature,
+            input_example=X_example.head(5) if hasattr(X_example, "head") else X_example[:5],
+            run_id=run_id,
+            **kwargs,
+        )
+        return info.model_uri
+
+
+def _project_types(model) -> list[str]:
+    """Fully qualified names of her2study's own estimator classes inside ``model``, which skops
+    (MLflow 3's default sklearn format) must be told to trust."""
+    found, stack = set(), [model]
+    while stack:
+        obj = stack.pop()
+        cls = type(obj)
+        if cls.__module__.startswith("her2study."):
+            found.add(f"{cls.__module__}.{cls.__qualname__}")
+        if hasattr(obj, "get_params"):
+            stack.extend(v for v in obj.get_params(deep=False).values() if hasattr(v, "get_params"))
+        for attr in ("steps", "estimators_", "calibrated_classifiers_"):
+            value = getattr(obj, attr, None)
+            if isinstance(value, list):
+                stack.extend(v[1] if isinstance(v, tuple) else v for v in value)
+    return sorted(found)
