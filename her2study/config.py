@@ -20,6 +20,7 @@ from omegaconf import MISSING
 from her2study.choices import (
     AUCInterval,
     Backend,
+    ClinicalMethod,
     CorrMethod,
     CorrRule,
     DataSource,
@@ -30,8 +31,10 @@ from her2study.choices import (
     LassoScoring,
     ModelName,
     MWCorrection,
+    RadScoreMode,
     SplitMethod,
     TaskName,
+    ThresholdData,
     ThresholdRule,
 )
 from her2study.search_schema import PredictConfig, SearchConfig
@@ -153,8 +156,14 @@ class SelectionConfig:
 
 @dataclass
 class ClinicalConfig:
-    """Clinical model: univariable screening, then multivariable logistic regression."""
+    """Clinical model: univariable screening, then multivariable logistic regression (the paper).
 
+    ``stepwise`` reports odds ratios and p-values after data-driven selection (post-selection
+    inference: optimistic, said in the report); ``prespecified`` fits every column with no
+    selection; ``penalised`` is a ridge logistic on every column (C chosen by inner CV).
+    """
+
+    method: ClinicalMethod = ClinicalMethod.stepwise  # stepwise | prespecified | penalised
     columns: Optional[List[str]] = None  # null = data.clinical_columns
     univariable_p: float = 0.05
     multivariable_p: float = 0.05
@@ -164,7 +173,8 @@ class ClinicalConfig:
 class NomogramConfig:
     """Rad-score of one ring signature + the clinical factors in one logistic model."""
 
-    signature: str = "auto"  # auto = best training cross-validated AUC among ring signatures
+    signature: str = "auto"  # auto = best out-of-fold training AUC among ring signatures
+    rad_score: RadScoreMode = RadScoreMode.cross_fitted  # in_sample = the paper (optimistic)
     vif_limit: float = 5.0  # warn above this variance inflation factor (paper: all < 1.2)
 
 
@@ -184,13 +194,15 @@ class EvaluationConfig:
     """How predictions are judged."""
 
     threshold: ThresholdRule = ThresholdRule.youden  # youden (chosen on training) | fixed
+    threshold_on: ThresholdData = ThresholdData.out_of_fold  # training predictions it is chosen on
     fixed_threshold: float = 0.5
     ci: AUCInterval = AUCInterval.delong  # delong | bootstrap
     n_boot: int = 2000
     hl_groups: int = 10
     dca_max_threshold: float = 0.99
     net_benefit_at: List[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
-    cv_folds: int = 5  # training-set CV used to pick the nomogram's signature
+    cv_folds: int = 5  # training-set folds: out-of-fold predictions (thresholds, nomogram)
+    bootstrap_reps: int = 20  # optimism-corrected validation (Harrell); 0 = off
 
 
 @dataclass

@@ -44,6 +44,7 @@ from her2study.selection import (
 __all__ = [
     "MODELS",
     "MODEL_FACTORIES",
+    "PenalisedClinicalModel",
     "estimator_params",
     "make_pipeline",
     "pipeline_from_config",
@@ -256,16 +257,22 @@ def estimator_params(model: str) -> set[str]:
     return {k[len(pre) :] for k in params if k.startswith(pre) and "__" not in k[len(pre) :]}
 
 
+RAD_SCORE_LIMIT = float(np.log((1 - 1e-6) / 1e-6))  # |log-odds| of p in [1e-6, 1 - 1e-6]
+
+
 def rad_score(pipeline, X):
     """Rad-score of each case: the signature's log-odds of the positive class.
 
     For the logistic models (``logistic``, ``lasso_logistic``, ``ridge``) this is the linear
-    predictor ``decision_function``; for the others it is ``logit(predict_proba)`` (clipped
-    to ``[1e-6, 1 - 1e-6]``), the same scale.
+    predictor ``decision_function``; for the others it is ``logit(predict_proba)``; both are
+    bounded to ``|13.8|`` (probabilities in ``[1e-6, 1 - 1e-6]``), so that a signature that
+    separates its fitting cases (out-of-fold scores of +-40 were seen) does not hand the nomogram
+    a few extreme scores that dominate its fit.
     """
     final = pipeline[-1] if isinstance(pipeline, Pipeline) else pipeline
     if isinstance(final, (LogisticRegression, LassoCVClassifier)):
-        return np.asarray(pipeline.decision_function(X), dtype=np.float64)
+        eta = np.asarray(pipeline.decision_function(X), dtype=np.float64)
+        return np.clip(eta, -RAD_SCORE_LIMIT, RAD_SCORE_LIMIT)
     p = np.clip(pipeline.predict_proba(X)[:, 1], 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
 
@@ -518,6 +525,64 @@ class ClinicalModel(_LogitModel):
         self.params_ = result.params.copy()
         self.multivariable_table_ = _or_table(result, keep)
         return self
+
+
+class PenalisedClinicalModel(_LogOddsClassifierMixin, ClassifierMixin, BaseEstimator):
+    """Pre-specified, penalised clinical model: ridge logistic regression on every column.
+
+    The columns are z-scored and ``C`` is chosen from ``Cs`` by stratified ``cv``-fold log loss;
+    no variable is dropped, so there is no post-selection inference to caveat (the odds ratios
+    are shrunk, per standard deviation of each column).
+
+    Attributes
+    ----------
+    selected_ : list of str
+        Every column (what the nomogram takes as clinical factors).
+    multivariable_table_ : DataFrame
+        ``variable, coef, OR`` per standard deviation (no p-values: penalised fit).
+    C_ : float
+    """
+
+    def __init__(self, Cs=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), cv=5, random_state=0):
+        self.Cs = Cs
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        """Choose ``C`` by inner CV, then fit on all rows."""
+        from sklearn.metrics import log_loss
+        from sklearn.model_selection import StratifiedKFold
+
+        df = _as_frame(X, who="PenalisedClinicalModel")
+        block = _numeric_block(df, list(df.columns), "PenalisedClinicalModel")
+        self.classes_, y01 = _binary_target(self, column_or_1d(y, warn=True))
+        self.feature_names_in_ = np.asarray([str(c) for c in block.columns], dtype=object)
+        self.n_features_in_ = block.shape[1]
+        self.scaler_ = StandardScaler().fit(block.to_numpy(float))
+        Z = self.scaler_.transform(block.to_numpy(float))
+        cv = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
+        loss = []
+        for C in self.Cs:
+            fold = []
+            for tr, te in cv.split(Z, y01):
+                m = make_logistic_regression("l2", C=C, max_iter=5000).fit(Z[tr], y01[tr])
+                fold.append(log_loss(y01[te], m.predict_proba(Z[te])[:, 1], labels=[0, 1]))
+            loss.append(np.mean(fold))
+        self.C_ = float(self.Cs[int(np.argmin(loss))])
+        self.model_ = make_logistic_regression("l2", C=self.C_, max_iter=5000).fit(Z, y01)
+        self.selected_ = [str(c) for c in block.columns]
+        coef = self.model_.coef_[0]
+        self.multivariable_table_ = pd.DataFrame(
+            {"variable": self.selected_, "coef": coef, "OR": np.exp(coef)}
+        )
+        return self
+
+    def decision_function(self, X):
+        """Log-odds of ``classes_[1]``."""
+        check_is_fitted(self, "model_")
+        df = _as_frame(X, who="PenalisedClinicalModel")
+        block = _numeric_block(df, self.selected_, "PenalisedClinicalModel")
+        return self.model_.decision_function(self.scaler_.transform(block.to_numpy(float)))
 
 
 class CombinedModel(_LogitModel):

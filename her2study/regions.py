@@ -4,7 +4,8 @@ One signed distance map in physical units per case serves every width: a ring of
 the set of pixels outside the mask whose centre lies at ``0 < d <= w`` mm from the nearest mask
 pixel centre; a band ``a-b`` mm is ``a < d <= b``. Rings are clipped to the image and to the
 ultrasound field of view, and the fraction of the full (unclipped) annulus that survives is
-recorded as its coverage.
+recorded as its coverage. Distances exactly on a ring's edge are decided with a tolerance of
+``BOUNDARY_TOL_MM`` so that the same width gives the same mask however it was computed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from her2study.errors import ConfigError
+
+# Ring membership ``inner < d <= outer`` is decided with this tolerance (mm), far below any pixel
+# spacing: ITK's float32 distances and a spacing read as 0.2 (manifest) or 0.2000000030 (NIfTI
+# header) then give the same ring for a pixel centre exactly ``w`` mm away, whatever other widths
+# are built from the same map. Bump REGION_VERSION when the rule changes (it keys the cache).
+BOUNDARY_TOL_MM = 1e-5
+REGION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,9 @@ class RegionMaker:
         if self.distance is None or spec.outer_mm > self.max_outer_mm:
             raise ValueError(f"{spec.name}: RegionMaker was built for smaller distances")
         d = self.distance
-        full = (~np.pad(self.mask, self.pad)) & (d > spec.inner_mm) & (d <= spec.outer_mm)
+        tol = BOUNDARY_TOL_MM
+        outside = ~np.pad(self.mask, self.pad)
+        full = outside & (d > spec.inner_mm + tol) & (d <= spec.outer_mm + tol)
         p = self.pad
         region = full[p : full.shape[0] - p, p : full.shape[1] - p].copy()
         if self.fov is not None:

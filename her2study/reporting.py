@@ -30,8 +30,10 @@ def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per set x signature: ours, and the paper's where it has the same signature."""
     paper = paper_table3().set_index(["set", "signature"])
     rows = []
-    for _, r in metrics.iterrows():
-        key = (r["set"], r["signature"])
+    # the paper's training figures are apparent (in-sample): set beside our apparent row
+    ours_to_paper = {"train_apparent": "train", "test": "test"}
+    for _, r in metrics[metrics["set"].isin(list(ours_to_paper))].iterrows():
+        key = (ours_to_paper[r["set"]], r["signature"])
         p = paper.loc[key] if key in paper.index else None
         row = {
             "set": r["set"],
@@ -42,7 +44,8 @@ def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
             else "-",
         }
         for m in METRICS[1:]:
-            row[m.upper() if m in ("ppv", "npv") else m.capitalize()] = _num(r[m])
+            ours = _ci(r[m], r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high"))  # Wilson 95% CI
+            row[m.upper() if m in ("ppv", "npv") else m.capitalize()] = ours
             row[f"paper {m.upper() if m in ('ppv', 'npv') else m.capitalize()}"] = (
                 _num(p[m]) if p is not None else "-"
             )

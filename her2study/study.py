@@ -2,9 +2,15 @@
 
 Signatures: ``Clinic`` (clinical model), ``Intra`` (tumour features), ``IntraPeri <w> mm`` (tumour
 + ring of width w) for each configured ring, and ``Nomogram`` (rad-score of one ring signature +
-the clinical factors). Every label-dependent step — scaling, correlation and Mann-Whitney filters,
-LASSO, the model — is a step of a scikit-learn Pipeline fitted on the training cases only; the
-test cases are only ever predicted.
+the clinical factors, :class:`~her2study.nomogram.NomogramModel`). Every label-dependent step —
+scaling, correlation and Mann-Whitney filters, LASSO, the model — is a step of one estimator
+fitted on the training cases only; the test cases are only ever predicted.
+
+Besides the fit on all training cases (whose training predictions are *apparent*), every
+signature gets out-of-fold training predictions on shared folds (``evaluation.cv_folds``; the
+``train_oof`` rows, the threshold, the nomogram's ring choice and its cross-fitted rad-scores)
+and, with ``evaluation.bootstrap_reps``, Harrell's optimism-corrected estimates (the whole
+estimator refitted on each bootstrap sample; ``train_corrected`` rows).
 """
 
 from __future__ import annotations
@@ -16,18 +22,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from her2study.errors import ConfigError
-from her2study.evaluation import auc_delong, choose_threshold, delong_test
-from her2study.evaluation.evaluate import evaluate
+from her2study.evaluation import auc_delong
 from her2study.models import (
     ClinicalModel,
     CombinedModel,
+    PenalisedClinicalModel,
     pipeline_from_config,
-    rad_score,
     selected_coefficients,
 )
+from her2study.nomogram import NomogramModel, out_of_fold, stratified_folds
 from her2study.regions import ring_label, ring_spec
 
 log = logging.getLogger(__name__)
@@ -40,10 +45,14 @@ class SignatureFit:
     name: str
     kind: str  # clinical | radiomics | nomogram
     model: object
-    prob: pd.Series  # index: case ids (train and test)
+    prob: pd.Series  # index: case ids (train and test); train cases: apparent
     columns: list[str]
     coefficients: pd.Series | None = None  # selected features -> coefficient
     details: dict = field(default_factory=dict)  # tables: clinical ORs, VIFs, LASSO CV curve
+    oof: pd.Series | None = None  # out-of-fold probabilities of the training cases
+    estimator: object = None  # the unfitted estimator (what the bootstrap refits)
+    inputs: pd.DataFrame | None = None  # its input columns, every case
+    validation: pd.DataFrame | None = None  # bootstrap: index x apparent/optimism/corrected
 
 
 def lasso_details(pipe) -> dict:
@@ -68,19 +77,6 @@ def lasso_details(pipe) -> dict:
         "lasso_lambda_min": float(curve["lambda"].iloc[int(r["best_index"])]),
         "lasso_lambda": float(curve["lambda"].iloc[int(r["chosen_index"])]),
     }
-
-
-def cv_auc(
-    estimator, X: pd.DataFrame, y: pd.Series, folds: int, seed: int, n_jobs: int = 1
-) -> float:
-    """Training-set cross-validated AUC (every fold refits the whole pipeline)."""
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prob = cross_val_predict(
-            clone(estimator), X, y, cv=cv, method="predict_proba", n_jobs=n_jobs
-        )[:, 1]
-    return auc_delong(y.to_numpy(), prob).auc
 
 
 def check_class_sizes(y_train: pd.Series, cfg) -> None:
@@ -143,6 +139,16 @@ def icc_filter(features: pd.DataFrame, train, sel) -> tuple[pd.DataFrame, pd.Dat
     return base[keep], table
 
 
+def clinical_estimator(ccfg):
+    """The configured clinical model (unfitted): stepwise (the paper), prespecified, penalised."""
+    method = str(ccfg.method)
+    if method == "stepwise":
+        return ClinicalModel(univariable_p=ccfg.univariable_p, multivariable_p=ccfg.multivariable_p)
+    if method == "prespecified":  # every column, no data-driven selection
+        return ClinicalModel(univariable_p=float("inf"), multivariable_p=1.0, backward=False)
+    return PenalisedClinicalModel()
+
+
 def fit_signatures(
     features: pd.DataFrame,
     clinical: pd.DataFrame,
@@ -151,20 +157,31 @@ def fit_signatures(
     ring_widths_mm: list[float],
     cfg,
 ) -> list[SignatureFit]:
-    """Fit the paper's signatures on the training cases; predict every case."""
+    """Fit the paper's signatures on the training cases; predict every case; out-of-fold
+    training predictions on shared folds; optimism-corrected validation when configured."""
     train = split.index[split == "train"]
     ytr = y.loc[train]
     check_class_sizes(ytr, cfg)
     fits: list[SignatureFit] = []
     seed = int(cfg.seed)
+    n_jobs = int(cfg.execution.n_jobs)
+    folds = stratified_folds(ytr, int(cfg.evaluation.cv_folds), seed)
 
     features, icc_table = icc_filter(features, train, cfg.selection)
 
     if clinical.shape[1]:
-        ccfg = cfg.model.clinical
-        cm = ClinicalModel(univariable_p=ccfg.univariable_p, multivariable_p=ccfg.multivariable_p)
-        cm.fit(clinical.loc[train], ytr)
+        est = clinical_estimator(cfg.model.clinical)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cm = clone_fit(est, clinical.loc[train], ytr)
         prob = pd.Series(cm.predict_proba(clinical)[:, 1], index=clinical.index)
+        oof, _ = out_of_fold(est, clinical.loc[train], ytr, folds)
+        details = {
+            "multivariable": cm.multivariable_table_,
+            "method": str(cfg.model.clinical.method),
+        }
+        if getattr(cm, "univariable_table_", None) is not None:
+            details["univariable"] = cm.univariable_table_
         fits.append(
             SignatureFit(
                 "Clinic",
@@ -172,10 +189,10 @@ def fit_signatures(
                 cm,
                 prob,
                 list(clinical.columns),
-                details={
-                    "univariable": cm.univariable_table_,
-                    "multivariable": cm.multivariable_table_,
-                },
+                details=details,
+                oof=oof,
+                estimator=est,
+                inputs=clinical,
             )
         )
 
@@ -187,13 +204,23 @@ def fit_signatures(
         if not cols:
             log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
             continue
-        pipe = pipeline_from_config(cfg.selection, cfg.model, seed)
-        Xtr = features.loc[train, cols]
-        pipe.fit(Xtr, ytr)
+        est = pipeline_from_config(cfg.selection, cfg.model, seed)
+        pipe = clone_fit(est, features.loc[train, cols], ytr)
         prob = pd.Series(pipe.predict_proba(features[cols])[:, 1], index=features.index)
+        oof, score = out_of_fold(est, features.loc[train, cols], ytr, folds, n_jobs=n_jobs)
         fit = SignatureFit(
-            name, "radiomics", pipe, prob, cols, selected_coefficients(pipe), lasso_details(pipe)
+            name,
+            "radiomics",
+            pipe,
+            prob,
+            cols,
+            selected_coefficients(pipe),
+            lasso_details(pipe),
+            oof=oof,
+            estimator=est,
+            inputs=features[cols],
         )
+        fit.details["oof_rad_score"] = score
         if len(icc_table):
             fit.details["icc"] = icc_table[icc_table.index.str.split("_", n=1).str[0].isin(regions)]
         log.info("%s: %d features selected of %d", name, len(fit.coefficients), len(cols))
@@ -202,116 +229,131 @@ def fit_signatures(
     rings = [f for f in fits if f.name.startswith("IntraPeri")]
     clinic = next((f for f in fits if f.kind == "clinical"), None)
     if rings and clinic is not None:
-        fits.append(_fit_nomogram(rings, clinic, features, clinical, y, train, cfg))
+        fits.append(_fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg))
+    elif rings:
+        log.info("no clinical columns: no Clinic and no Nomogram signature (data.clinical_columns)")
+    if int(cfg.evaluation.bootstrap_reps) > 0:
+        validate_fits(fits, ytr, train, cfg)
     return fits
 
 
-def _fit_nomogram(rings, clinic, features, clinical, y, train, cfg) -> SignatureFit:
-    ncfg = cfg.model.nomogram
-    if ncfg.signature == "auto":
-        if len(rings) == 1:
-            base = rings[0]
-            scores = {base.name: np.nan}
-        else:
-            scores = {
-                f.name: cv_auc(
-                    pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed)),
-                    features.loc[train, f.columns],
-                    y.loc[train],
-                    cfg.evaluation.cv_folds,
-                    int(cfg.seed),
-                    n_jobs=int(cfg.execution.n_jobs),
-                )
-                for f in rings
-            }
-            base = max(rings, key=lambda f: scores[f.name])
-        log.info("nomogram uses %s (training CV AUC: %s)", base.name, scores)
-    else:
+def clone_fit(estimator, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return clone(estimator).fit(X, y)
+
+
+def _choose_ring(rings, ytr, ncfg):
+    if ncfg.signature != "auto":
         matches = [f for f in rings if f.name == ncfg.signature]
         if not matches:
             raise ConfigError(
                 f"model.nomogram.signature={ncfg.signature!r} is not one of "
                 f"{[f.name for f in rings]} or auto"
             )
-        base, scores = matches[0], {}
-    clin_cols = list(getattr(clinic.model, "selected_", clinical.columns))
-    design = pd.DataFrame(
-        {"rad_score": rad_score(base.model, features[base.columns])}, index=features.index
+        return matches[0]
+    if len(rings) == 1:
+        log.info("nomogram uses %s (the only ring signature: no choice made)", rings[0].name)
+        return rings[0]
+    scores = {f.name: auc_delong(ytr.to_numpy(), f.oof.to_numpy()).auc for f in rings}
+    base = max(rings, key=lambda f: scores[f.name])
+    log.info(
+        "nomogram uses %s (best out-of-fold training AUC: %s)",
+        base.name,
+        ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
     )
-    design = design.join(clinical[clin_cols])
-    combined = CombinedModel(vif_limit=ncfg.vif_limit)
-    combined.fit(design.loc[train], y.loc[train])
-    prob = pd.Series(combined.predict_proba(design)[:, 1], index=design.index)
-    details = {"base_signature": base.name, "cv_auc": scores, "design": design}
+    return base
+
+
+def _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg) -> SignatureFit:
+    ncfg = cfg.model.nomogram
+    base = _choose_ring(rings, ytr, ncfg)
+    mode = str(ncfg.rad_score)
+    est = NomogramModel(
+        signature=pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed)),
+        radiomics_columns=list(base.columns),
+        clinical=clinic.estimator,
+        clinical_columns=list(clinical.columns),
+        rad_score=mode,
+        cv=int(cfg.evaluation.cv_folds),
+        random_state=int(cfg.seed),
+        vif_limit=ncfg.vif_limit,
+        n_jobs=int(cfg.execution.n_jobs),
+    )
+    X = features[base.columns].join(clinical)
+    oof_score = base.details["oof_rad_score"]
+    nom = clone(est)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nom.fit(X.loc[train], ytr, oof_rad_score=oof_score if mode == "cross_fitted" else None)
+    prob = pd.Series(nom.predict_proba(X)[:, 1], index=X.index)
+    oof = _nomogram_oof(nom, X.loc[train], ytr, oof_score, folds)
+    design = nom.design(X)
+    design.loc[train, "rad_score"] = nom.design_["rad_score"]  # what the combined model saw
+    combined = nom.combined_
+    details = {"base_signature": base.name, "rad_score": mode, "design": design}
     for attr in ("vif_", "table_", "coef_table_"):
         if hasattr(combined, attr):
             details[attr.rstrip("_")] = getattr(combined, attr)
     return SignatureFit(
-        "Nomogram", "nomogram", combined, prob, list(design.columns), details=details
+        "Nomogram",
+        "nomogram",
+        nom,
+        prob,
+        list(design.columns),
+        details=details,
+        oof=oof,
+        estimator=est,
+        inputs=X,
     )
 
 
-def evaluate_signatures(
-    fits: list[SignatureFit], y: pd.Series, split: pd.Series, cfg
-) -> pd.DataFrame:
-    """Table-3-like rows (set x signature) in :func:`her2study.evaluation.evaluate`'s names."""
-    ecfg = cfg.evaluation
-    rows = []
+def _nomogram_oof(nom, X, ytr, oof_score, folds) -> pd.Series:
+    """Out-of-fold nomogram predictions: in each fold the clinical selection and the combined
+    model are refitted on the other folds' cross-fitted rad-scores and clinical columns, and
+    the fold's cases are scored with their own cross-fitted rad-score (so no case is scored by
+    anything fitted on it)."""
+    cand = list(nom.clinical_columns or [])
+    design = pd.DataFrame({"rad_score": np.asarray(oof_score, dtype=float)}, index=X.index)
+    out = pd.Series(np.nan, index=X.index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tr, te in folds:
+            idx_tr, idx_te = X.index[tr], X.index[te]
+            chosen = cand
+            if nom.clinical is not None and cand:
+                chosen = list(
+                    clone(nom.clinical).fit(X.loc[idx_tr, cand], ytr.loc[idx_tr]).selected_
+                )
+            d = design.join(X[chosen])
+            cm = CombinedModel(vif_limit=np.inf).fit(d.loc[idx_tr], ytr.loc[idx_tr])
+            out.loc[idx_te] = cm.predict_proba(d.loc[idx_te])[:, 1]
+    return out
+
+
+def validate_fits(fits, ytr, train, cfg) -> None:
+    """Harrell's optimism bootstrap for every signature (``fit.validation``)."""
+    from her2study.evaluation.validation import optimism_bootstrap
+
+    reps = int(cfg.evaluation.bootstrap_reps)
     for fit in fits:
-        ytr, ptr = y[split == "train"].to_numpy(), fit.prob[split == "train"].to_numpy()
-        if ecfg.threshold == "youden":
-            thr = choose_threshold(ytr, ptr, method="youden")
-        else:
-            thr = choose_threshold(ytr, ptr, method="fixed", value=ecfg.fixed_threshold)
-        for set_name in ("train", "test"):
-            mask = split == set_name
-            yy, pp = y[mask].to_numpy(), fit.prob[mask].to_numpy()
-            if len(np.unique(yy)) < 2:
-                raise ValueError(
-                    f"the {set_name} set has one class only: the split cannot be evaluated"
-                )
-            m = evaluate(
-                yy,
-                pp,
-                kind="apparent" if set_name == "train" else "test",
-                threshold=thr,
-                ci=ecfg.ci,
-                n_boot=ecfg.n_boot,
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = optimism_bootstrap(
+                fit.estimator,
+                fit.inputs.loc[train],
+                ytr,
+                n_boot=reps,
                 seed=int(cfg.seed),
-                hl_groups=ecfg.hl_groups,
-                net_benefit_at=ecfg.net_benefit_at,
+                n_jobs=int(cfg.execution.n_jobs),
+                apparent_prob=fit.prob.loc[train].to_numpy(),
             )
-            if set_name == "train" and m["auc"] >= 0.999 and fit.kind != "clinical":
-                log.warning(
-                    "%s separates the training set perfectly (AUC %.3f): its coefficients are "
-                    "unstable and its calibration meaningless; a penalised model "
-                    "(model=lasso_logistic or model=ridge) or fewer features (selection.lasso_rule="
-                    "1se, selection.max_features) is advisable",
-                    fit.name,
-                    m["auc"],
-                )
-            rows.append({"set": set_name, "signature": fit.name, **m})
-    return pd.DataFrame(rows)
-
-
-def paired_delong(fits: list[SignatureFit], y: pd.Series, split: pd.Series) -> pd.DataFrame:
-    """Paired DeLong tests between every two signatures, per set."""
-    rows = []
-    for set_name in ("train", "test"):
-        mask = split == set_name
-        yy = y[mask].to_numpy()
-        for i, a in enumerate(fits):
-            for b in fits[i + 1 :]:
-                r = delong_test(yy, a.prob[mask].to_numpy(), b.prob[mask].to_numpy())
-                rows.append(
-                    {
-                        "set": set_name,
-                        "a": a.name,
-                        "b": b.name,
-                        "auc_a": r.auc_a,
-                        "auc_b": r.auc_b,
-                        "z": r.z,
-                        "p": r.p,
-                    }
-                )
-    return pd.DataFrame(rows)
+        fit.validation = res.to_frame()
+        log.info(
+            "%s: optimism-corrected AUC %.3f (apparent %.3f; %d bootstrap fits, %d failed)",
+            fit.name,
+            fit.validation.loc["auc", "corrected"],
+            fit.validation.loc["auc", "apparent"],
+            reps,
+            int(fit.validation["n_failed"].iloc[0]),
+        )

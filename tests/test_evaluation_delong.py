@@ -7,8 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from her2study.evaluation import auc_bootstrap_ci, auc_delong, delong_covariance, delong_test
+from her2study.evaluation import (
+    auc_bootstrap_ci,
+    auc_delong,
+    delong_covariance,
+    delong_test,
+    holm_adjust,
+)
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
@@ -60,6 +68,75 @@ def test_paired_test_matches_proc(expected, asah):
         assert res.p == pytest.approx(row["p"], abs=_tol(row["p"]))
         assert res.auc_a == pytest.approx(expected["auc"][row["a"]], abs=1e-10)
         assert res.auc_b == pytest.approx(expected["auc"][row["b"]], abs=1e-10)
+
+
+def test_difference_ci_matches_proc_z(expected, asah):
+    """pROC's z and AUCs fix se(diff) = diff / z, hence roc.test's Wald conf.int."""
+    df, y = asah
+    q = stats.norm.ppf(0.975)
+    for row in expected["paired_test"]:
+        res = delong_test(y, df[row["a"]], df[row["b"]])
+        diff = expected["auc"][row["a"]] - expected["auc"][row["b"]]
+        se = diff / row["z"]
+        assert res.diff == pytest.approx(diff, abs=1e-12)
+        assert res.diff == res.auc_a - res.auc_b
+        assert res.se_diff == pytest.approx(se, rel=1e-9)
+        assert res.diff_ci_low == pytest.approx(diff - q * se, abs=1e-9)
+        assert res.diff_ci_high == pytest.approx(diff + q * se, abs=1e-9)
+        # the 95% interval excludes 0 exactly when p < 0.05
+        assert (res.diff_ci_low > 0 or res.diff_ci_high < 0) == (row["p"] < 0.05)
+    ninety_nine = delong_test(y, df["ndka"], df["s100b"], alpha=0.01)
+    assert ninety_nine.diff_ci_high - ninety_nine.diff_ci_low == pytest.approx(
+        (res.diff_ci_high - res.diff_ci_low) * stats.norm.ppf(0.995) / q
+    )
+    assert tuple(ninety_nine)[:4] == tuple(res)[:4]  # alpha changes the interval only
+
+
+def test_difference_ci_against_naive_delong():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 120)
+    a = rng.normal(y * 1.0, 1.0)
+    b = np.round(rng.normal(y * 0.4, 1.0), 1)
+    aucs, cov = _naive_delong(y, np.vstack([a, b]))
+    se = np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    res = delong_test(y, a, b, alpha=0.1)
+    q = stats.norm.ppf(0.95)
+    assert res.diff == pytest.approx(aucs[0] - aucs[1], abs=1e-12)
+    assert (res.diff_ci_low, res.diff_ci_high) == pytest.approx(
+        (aucs[0] - aucs[1] - q * se, aucs[0] - aucs[1] + q * se), abs=1e-12
+    )
+    same = delong_test(y, a, a)
+    assert (same.diff, same.diff_ci_low, same.diff_ci_high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        delong_test(y, a, b, alpha=1.5)
+
+
+def test_holm_matches_statsmodels_and_proc_tests(expected):
+    ps = np.array([row["p"] for row in expected["paired_test"]])
+    want = multipletests(ps, method="holm")[1]
+    np.testing.assert_allclose(holm_adjust(ps), want, rtol=0, atol=1e-15)
+    # by hand: 0.00515 * 3, max(0.0272 * 2, previous), max(0.164, previous)
+    np.testing.assert_allclose(holm_adjust(ps), [0.0543515645, 0.0154367391, 0.1642951752])
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 50):
+        p = rng.beta(0.5, 2, size)
+        p[: size // 3] = p[0]  # ties
+        np.testing.assert_allclose(holm_adjust(p), multipletests(p, method="holm")[1])
+
+
+def test_holm_is_monotone_nan_safe_and_checks_range():
+    p = np.array([0.04, np.nan, 0.01, 0.03, np.nan, 0.5])
+    adj = holm_adjust(p)
+    assert np.isnan(adj[[1, 4]]).all()
+    finite = ~np.isnan(p)
+    np.testing.assert_allclose(adj[finite], multipletests(p[finite], method="holm")[1])
+    order = np.argsort(p[finite])
+    assert np.all(np.diff(adj[finite][order]) >= 0) and np.all(adj[finite] >= p[finite])
+    assert holm_adjust(np.full(3, np.nan)).shape == (3,)
+    assert holm_adjust([]).size == 0
+    assert holm_adjust(np.array([[0.01, 0.02], [0.03, 0.9]])).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.2, 1.2])
 
 
 def test_paired_test_is_antisymmetric_and_self_test_is_null(asah):

@@ -43,6 +43,37 @@ def test_binary_metrics_counts_and_ge_convention():
     assert m["n"] == 7 and m["threshold"] == 0.5
 
 
+@pytest.mark.parametrize("alpha", [0.05, 0.1])
+def test_binary_metrics_wilson_keys_match_statsmodels(alpha):
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 54)
+    s = rng.normal(y * 1.2, 1.0)
+    m = binary_metrics(y, s, threshold=0.4, alpha=alpha)
+    tp, fp, tn, fn = m["tp"], m["fp"], m["tn"], m["fn"]
+    counts = {
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+        "accuracy": (tp + tn, tp + fp + tn + fn),
+    }
+    for name, (k, n) in counts.items():
+        ref = proportion_confint(k, n, alpha=alpha, method="wilson")
+        assert m[name] == pytest.approx(k / n)
+        assert (m[f"{name}_ci_low"], m[f"{name}_ci_high"]) == pytest.approx(ref, abs=1e-12)
+        assert m[f"{name}_ci_low"] < m[name] < m[f"{name}_ci_high"]
+    expected = {"threshold", "n", "tp", "fp", "tn", "fn"} | {
+        f"{name}{suffix}" for name in counts for suffix in ("", "_ci_low", "_ci_high")
+    }
+    assert set(m) == expected
+    # a perfect split: k = n and k = 0 cells still match statsmodels
+    perfect = binary_metrics([0, 0, 1, 1, 1], [0.1, 0.2, 0.7, 0.8, 0.9], 0.5, alpha=alpha)
+    ref = proportion_confint(3, 3, alpha=alpha, method="wilson")
+    assert (perfect["sensitivity_ci_low"], perfect["sensitivity_ci_high"]) == pytest.approx(
+        ref, abs=1e-12
+    )
+
+
 def test_binary_metrics_undefined_ratios_are_nan():
     y = np.array([0, 1, 0, 1])
     m = binary_metrics(y, [0.1, 0.2, 0.3, 0.4], threshold=0.9)  # nobody positive

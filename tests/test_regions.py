@@ -79,3 +79,26 @@ def test_region_names_and_errors():
         band_spec(2, 1)
     with pytest.raises(ValueError, match="no region"):
         region_specs(False, [], [])
+
+
+def test_a_pixel_exactly_on_the_ring_edge_is_decided_the_same_way_however_the_map_was_built():
+    """0 < d <= w decided exactly: spacing 0.2 given as float64 (manifest) or as the float32 a
+    NIfTI header stores, and maps built for 1 mm only or for 1-3 mm, give one 1 mm ring."""
+    import SimpleITK as sitk
+
+    from her2study.regions import RegionMaker, ring_spec
+
+    arr = np.zeros((61, 61), np.uint8)
+    arr[25:36, 25:36] = 1  # a square: pixel centres exactly 1.0 mm (5 px) from its edge exist
+    rings = []
+    for spacing in (0.2, float(np.float32(0.2))):
+        for max_outer in (1.0, 3.0):
+            mask = sitk.GetImageFromArray(arr)
+            mask.SetSpacing((spacing, spacing))
+            ring, _ = RegionMaker(mask, None, max_outer).make(ring_spec(1.0))
+            rings.append(ring)
+    for ring in rings[1:]:
+        np.testing.assert_array_equal(ring, rings[0])
+    # the pixel 5 columns right of the square's edge (d = 1.0 mm) is inside the 1 mm ring;
+    # the one 6 columns right (d = 1.2 mm) is not
+    assert rings[0][30, 35 + 5] and not rings[0][30, 35 + 6]

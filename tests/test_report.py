@@ -29,12 +29,18 @@ from her2study.report import (
 )
 from her2study.report.browser import dump_dom, find_chromium, screenshot
 from her2study.reporting import compare_with_paper
+from her2study.results import evaluate_signatures, paired_delong
 from her2study.split import block_split
-from her2study.study import evaluate_signatures, fit_signatures, paired_delong
+from her2study.study import fit_signatures
 
 EVIL = "<script>alert('x')</script>&"
 EVIL_FEATURE = f"intra_{EVIL}"  # keeps the region prefix, so the Intra signature sees it
-QUICK = ["selection.lasso_cv=5", "evaluation.cv_folds=3", "selection.lasso_n_lambdas=12"]
+QUICK = [
+    "selection.lasso_cv=5",
+    "evaluation.cv_folds=3",
+    "selection.lasso_n_lambdas=12",
+    "evaluation.bootstrap_reps=0",
+]
 SECTIONS = ["Cohort", "Design", "Selected features", "Results", "Figures", "Reviewer checklist"]
 
 

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from conftest import noise_features
 
+from her2study.evaluation import choose_threshold
+from her2study.results import evaluate_signatures, paired_delong
 from her2study.split import block_split
-from her2study.study import evaluate_signatures, fit_signatures, icc_filter, paired_delong
+from her2study.study import fit_signatures, icc_filter
 
-QUICK = ["selection.lasso_cv=5", "evaluation.cv_folds=3"]
+QUICK = ["selection.lasso_cv=5", "evaluation.cv_folds=3", "evaluation.bootstrap_reps=0"]
 
 
 @pytest.fixture
@@ -39,24 +41,73 @@ def test_signatures_never_see_test_labels(compose, data):
     again = fit_signatures(X, clinical, shuffled, split, [1.0, 2.0], cfg)
     for a, b in zip(fits, again, strict=True):
         pd.testing.assert_series_equal(a.prob, b.prob)
+        pd.testing.assert_series_equal(a.oof, b.oof)  # out-of-fold: training cases only
+        assert set(a.oof.index) == set(split.index[split == "train"]) and a.oof.notna().all()
     # the planted columns are found
     assert "peri1mm_f0" in fits[2].coefficients.index
     assert all(c.startswith(("intra_", "peri1mm_")) for c in fits[2].columns)
 
 
-def test_threshold_from_training_applied_to_test(compose, data):
+def test_threshold_from_out_of_fold_training_predictions_applied_to_test(compose, data, caplog):
     X, clinical, y, split = data
-    cfg = compose("+exp=paper", *QUICK)
-    fits = fit_signatures(X, clinical, y, split, [1.0], cfg)
+    cfg = compose("+exp=paper", *QUICK, "evaluation.bootstrap_reps=4")
+    with caplog.at_level("INFO"):
+        fits = fit_signatures(X, clinical, y, split, [1.0], cfg)
+    assert "the only ring signature: no choice made" in caplog.text and "nan" not in caplog.text
     metrics = evaluate_signatures(fits, y, split, cfg)
-    assert set(metrics["set"]) == {"train", "test"}
-    per_sig = metrics.groupby("signature")["threshold"].nunique()
-    assert (per_sig == 1).all()
+    assert set(metrics["set"]) == {"train_apparent", "train_corrected", "train_oof", "test"}
+    assert set(metrics["kind"]) == {"apparent", "optimism_corrected", "out_of_fold", "test"}
+    labelled = metrics[metrics["set"] != "train_corrected"]
+    assert (labelled.groupby("signature")["threshold"].nunique() == 1).all()
+    train = split.index[split == "train"]
+    for fit in fits:
+        thr = labelled.loc[labelled["signature"] == fit.name, "threshold"].iloc[0]
+        assert thr == choose_threshold(y[train].to_numpy(), fit.oof[train].to_numpy(), "youden")
     row = metrics[(metrics["set"] == "test") & (metrics["signature"] == "IntraPeri 1 mm")].iloc[0]
     assert 0.6 < row["auc"] <= 1 and row["auc_ci_low"] < row["auc"] < row["auc_ci_high"]
+    for m in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
+        assert row[f"{m}_ci_low"] <= row[m] <= row[f"{m}_ci_high"]
+    assert row["cal_slope_ci_low"] < row["cal_slope"] < row["cal_slope_ci_high"]
+    corrected = metrics[metrics["set"] == "train_corrected"].set_index("signature")
+    apparent = metrics[metrics["set"] == "train_apparent"].set_index("signature")
+    assert (corrected["n_boot"] == 4).all()
+    assert (corrected["auc"] <= apparent["auc"] + 1e-12).all()  # optimism is positive here
     tests = paired_delong(fits, y, split)
-    assert len(tests) == 2 * (len(fits) * (len(fits) - 1) // 2)
-    assert tests["p"].between(0, 1).all()
+    pairs = len(fits) * (len(fits) - 1) // 2
+    assert sorted(tests["set"].value_counts().to_dict().items()) == [
+        ("test", pairs),
+        ("train_oof", pairs),
+    ]
+    assert tests["p"].between(0, 1).all() and (tests["p_holm"] >= tests["p"] - 1e-12).all()
+    assert (tests["diff_ci_low"] <= tests["diff"]).all() and (
+        tests["diff"] <= tests["diff_ci_high"]
+    ).all()
+    np.testing.assert_allclose(tests["diff"], tests["auc_a"] - tests["auc_b"])
+
+
+def test_the_paper_way_stays_available(compose, data):
+    """In-sample rad-scores and apparent thresholds reproduce the paper's procedure."""
+    X, clinical, y, split = data
+    cfg = compose(
+        "+exp=paper",
+        *QUICK,
+        "model.nomogram.rad_score=in_sample",
+        "evaluation.threshold_on=apparent",
+    )
+    fits = fit_signatures(X, clinical, y, split, [1.0], cfg)
+    metrics = evaluate_signatures(fits, y, split, cfg)
+    train = split.index[split == "train"]
+    nom = fits[-1]
+    assert nom.details["rad_score"] == "in_sample"
+    from her2study.models import rad_score
+
+    ring = fits[-2]
+    np.testing.assert_allclose(
+        nom.model.design_["rad_score"], rad_score(ring.model, X.loc[train, ring.columns])
+    )
+    for fit in fits:
+        thr = metrics.loc[metrics["signature"] == fit.name, "threshold"].iloc[0]
+        assert thr == choose_threshold(y[train].to_numpy(), fit.prob[train].to_numpy(), "youden")
 
 
 def test_fixed_signature_for_nomogram_and_unknown_name(compose, data):

@@ -36,12 +36,21 @@ class AUCResult(NamedTuple):
 
 
 class DeLongTestResult(NamedTuple):
-    """Paired two-sided DeLong test of AUC(a) == AUC(b)."""
+    """Paired two-sided DeLong test of AUC(a) == AUC(b).
+
+    ``diff = auc_a - auc_b`` with the Wald interval ``diff +/- z_(1-alpha/2) * se_diff``
+    from the DeLong variance of the difference (pROC ``roc.test``'s ``conf.int``); the
+    interval is not clipped. The four leading fields are unchanged from earlier versions.
+    """
 
     z: float
     p: float
     auc_a: float
     auc_b: float
+    diff: float = float("nan")
+    diff_ci_low: float = float("nan")
+    diff_ci_high: float = float("nan")
+    se_diff: float = float("nan")
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -106,7 +115,7 @@ def auc_delong(y_true, y_score, alpha: float = 0.05) -> AUCResult:
     return AUCResult(auc, float(max(auc - z * se, 0.0)), float(min(auc + z * se, 1.0)), se)
 
 
-def delong_test(y_true, score_a, score_b) -> DeLongTestResult:
+def delong_test(y_true, score_a, score_b, *, alpha: float = 0.05) -> DeLongTestResult:
     """Paired two-sided DeLong test for two correlated AUCs.
 
     Parameters
@@ -115,27 +124,37 @@ def delong_test(y_true, score_a, score_b) -> DeLongTestResult:
         Labels 0/1.
     score_a, score_b : array-like of shape (n,)
         Scores of the two models on the same cases.
+    alpha : float, default=0.05
+        Two-sided level of the interval for the difference (0.05 -> 95% CI).
 
     Returns
     -------
     DeLongTestResult
-        ``(z, p, auc_a, auc_b)`` with ``z = (auc_a - auc_b) / se(diff)``.
-        If the difference has zero variance, ``z`` is 0 (equal AUCs, p = 1)
-        or +/-inf (p = 0).
+        ``(z, p, auc_a, auc_b, diff, diff_ci_low, diff_ci_high, se_diff)`` with
+        ``diff = auc_a - auc_b``, ``se_diff = sqrt(var_a + var_b - 2 cov_ab)`` and
+        ``z = diff / se_diff``. If the difference has zero variance, ``z`` is 0
+        (equal AUCs, p = 1) or +/-inf (p = 0) and the interval is ``[diff, diff]``.
     """
     a = np.asarray(score_a, dtype=float)
     b = np.asarray(score_b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"score_a and score_b differ in shape: {a.shape} vs {b.shape}")
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
     aucs, cov = delong_covariance(y_true, np.vstack([a, b]))
-    diff = aucs[0] - aucs[1]
+    diff = float(aucs[0] - aucs[1])
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     if var <= 1e-15:
         z = 0.0 if abs(diff) < 1e-12 else float(np.sign(diff) * np.inf)
+        se = 0.0
     else:
-        z = float(diff / np.sqrt(var))
+        se = float(np.sqrt(var))
+        z = float(diff / se)
     p = float(2 * stats.norm.sf(abs(z)))
-    return DeLongTestResult(z, p, float(aucs[0]), float(aucs[1]))
+    half = float(stats.norm.ppf(1 - alpha / 2)) * se
+    return DeLongTestResult(
+        z, p, float(aucs[0]), float(aucs[1]), diff, diff - half, diff + half, se
+    )
 
 
 def _batch_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

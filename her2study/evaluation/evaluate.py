@@ -87,7 +87,8 @@ def evaluate(
             for suffix in ("", "_ci_low", "_ci_high"):
                 out[name + suffix] = float(m[name + suffix])
     clipped = clip_probabilities(p)  # finite logits for HL and recalibration
-    hl = hosmer_lemeshow(y, clipped, groups=int(hl_groups))
+    # df = non-empty groups - 2 on the fitting data (apparent), = groups on data not fitted on
+    hl = hosmer_lemeshow(y, clipped, groups=int(hl_groups), fitted=kind == "apparent")
     cal = calibration_slope_intercept(y, clipped)
     out.update(
         {

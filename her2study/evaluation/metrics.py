@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["wilson_ci", "choose_threshold", "binary_metrics", "check_binary_inputs"]
+__all__ = [
+    "wilson_ci",
+    "choose_threshold",
+    "binary_metrics",
+    "check_binary_inputs",
+    "holm_adjust",
+]
 
 
 def check_binary_inputs(
@@ -215,3 +221,38 @@ def binary_metrics(y_true, y_score, threshold: float, alpha: float = 0.05) -> di
         out[f"{name}_ci_low"] = lo
         out[f"{name}_ci_high"] = hi
     return out
+
+
+def holm_adjust(pvalues) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values, controlling the family-wise error rate.
+
+    Parameters
+    ----------
+    pvalues : array-like
+        Raw p-values in [0, 1], any shape. NaN marks a comparison that could not be
+        made: it stays NaN and does not count towards the number of tests ``m``.
+
+    Returns
+    -------
+    ndarray of float, same shape
+        With the m finite p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted value
+        of ``p_(i)`` is ``max_{j <= i} min(1, (m - j + 1) p_(j))``; adjusted values are
+        monotone in the raw ones. Equals ``statsmodels.stats.multitest.multipletests(p,
+        method="holm")[1]`` (and R ``p.adjust(p, "holm")``) on the finite values.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    flat = p.ravel()
+    finite = ~np.isnan(flat)
+    if ((flat[finite] < 0) | (flat[finite] > 1)).any():
+        raise ValueError("p-values must lie in [0, 1]")
+    out = np.full(flat.shape, np.nan)
+    vals = flat[finite]
+    m = vals.size
+    if m:
+        order = np.argsort(vals, kind="stable")
+        steps = (m - np.arange(m)) * vals[order]
+        adjusted = np.minimum(np.maximum.accumulate(steps), 1.0)
+        res = np.empty(m)
+        res[order] = adjusted
+        out[finite] = res
+    return out.reshape(p.shape)

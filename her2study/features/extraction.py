@@ -22,7 +22,13 @@ from her2study.cohort.manifest import Case, Cohort
 from her2study.digest import canonical_digest, file_digest
 from her2study.errors import ConfigError, Her2StudyError
 from her2study.features.cache import FeatureCache
-from her2study.regions import RegionMaker, RegionSpec, field_of_view, region_image
+from her2study.regions import (
+    REGION_VERSION,
+    RegionMaker,
+    RegionSpec,
+    field_of_view,
+    region_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,8 @@ def _entry_key(case_digest: dict, spec: RegionSpec, fov: str, params_key: str) -
             **case_digest,
             "region": spec.as_dict(),
             "fov": fov if not spec.is_intra else "",
+            # ring masks follow the boundary rule of this version (the tumour's never changes)
+            **({"regions": REGION_VERSION} if not spec.is_intra else {}),
             "params": params_key,
             "pyradiomics": radiomics_version(),
             "code": FEATURE_CODE_VERSION,

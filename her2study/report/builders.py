@@ -44,7 +44,28 @@ _FIGURES = [
     ("margins", "AUC against peritumoral ring width"),
     ("ring_frequency", "Ring widths of the winning configurations"),
 ]
-_SETS = {"train": "training set", "test": "test set", "nested_oof": "pooled outer folds"}
+_SETS = {
+    "train": "training set",
+    "train_apparent": "training set, apparent (in-sample: optimistic)",
+    "train_oof": "training set, out-of-fold",
+    "test": "test set",
+    "nested_oof": "pooled outer folds (nested)",
+}
+_SET_ORDER = {"train_apparent": 0, "train_corrected": 1, "train_oof": 2, "train": 0, "test": 3}
+CLINICAL_CAVEAT = (
+    "Stepwise clinical model: its odds ratios, confidence intervals and p-values are reported "
+    "after data-driven selection (univariable screening, then backward elimination) on the same "
+    "cases, so they are optimistic (post-selection inference) and are descriptive only. A "
+    "pre-specified model (model.clinical.method=prespecified) or a penalised one "
+    "(model.clinical.method=penalised) avoids this."
+)
+SETS_NOTE = (
+    "Kinds of estimate: train_apparent = the model scored on the cases it was fitted on "
+    "(optimistic; shown beside the paper's training column, never as performance); "
+    "train_corrected = Harrell's bootstrap optimism correction of the apparent values (the whole "
+    "procedure, selection included, refitted on each bootstrap sample); train_oof = out-of-fold "
+    "training predictions; test = the held-out test set, scored once."
+)
 
 
 def _caption(name: str) -> tuple[int, str]:
@@ -128,15 +149,17 @@ def design_items(cfg, fits=None) -> dict[str, str]:
         ),
         "Feature selection (inside the training fit)": selection,
         "Radiomics model": model,
-        "Clinical model": f"univariable logistic screening p < "
-        f"{sel(cfg, 'model.clinical.univariable_p')}, multivariable backward elimination p < "
-        f"{sel(cfg, 'model.clinical.multivariable_p')}",
-        "Nomogram": f"rad-score of {base} + the clinical model's factors "
-        f"(signature: {sel(cfg, 'model.nomogram.signature')}; VIF warning above "
-        f"{sel(cfg, 'model.nomogram.vif_limit')})",
-        "Threshold": "Youden index on training, applied to test"
-        if sel(cfg, "evaluation.threshold") == "youden"
+        "Clinical model": _clinical_words(cfg),
+        "Nomogram": f"rad-score of {base} + the clinical model's factors; the combined model is "
+        f"fitted on {_rad_score_words(cfg)} (signature: {sel(cfg, 'model.nomogram.signature')}; "
+        f"VIF warning above {sel(cfg, 'model.nomogram.vif_limit')})",
+        "Threshold": f"Youden index on the {_threshold_data(cfg)} training predictions, applied "
+        "unchanged to test"
+        if str(sel(cfg, "evaluation.threshold")) == "youden"
         else f"fixed {sel(cfg, 'evaluation.fixed_threshold')}",
+        "Internal validation": f"{sel(cfg, 'evaluation.cv_folds')}-fold out-of-fold predictions "
+        "on folds shared by every signature; Harrell's optimism bootstrap with "
+        f"{sel(cfg, 'evaluation.bootstrap_reps')} repetitions (whole procedure refitted)",
         "AUC confidence interval": "DeLong"
         if ci == "delong"
         else f"bootstrap ({sel(cfg, 'evaluation.n_boot')} replicates)",
@@ -250,10 +273,34 @@ def _by_set(df: pd.DataFrame) -> pd.DataFrame:
     """Rows ordered training first, then test (stable within a set); set, signature first."""
     if "set" not in df:
         return df.reset_index(drop=True)
-    order = df["set"].map({"train": 0, "test": 1}).fillna(2).to_numpy()
+    order = df["set"].map(_SET_ORDER).fillna(4).to_numpy()
     df = df.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
     first = [c for c in ("set", "signature") if c in df]
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def _clinical_words(cfg) -> str:
+    method = str(sel(cfg, "model.clinical.method", "stepwise"))
+    if method == "prespecified":
+        return "pre-specified logistic regression on every clinical column (no selection)"
+    if method == "penalised":
+        return "ridge logistic regression on every clinical column (C by inner CV; no selection)"
+    return (
+        f"univariable logistic screening p < {sel(cfg, 'model.clinical.univariable_p')}, "
+        f"multivariable backward elimination p < {sel(cfg, 'model.clinical.multivariable_p')} "
+        "(post-selection inference: see the caveat)"
+    )
+
+
+def _rad_score_words(cfg) -> str:
+    if str(sel(cfg, "model.nomogram.rad_score", "cross_fitted")) == "in_sample":
+        return "in-sample rad-scores (the paper's way: optimistic)"
+    return "cross-fitted (out-of-fold) rad-scores of the training cases"
+
+
+def _threshold_data(cfg) -> str:
+    on = str(sel(cfg, "evaluation.threshold_on", "out_of_fold"))
+    return "out-of-fold" if on == "out_of_fold" else "apparent (in-sample)"
 
 
 def split_comparison(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -272,7 +319,10 @@ _CAL_COLS = [
     "threshold",
     "cal_slope",
     "cal_intercept",
+    "cal_slope_ci_low",
+    "cal_slope_ci_high",
     "hl_chi2",
+    "hl_df",
     "hl_p",
     "brier",
 ]
@@ -293,6 +343,7 @@ def paper_report(
     features: pd.DataFrame | None = None,
     checklist: dict | None = None,
     date: str | None = None,
+    validation: pd.DataFrame | None = None,
 ) -> Path:
     """The ``task=paper`` report: ``out_dir/report.html``.
 
@@ -359,8 +410,28 @@ def paper_report(
         Heading("Net benefit"),
         Captioned(nb, "Net benefit at the configured threshold probabilities"),
         Heading("Paired DeLong tests"),
-        Captioned(_p_cols(tests), "Paired DeLong tests between signatures, per set (unadjusted)"),
+        Captioned(
+            _p_cols(tests),
+            "Paired DeLong tests between signatures on the test set and on the out-of-fold "
+            "training predictions (never on apparent ones): AUC difference with its 95% CI, "
+            "unadjusted p and Holm-adjusted p within each set",
+        ),
     ]
+    results_blocks.insert(0, Html(f"<p class=note>{esc(SETS_NOTE)}</p>"))
+    if validation is not None and len(validation):
+        results_blocks[1:1] = [
+            Heading("Internal validation (bootstrap)"),
+            Captioned(
+                validation,
+                "Optimism-corrected indices (rms::validate): apparent on the training set, "
+                "optimism = mean(bootstrap-sample fit scored on its sample - the same fit scored "
+                "on the training set), corrected = apparent - optimism",
+            ),
+        ]
+    if str(sel(cfg, "model.clinical.method", "stepwise")) == "stepwise" and any(
+        f.kind == "clinical" for f in fits
+    ):
+        results_blocks.append(Html(f"<p class=note>{esc(CLINICAL_CAVEAT)}</p>"))
 
     items = reviewer_checklist(cfg, cohort, split, fits, metrics, cols, features)
     items.update(checklist or {})

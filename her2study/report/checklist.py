@@ -168,12 +168,13 @@ def _epv(fits, y: pd.Series, split: pd.Series) -> str:
 def _thresholds(metrics: pd.DataFrame, cfg) -> str:
     rule = sel(cfg, "evaluation.threshold", "youden")
     if rule == "youden":
-        head = "Youden index on the training set, applied unchanged to the test set"
+        on = str(sel(cfg, "evaluation.threshold_on", "out_of_fold")).replace("_", "-")
+        head = f"Youden index on the {on} training predictions, applied unchanged to the test set"
     else:
         head = f"fixed at {sel(cfg, 'evaluation.fixed_threshold', 0.5)}, the same on both sets"
     if metrics is None or "threshold" not in metrics:
         return head
-    thr = metrics[metrics["set"] == "train"].set_index("signature")["threshold"]
+    thr = metrics[metrics["set"] == "train_apparent"].set_index("signature")["threshold"]
     return head + "\n" + "; ".join(f"{k} {v:.3f}" for k, v in thr.items())
 
 

@@ -16,8 +16,14 @@ from her2study.cohort.source import describe_source
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
+from her2study.results import (
+    evaluate_signatures,
+    overfitting_note,
+    paired_delong,
+    validation_table,
+)
 from her2study.split import split_from_config
-from her2study.study import evaluate_signatures, fit_signatures, paired_delong
+from her2study.study import fit_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
     clinical_columns,
@@ -34,7 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg) -> float:
-    """Run the study; return the best test AUC (a number Hydra sweepers can use)."""
+    """Run the study; return a training-side estimate for sweepers: the best optimism-corrected
+    (else out-of-fold) training AUC among the signatures. Never a test-set number: a sweep that
+    maximised the test AUC would tune on the test set."""
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
     cohort, fs = cohort_and_features(cfg)
@@ -49,7 +57,8 @@ def run(cfg) -> float:
     comparison = compare_with_paper(metrics)
     tests = paired_delong(fits, y, split)
 
-    tables = write_tables(out, fits, metrics, comparison, tests, split, source)
+    validation = validation_table(fits)
+    tables = write_tables(out, fits, metrics, comparison, tests, split, source, validation)
     figures = make_figures(fits, y, split, cfg, source)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=120)
@@ -65,13 +74,18 @@ def run(cfg) -> float:
         figures=figures,
         clinical_columns=clinical_columns(cfg),
         features=fs.table,
+        validation=validation,
     )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
     log.info(f"\nData: {source}; training {n_train}, test {n_test} cases")
+    log.info(to_text(auc_overview(metrics)))
+    for note in overfitting_note(metrics):
+        log.warning(note)
     log.info(to_text(compact_comparison(comparison)))
     log.info(
-        f"(thresholds: Youden on training; full table with the paper's figures: {out}/table3.md)"
+        f"(thresholds: {threshold_words(cfg)}; full table with the paper's figures: "
+        f"{out}/table3.md)"
     )
     log.info(f"report: {report}")
 
@@ -90,11 +104,56 @@ def run(cfg) -> float:
                 f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
                 f"({cfg.tracking.tracking_uri})"
             )
-    test = metrics[metrics["set"] == "test"].set_index("signature")["auc"]
-    return float(test.max()) if len(test) else float("nan")
+    return training_estimate(metrics)
 
 
-def write_tables(out: Path, fits, metrics, comparison, tests, split, source) -> list[Path]:
+def training_estimate(metrics: pd.DataFrame) -> float:
+    """The best optimism-corrected (else out-of-fold) training AUC: what sweepers may use."""
+    for set_name in ("train_corrected", "train_oof"):
+        auc = metrics.loc[metrics["set"] == set_name, "auc"]
+        if auc.notna().any():
+            return float(auc.max())
+    return float("nan")
+
+
+def threshold_words(cfg) -> str:
+    e = cfg.evaluation
+    if str(e.threshold) == "fixed":
+        return f"fixed at {e.fixed_threshold:g}"
+    on = (
+        "out-of-fold training predictions"
+        if str(e.threshold_on) == "out_of_fold"
+        else "apparent (in-sample) training predictions"
+    )
+    return f"Youden on {on}, applied unchanged to test"
+
+
+def auc_overview(metrics: pd.DataFrame) -> pd.DataFrame:
+    """AUC of every signature by kind of estimate, for the terminal and the report."""
+    names = {
+        "train_apparent": "apparent (train)",
+        "train_corrected": "optimism-corrected (train)",
+        "train_oof": "out-of-fold (train)",
+        "test": "test",
+    }
+    rows = []
+    for sig, g in metrics.groupby("signature", sort=False):
+        row = {"signature": sig}
+        for set_name, label in names.items():
+            r = g[g["set"] == set_name]
+            if not len(r):
+                continue
+            r = r.iloc[0]
+            lo, hi = r.get("auc_ci_low", np.nan), r.get("auc_ci_high", np.nan)
+            ci = f" ({lo:.3f}-{hi:.3f})" if pd.notna(lo) and pd.notna(hi) else ""
+            row[label] = f"{r['auc']:.3f}{ci}"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
+
+
+def write_tables(
+    out: Path, fits, metrics, comparison, tests, split, source, validation=None
+) -> list[Path]:
     """CSV (and Markdown, headed by the data source) for every table of the study."""
     paths: list[Path] = []
 
@@ -104,6 +163,9 @@ def write_tables(out: Path, fits, metrics, comparison, tests, split, source) -> 
     save("table3", comparison)
     save("metrics", metrics, md=False)
     save("delong_tests", tests)
+    if validation is not None and len(validation):
+        save("validation", validation)
+    save("auc_by_estimate", auc_overview(metrics))
     save("split", split.rename_axis("case_id").reset_index(), md=False)
     for fit in fits:
         tag = fit.name.replace(" ", "_")
@@ -137,16 +199,25 @@ def make_figures(fits, y, split, cfg, source) -> dict:
     note = source if "SYNTHETIC" in source else None
     figs = {}
     thresholds = np.round(np.arange(0.01, cfg.evaluation.dca_max_threshold + 1e-9, 0.01), 2)
-    for set_name in ("train", "test"):
-        mask = (split == set_name).to_numpy()
-        yy = y[mask].to_numpy()
-        curves = {f.name: (yy, f.prob[mask].to_numpy()) for f in fits}
-        figs[f"roc_{set_name}"] = plot_roc(curves, title=f"ROC, {set_name} set", note=note)
+    train = y.index[split == "train"]
+    test = y.index[split == "test"]
+    sets = {
+        "train_apparent": ("training set, APPARENT (in-sample; optimistic)", train, "prob"),
+        "train_oof": ("training set, out-of-fold", train, "oof"),
+        "test": ("test set", test, "prob"),
+    }
+    for set_name, (title, idx, attr) in sets.items():
+        with_preds = [f for f in fits if getattr(f, attr) is not None]
+        if not with_preds:
+            continue
+        yy = y[idx].to_numpy()
+        curves = {f.name: (yy, getattr(f, attr).loc[idx].to_numpy()) for f in with_preds}
+        figs[f"roc_{set_name}"] = plot_roc(curves, title=f"ROC, {title}", note=note)
         figs[f"calibration_{set_name}"] = plot_calibration(
-            curves, title=f"Calibration, {set_name} set", note=note
+            curves, title=f"Calibration, {title}", note=note
         )
         dca = decision_curve(yy, {k: v[1] for k, v in curves.items()}, thresholds=thresholds)
-        figs[f"dca_{set_name}"] = plot_dca(dca, title=f"Decision curves, {set_name} set", note=note)
+        figs[f"dca_{set_name}"] = plot_dca(dca, title=f"Decision curves, {title}", note=note)
     for fit in fits:
         tag = fit.name.replace(" ", "_")
         d = fit.details
@@ -167,7 +238,10 @@ def make_figures(fits, y, split, cfg, source) -> dict:
             train = d["design"].loc[split.index[split == "train"]]
             ranges = {c: (float(train[c].min()), float(train[c].max())) for c in train.columns}
             figs["nomogram"] = plot_nomogram(
-                fit.model, ranges, title=f"Nomogram ({d['base_signature']} rad-score)", note=note
+                fit.model.combined_,
+                ranges,
+                title=f"Nomogram ({d['base_signature']} rad-score)",
+                note=note,
             )
     return figs
 
