@@ -2,7 +2,7 @@
 
 Signatures: ``Clinic`` (clinical model), ``Intra`` (tumour features), ``IntraPeri <w> mm`` (tumour
 + ring of width w) for each configured ring, and ``Nomogram`` (rad-score of one ring signature +
-the clinical factors, :class:`~her2study.nomogram.NomogramModel`). Every label-dependent step —
+the clinical factors, :class:`~her2study.models.NomogramModel`). Every label-dependent step —
 scaling, correlation and Mann-Whitney filters, LASSO, the model — is a step of one estimator
 fitted on the training cases only; the test cases are only ever predicted.
 
@@ -32,7 +32,7 @@ from her2study.models import (
     pipeline_from_config,
     selected_coefficients,
 )
-from her2study.nomogram import NomogramModel, out_of_fold, stratified_folds
+from her2study.models.nomogram import NomogramModel, out_of_fold, stratified_folds
 from her2study.regions import ring_label, ring_spec
 
 log = logging.getLogger(__name__)

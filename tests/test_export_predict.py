@@ -35,7 +35,7 @@ def make_cfg(*overrides, space=None, searchpath=None):
     extra = [f"hydra.searchpath=[file://{searchpath}]"] if searchpath else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
-            "config", overrides=["search=default", "execution.progress=false", *extra, *overrides]
+            "config", overrides=["execution.progress=false", *extra, *overrides]
         )
     if space is not None:
         cfg.search.space = space

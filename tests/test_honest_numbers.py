@@ -20,7 +20,7 @@ import pytest
 
 from her2study.evaluation import auc_delong, calibration_slope_intercept
 from her2study.models import ClinicalModel, make_pipeline
-from her2study.nomogram import NomogramModel
+from her2study.models.nomogram import NomogramModel
 
 SELECTION = {"corr_threshold": 0.9, "mw_alpha": 0.05, "lasso_cv": 5, "lasso_rule": "min"}
 

@@ -61,7 +61,11 @@ from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's own configs (read only)
+def _packaged_config(group: str, name: str) -> bool:
+    """Whether the package ships ``conf/<group>/<name>.yaml`` (read only; editable or installed)."""
+    from importlib import resources
+
+    return resources.files("her2study.conf").joinpath(group, f"{name}.yaml").is_file()
 
 
 def export_dir(cfg) -> Path:
@@ -184,7 +188,7 @@ def exp_yaml(cfg, cand: Candidate, estimate: dict, origin: dict, final_auc, sour
     ]
     ext = cfg.extractor.name
     defaults: list = [{"override /task": "export"}, {"override /model": str(cand.model)}]
-    if ext and (CONF_DIR / "extractor" / f"{ext}.yaml").is_file():
+    if ext and _packaged_config("extractor", ext):
         defaults.append({"override /extractor": ext})
     if cand.ring_width_mm is None:  # the ring width was not searched: every extracted region
         widths = [float(w) for w in cfg.region.ring_widths_mm]

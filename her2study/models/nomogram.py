@@ -28,7 +28,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from her2study.models import CombinedModel, rad_score
+from her2study.models.clinical import CombinedModel
+from her2study.models.pipeline import rad_score
 
 RAD_SCORE_MODES = ("cross_fitted", "in_sample")
 
