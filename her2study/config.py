@@ -32,6 +32,7 @@ from her2study.choices import (
     ModelName,
     MWCorrection,
     RadScoreMode,
+    RegionKind,
     SplitMethod,
     TaskName,
     ThresholdData,
@@ -112,6 +113,11 @@ class RegionConfig:
     bands_mm: List[List[float]] = field(default_factory=list)  # extra bands [inner, outer]
     fov: Fov = Fov.nonzero  # clip rings to: nonzero (image > 0) | none
     min_coverage: float = 0.8  # warn when a clipped ring keeps less of its full annulus
+    signature_kinds: List[RegionKind] = field(
+        default_factory=lambda: [RegionKind["tumour"], RegionKind["tumour+ring"]]
+    )  # signatures per region kind: tumour | tumour+ring | ring | tumour+band | band
+    ring_exclude_classes: List[str] = field(default_factory=lambda: ["shape2D"])  # feature classes
+    # left out of rings and bands (their shape is the tumour's shape: counted twice otherwise)
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
 
@@ -202,6 +208,8 @@ class EvaluationConfig:
     dca_max_threshold: float = 0.99
     net_benefit_at: List[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
     cv_folds: int = 5  # training-set folds: out-of-fold predictions (thresholds, nomogram)
+    cv_repeats: int = 1  # repeats of the training CV (fold AUCs for comparing margins; >= 5 for a
+    # sweep answered on the training side, task=compare)
     bootstrap_reps: int = 20  # optimism-corrected validation (Harrell); 0 = off
 
 
@@ -233,6 +241,14 @@ class TaskConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``task=compare``: which sweep's runs to compare."""
+
+    sweep_id: Optional[str] = None  # the tag sweep_id of the runs; null = the newest sweep
+    allow_mixed: bool = False  # compare runs of different datasets (tag data_digest) anyway
+
+
+@dataclass
 class Her2StudyConfig:
     """The whole run. ``search`` and ``predict`` exist only in the tasks that use them."""
 
@@ -249,6 +265,7 @@ class Her2StudyConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     search: Optional[SearchConfig] = None  # task=search / export (conf/search/)
     predict: Optional[PredictConfig] = None  # task=predict
+    compare: Optional[CompareConfig] = None  # task=compare
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

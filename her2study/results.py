@@ -85,10 +85,29 @@ def evaluate_signatures(fits, y: pd.Series, split: pd.Series, cfg) -> pd.DataFra
             m["threshold_on"] = str(ecfg.threshold_on) if str(ecfg.threshold) != "fixed" else "-"
             if set_name == "train_apparent":
                 _warn_separation(fit, m)
+            if set_name == "train_oof":
+                m.update(_cv_interval(fit))
             rows.append({"set": set_name, "signature": fit.name, **m})
             if set_name == "train_apparent" and fit.validation is not None:
                 rows.append(_corrected_row(fit, len(yy)))
     return pd.DataFrame(rows)
+
+
+def _cv_interval(fit) -> dict:
+    """Mean fold AUC of the training CV with the corrected resampled t interval."""
+    from her2study.evaluation.resampling import corrected_t_interval
+
+    cv = fit.details.get("cv_folds")
+    if cv is None or not len(cv):
+        return {}
+    ci = corrected_t_interval(cv["auc"], int(cv["n_train"].mean()), int(cv["n_test"].mean()))
+    return {
+        "cv_auc": ci["mean"],
+        "cv_auc_ci_low": ci["ci_low"],
+        "cv_auc_ci_high": ci["ci_high"],
+        "cv_n_folds": ci["n_folds"],
+        "cv_ci_method": ci["ci_method"],
+    }
 
 
 def _corrected_row(fit, n: int) -> dict:

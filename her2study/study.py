@@ -33,7 +33,7 @@ from her2study.models import (
     selected_coefficients,
 )
 from her2study.models.nomogram import NomogramModel, out_of_fold, stratified_folds
-from her2study.regions import ring_label, ring_spec
+from her2study.regions import band_spec, ring_label, ring_spec
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +156,27 @@ def fit_signatures(
     split: pd.Series,
     ring_widths_mm: list[float],
     cfg,
+    bands_mm=(),
 ) -> list[SignatureFit]:
     """Fit the paper's signatures on the training cases; predict every case; out-of-fold
-    training predictions on shared folds; optimism-corrected validation when configured."""
+    training predictions on shared folds; optimism-corrected validation when configured.
+
+    Signatures per region kind (``region.signature_kinds``): ``tumour`` (Intra), ``tumour+ring``
+    (IntraPeri w mm, the paper's), ``ring`` (Peri w mm), ``tumour+band`` (IntraBand a-b mm) and
+    ``band`` (Band a-b mm). Feature classes in ``region.ring_exclude_classes`` (shape2D by
+    default: a ring's shape is the tumour's shape again) are left out of ring and band regions.
+    """
     train = split.index[split == "train"]
     ytr = y.loc[train]
     check_class_sizes(ytr, cfg)
     fits: list[SignatureFit] = []
     seed = int(cfg.seed)
     n_jobs = int(cfg.execution.n_jobs)
-    folds = stratified_folds(ytr, int(cfg.evaluation.cv_folds), seed)
+    k = int(cfg.evaluation.cv_folds)
+    folds = stratified_folds(ytr, k, seed)
+    repeats = [folds] + [
+        stratified_folds(ytr, k, seed + r) for r in range(1, int(cfg.evaluation.cv_repeats))
+    ]
 
     features, icc_table = icc_filter(features, train, cfg.selection)
 
@@ -176,7 +187,9 @@ def fit_signatures(
             cm = clone_fit(est, clinical.loc[train], ytr)
         prob = pd.Series(cm.predict_proba(clinical)[:, 1], index=clinical.index)
         oof, _ = out_of_fold(est, clinical.loc[train], ytr, folds)
+        cv = cv_folds_table(est, clinical.loc[train], ytr, repeats, oof, n_jobs)
         details = {
+            "cv_folds": cv,
             "multivariable": cm.multivariable_table_,
             "method": str(cfg.model.clinical.method),
         }
@@ -196,11 +209,21 @@ def fit_signatures(
             )
         )
 
-    groups = {"Intra": ["intra"]}
-    for w in ring_widths_mm:
-        groups[ring_label(w)] = ["intra", ring_spec(w).name]
-    for name, regions in groups.items():
-        cols = [c for c in features.columns if c.split("_", 1)[0] in regions]
+    groups = signature_groups(cfg, ring_widths_mm, bands_mm)
+    outside = {g for _, regions in groups.values() for g in regions if g != "intra"}
+    dropped = [c for c in features.columns if _excluded(c, outside, cfg)]
+    if dropped:
+        log.info(
+            "left out of ring/band regions: %d %s feature columns (region.ring_exclude_classes)",
+            len(dropped),
+            "/".join(map(str, cfg.region.ring_exclude_classes)),
+        )
+    for name, (kind, regions) in groups.items():
+        cols = [
+            c
+            for c in features.columns
+            if c.split("_", 1)[0] in regions and not _excluded(c, outside, cfg)
+        ]
         if not cols:
             log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
             continue
@@ -208,6 +231,7 @@ def fit_signatures(
         pipe = clone_fit(est, features.loc[train, cols], ytr)
         prob = pd.Series(pipe.predict_proba(features[cols])[:, 1], index=features.index)
         oof, score = out_of_fold(est, features.loc[train, cols], ytr, folds, n_jobs=n_jobs)
+        cv = cv_folds_table(est, features.loc[train, cols], ytr, repeats, oof, n_jobs)
         fit = SignatureFit(
             name,
             "radiomics",
@@ -221,12 +245,14 @@ def fit_signatures(
             inputs=features[cols],
         )
         fit.details["oof_rad_score"] = score
+        fit.details["cv_folds"] = cv
+        fit.details["region_kind"] = kind
         if len(icc_table):
             fit.details["icc"] = icc_table[icc_table.index.str.split("_", n=1).str[0].isin(regions)]
         log.info("%s: %d features selected of %d", name, len(fit.coefficients), len(cols))
         fits.append(fit)
 
-    rings = [f for f in fits if f.name.startswith("IntraPeri")]
+    rings = [f for f in fits if f.details.get("region_kind") == "tumour+ring"]
     clinic = next((f for f in fits if f.kind == "clinical"), None)
     if rings and clinic is not None:
         fits.append(_fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg))
@@ -235,6 +261,49 @@ def fit_signatures(
     if int(cfg.evaluation.bootstrap_reps) > 0:
         validate_fits(fits, ytr, train, cfg)
     return fits
+
+
+def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, list[str]]]:
+    """Signature name -> (region kind, regions) for the configured kinds, widths and bands."""
+    kinds = [str(k) for k in cfg.region.signature_kinds]
+    groups: dict[str, tuple[str, list[str]]] = {}
+    if "tumour" in kinds:
+        groups["Intra"] = ("tumour", ["intra"])
+    for w in ring_widths_mm:
+        ring = ring_spec(w).name
+        if "tumour+ring" in kinds:
+            groups[ring_label(w)] = ("tumour+ring", ["intra", ring])
+        if "ring" in kinds:
+            groups[f"Peri {float(w):g} mm"] = ("ring", [ring])
+    for a, b in bands_mm:
+        band = band_spec(float(a), float(b)).name
+        label = f"{float(a):g}-{float(b):g} mm"
+        if "tumour+band" in kinds:
+            groups[f"IntraBand {label}"] = ("tumour+band", ["intra", band])
+        if "band" in kinds:
+            groups[f"Band {label}"] = ("band", [band])
+    return groups
+
+
+def _excluded(column: str, outside: set[str], cfg) -> bool:
+    """A ring/band column of an excluded feature class (e.g. ``peri1mm_original_shape2D_*``)."""
+    region = column.split("_", 1)[0]
+    if region not in outside:
+        return False
+    return any(f"_{cls}_" in column for cls in cfg.region.ring_exclude_classes)
+
+
+def cv_folds_table(estimator, X, y, repeats, oof_first, n_jobs: int = 1) -> pd.DataFrame:
+    """AUC of every (repeat, fold) of repeated stratified CV (repeat 0 = the shared folds, from
+    the out-of-fold predictions already made): what the margin comparison is made on."""
+    rows = []
+    for r, folds in enumerate(repeats):
+        prob = oof_first if r == 0 else out_of_fold(estimator, X, y, folds, n_jobs=n_jobs)[0]
+        for f, (tr, te) in enumerate(folds):
+            yy = y.iloc[te].to_numpy()
+            auc = auc_delong(yy, prob.iloc[te].to_numpy()).auc if len(set(yy)) == 2 else np.nan
+            rows.append({"repeat": r, "fold": f, "auc": auc, "n_train": len(tr), "n_test": len(te)})
+    return pd.DataFrame(rows)
 
 
 def clone_fit(estimator, X, y):
@@ -288,10 +357,11 @@ def _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg) -> 
         nom.fit(X.loc[train], ytr, oof_rad_score=oof_score if mode == "cross_fitted" else None)
     prob = pd.Series(nom.predict_proba(X)[:, 1], index=X.index)
     oof = _nomogram_oof(nom, X.loc[train], ytr, oof_score, folds)
+    cv = cv_folds_table(None, X.loc[train], ytr, [folds], oof)
     design = nom.design(X)
     design.loc[train, "rad_score"] = nom.design_["rad_score"]  # what the combined model saw
     combined = nom.combined_
-    details = {"base_signature": base.name, "rad_score": mode, "design": design}
+    details = {"base_signature": base.name, "rad_score": mode, "design": design, "cv_folds": cv}
     for attr in ("vif_", "table_", "coef_table_"):
         if hasattr(combined, attr):
             details[attr.rstrip("_")] = getattr(combined, attr)

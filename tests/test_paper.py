@@ -60,9 +60,11 @@ def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F
     )
     metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
     assert metrics["IntraPeri_1_mm.test.auc"] == pytest.approx(row_auc(table3), abs=5e-4)
-    assert {"Nomogram.test.hl_p", "Intra.train.brier", "Clinic.test.net_benefit_0.5"} <= set(
-        metrics
-    )
+    assert {
+        "Nomogram.test.hl_p",
+        "Intra.train_apparent.brier",
+        "Clinic.test.net_benefit_0.5",
+    } <= set(metrics)
     ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
     assert ptags["data_source"] == "synthetic" and ptags["git_commit"]
     params = {p["key"]: p["value"] for p in parent["data"]["params"]}
@@ -98,9 +100,25 @@ def test_margin_sweep_and_compare(tmp_path):
     jobs = sorted((tmp_path / "multirun" / "sweep").glob("*/*/table3.csv"))
     assert len(jobs) == 3
     res = run_cli(["task=compare", "study=sweep", f"tracking.tracking_uri={store}"], tmp_path)
-    assert "Data: SYNTHETIC" in res.stdout
-    table = pd.read_csv(next((tmp_path / "outputs" / "sweep").glob("*/margins.csv")))
-    assert sorted(table["ring_width_mm"]) == [0.5, 1.0, 3.0]
+    assert "Data: SYNTHETIC" in res.stdout and "descriptive only" in res.stdout
+    out = next((tmp_path / "outputs" / "sweep").glob("*/margins.csv")).parent
+    table = pd.read_csv(out / "margins.csv")
+    assert list(table.columns) == [
+        "region",
+        "kind",
+        "width_mm",
+        "cv_auc",
+        "cv_auc_ci_low",
+        "cv_auc_ci_high",
+        "test_auc",
+    ]
+    assert list(table["region"]) == ["intra", "intra+ring0.5mm", "intra+ring1mm", "intra+ring3mm"]
+    assert list(table["kind"]) == ["tumour"] + ["tumour+ring"] * 3
+    assert list(table["width_mm"]) == [0.0, 0.5, 1.0, 3.0]
+    assert (table["cv_auc_ci_low"] < table["cv_auc"]).all()
+    assert (table["cv_auc"] < table["cv_auc_ci_high"]).all()
     assert table["test_auc"].between(0, 1).all()
-    assert (table["test_auc_ci_low"] <= table["test_auc"]).all()
-    assert next((tmp_path / "outputs" / "sweep").glob("*/margins.png")).stat().st_size > 10_000
+    paired = pd.read_csv(out / "margins_paired.csv")
+    assert sorted(paired["region"]) == ["intra+ring0.5mm", "intra+ring1mm", "intra+ring3mm"]
+    assert (paired["ci_low"] <= paired["cv_auc_diff"]).all() and paired["p"].between(0, 1).all()
+    assert (out / "margins.png").stat().st_size > 10_000

@@ -463,23 +463,32 @@ def compare_report(
     synthetic: bool,
     experiment: str,
     date: str | None = None,
+    paired: pd.DataFrame | None = None,
+    note: str | None = None,
 ) -> Path:
     """The ``task=compare`` report (AUC against ring width across runs): ``out_dir/report.html``."""
-    widths = sorted(table["ring_width_mm"].unique()) if "ring_width_mm" in table else []
-    runs = table["run_id"].nunique() if "run_id" in table else len(table)
+    widths = sorted(w for w in table.get("width_mm", []) if w > 0)
     intro = (
-        f"{runs} paper run(s) of MLflow experiment '{experiment}', ring widths "
-        f"{', '.join(f'{w:g}' for w in widths) or '-'} mm. Each point is the tumour + ring "
-        "signature of one run, fitted on that run's training set and scored on its test set; "
-        "the paper's 1 mm and 2 mm results are shown beside them."
+        f"Region choices of one sweep of MLflow experiment '{experiment}' (outer edges "
+        f"{', '.join(f'{w:g}' for w in widths) or '-'} mm, tumour only included). The comparison "
+        "is made on the training cases: repeated stratified cross-validation of the whole "
+        "pipeline, the same folds for every region choice, fold AUCs with the corrected "
+        "resampled t interval (Nadeau & Bengio). The test-set AUC is shown for description "
+        "only: one small test set cannot rank margins, and choosing on it tunes on the test set."
     )
-    shown = table.drop(columns=[c for c in ("data_synthetic",) if c in table.columns])
+    results = [Captioned(table, "Training-side CV AUC (95% CI) and descriptive test AUC")]
+    if paired is not None and len(paired):
+        results.append(
+            Captioned(paired, "Each region choice minus tumour only, paired on the same folds")
+        )
+    if note:
+        results.append(note)
     sections = [
         Section("Design", [intro]),
-        Section("Results", [Captioned(shown, "AUC (95% CI) per run and ring width")]),
+        Section("Results", results),
         Section(
             "Figures",
-            [Captioned(figure, "Training and test AUC against ring width, paper beside")]
+            [Captioned(figure, "Training CV AUC against region width; test AUC and the paper's")]
             if figure is not None
             else ["No figure."],
         ),

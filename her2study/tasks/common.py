@@ -124,11 +124,29 @@ def run_tags(task: str, cfg, cohort, **extra) -> dict:
 
     return {
         "task": task,
-        "data_source": "synthetic" if cohort.synthetic else cfg.data.source,
+        "data_source": "synthetic" if cohort.synthetic else str(cfg.data.source),
         "her2study_version": __version__,
         "git_commit": code_version(),
+        "sweep_id": sweep_id(cfg),
         **extra,
     }
+
+
+def sweep_id(cfg) -> str:
+    """The sweep a run belongs to: ``<study>/<multirun folder>`` for a Hydra ``-m`` job, else
+    ``<study>/run:<run folder>`` (a single run is a sweep of one); task=compare groups by it."""
+    from pathlib import Path
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return f"{cfg.study}/interactive"
+    if hc.mode == RunMode.MULTIRUN:
+        return f"{cfg.study}/{Path(hc.sweep.dir).name}"
+    return f"{cfg.study}/run:{Path(hc.runtime.output_dir).name}"
 
 
 def log_run_config(tracker, cfg, cohort, n_cases: int) -> None:

@@ -61,6 +61,7 @@ from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
+
 def _packaged_config(group: str, name: str) -> bool:
     """Whether the package ships ``conf/<group>/<name>.yaml`` (read only; editable or installed)."""
     from importlib import resources

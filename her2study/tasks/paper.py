@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from her2study.cohort.source import describe_source
+from her2study.digest import canonical_digest
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
@@ -29,6 +30,7 @@ from her2study.tasks.common import (
     clinical_columns,
     cohort_and_features,
     extraction_settings,
+    extractor_params,
     log_run_config,
     output_dir,
     run_tags,
@@ -52,7 +54,8 @@ def run(cfg) -> float:
     split = split_from_config(cohort.table, cfg.split, cohort.label_column, int(cfg.seed))
     widths = [float(w) for w in cfg.region.ring_widths_mm]
     clinical = cohort.table[clinical_columns(cfg)]
-    fits = fit_signatures(fs.table, clinical, y, split, widths, cfg)
+    bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
+    fits = fit_signatures(fs.table, clinical, y, split, widths, cfg, bands)
     metrics = evaluate_signatures(fits, y, split, cfg)
     comparison = compare_with_paper(metrics)
     tests = paired_delong(fits, y, split)
@@ -89,7 +92,13 @@ def run(cfg) -> float:
     )
     log.info(f"report: {report}")
 
-    tags = run_tags("paper", cfg, cohort)
+    tags = run_tags(
+        "paper",
+        cfg,
+        cohort,
+        data_digest=data_digest(y, split),
+        extractor_digest=canonical_digest(extractor_params(cfg))[:16],
+    )
     run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
     with Tracker(
         cfg.tracking.tracking_uri,
@@ -105,6 +114,29 @@ def run(cfg) -> float:
                 f"({cfg.tracking.tracking_uri})"
             )
     return training_estimate(metrics)
+
+
+def data_digest(y: pd.Series, split: pd.Series) -> str:
+    """SHA-256 (16 hex) of the cohort a run used: case ids, labels and split (ids only hashed);
+    the runs of one margin sweep share it, whatever regions they extracted."""
+    ids, labels = list(map(str, y.index)), [int(v) for v in y]
+    rows = sorted(zip(ids, labels, split.loc[y.index].astype(str).tolist(), strict=True))
+    return canonical_digest(rows)[:16]
+
+
+def cv_fold_table(fits) -> pd.DataFrame:
+    """AUC per signature, repeat and fold of the training CV (``cv_folds.csv``; task=compare
+    pairs these across the runs of a sweep, which share their folds)."""
+    parts = []
+    for fit in fits:
+        cv = fit.details.get("cv_folds")
+        if cv is not None and len(cv):
+            kind = fit.details.get("region_kind", fit.kind)
+            parts.append(cv.assign(signature=fit.name, region_kind=kind))
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    return df[["signature", "region_kind", "repeat", "fold", "n_train", "n_test", "auc"]]
 
 
 def training_estimate(metrics: pd.DataFrame) -> float:
@@ -166,6 +198,9 @@ def write_tables(
     if validation is not None and len(validation):
         save("validation", validation)
     save("auc_by_estimate", auc_overview(metrics))
+    folds = cv_fold_table(fits)
+    if len(folds):
+        save("cv_folds", folds, md=False)
     save("split", split.rename_axis("case_id").reset_index(), md=False)
     for fit in fits:
         tag = fit.name.replace(" ", "_")
