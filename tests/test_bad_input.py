@@ -101,6 +101,11 @@ def ring_too_thin(make_cohort, tmp_path):
     return ["task=extract", "data=manifest", f"data.manifest={m}", "region.ring_widths_mm=[0.05]"]
 
 
+def semicolon_manifest(make_cohort, tmp_path):
+    m = make_cohort(n=6, extra=_break("semicolons")).parent / "semicolons.csv"
+    return ["+exp=paper", "data=manifest", f"data.manifest={m}", "data.clinical_columns=[age]"]
+
+
 def unknown_data_source(make_cohort, tmp_path):
     return ["task=extract", "data.source=pacs"]
 
@@ -125,6 +130,11 @@ BAD = [
     ("NaN clinical", manifest_case("clinical_nan"), "'age' is missing (NaN)", 2),
     ("text clinical", manifest_case("clinical_text"), "not numeric ('fifty')", 2),
     ("bad split value", manifest_case("bad_split"), "not train/test", 2),
+    ("header-only manifest", manifest_case("no_rows"), "manifest.csv has no cases", 2),
+    ("spacing decimal comma", manifest_case("decimal_comma"), "use a dot", 2),
+    ("spacing zero", manifest_case("zero_spacing"), "spacing must be > 0 mm", 2),
+    ("spacing negative", manifest_case("negative_spacing"), "spacing must be > 0 mm", 2),
+    ("semicolon manifest", semicolon_manifest, "delimited by semicolons", 2),
     (
         "clinical column absent",
         features_case(lambda t: t.drop(columns=["age"])),
