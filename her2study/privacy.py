@@ -12,7 +12,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["looks_identifying", "pseudonymise"]
+__all__ = ["looks_identifying", "pseudonymise", "salt_override", "salt_problem"]
+
+SALT_ENV = "HER2STUDY_SALT"
+SALT_KEY = "data.pseudonym_salt"
+SALT_FIX = (
+    f"a salt given as {SALT_KEY}=... is written in plain text to the run's .hydra/*.yaml and the "
+    f"shell history: drop that override and export {SALT_ENV}=... instead"
+)
 
 _MRN = re.compile(r"^[A-Za-z]{0,4}[-_ ]?\d{6,}$")
 _SSN = re.compile(r"^\d{3}-\d{2}-\d{4}$")
@@ -69,3 +76,31 @@ def pseudonymise(ids: Iterable[Any], salt: str) -> dict[str, str]:
         codes[code] = key
         out[key] = code
     return out
+
+
+def salt_override(overrides) -> bool:
+    """Whether Hydra overrides (``key=value`` strings) set the salt to a value (``null``: no)."""
+    for arg in overrides or ():
+        key, sep, value = str(arg).partition("=")
+        if sep and key.lstrip("+~").strip() == SALT_KEY and value.strip() not in ("", "null"):
+            return True
+    return False
+
+
+def salt_problem(salt, overrides=()) -> str | None:
+    """Why the configured salt cannot be used, or None: it must come from ``HER2STUDY_SALT``.
+
+    A salt on the command line (``overrides``) or in a config file is a secret in plain text.
+    The message never contains the salt.
+    """
+    import os
+
+    if salt_override(overrides):
+        return f"refusing {SALT_KEY} on the command line: {SALT_FIX}"
+    if salt is not None and str(salt) != os.environ.get(SALT_ENV):
+        return (
+            f"{SALT_KEY} is set in a config file or an override, not from the environment: a "
+            f"secret salt must not be stored in plain text; remove it there and export "
+            f"{SALT_ENV}=... instead"
+        )
+    return None

@@ -114,6 +114,10 @@ def unknown_split(make_cohort, tmp_path):
     return [*features_file(tmp_path), "split.method=column"]
 
 
+def salt_in_config(make_cohort, tmp_path):
+    return [*features_file(tmp_path), "data.pseudonymise=true", "data.pseudonym_salt=s3cret"]
+
+
 BAD = [
     # (name, setup, expected fragment, exit code)
     ("missing file", manifest_case("missing_file"), "file not found", 2),
@@ -154,6 +158,7 @@ BAD = [
     ("ring thinner than a pixel", ring_too_thin, "use a wider ring", 2),
     ("unknown data source", unknown_data_source, "unknown data.source 'pacs'", 2),
     ("split column missing", unknown_split, "needs a 'split' column", 2),
+    ("salt not from the environment", salt_in_config, "export HER2STUDY_SALT=... instead", 2),
 ]
 
 
