@@ -34,6 +34,7 @@ def run(cfg: DictConfig) -> int:
     _STARTED = True
     logging.captureWarnings(True)  # library warnings go to the run's log, not the terminal
     try:
+        _refuse_plain_salt(cfg)
         get_method(cfg.task._target_)(cfg)
     except Her2StudyError as err:
         log.error("%s", err)
@@ -50,6 +51,47 @@ def run(cfg: DictConfig) -> int:
         )
         return 3
     return 0
+
+
+def _refuse_plain_salt(cfg: DictConfig) -> None:
+    """A salt that is not from ``HER2STUDY_SALT`` stops the run before any work; when Hydra
+    already wrote it to ``.hydra/*.yaml`` (an override that did not go through :func:`main`),
+    those copies are redacted first."""
+    from her2study.errors import ConfigError
+    from her2study.privacy import salt_problem
+
+    salt = cfg.data.get("pseudonym_salt") if cfg.get("data") is not None else None
+    overrides: list[str] = []
+    hydra_dir = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        if hc.output_subdir is not None:
+            from pathlib import Path
+
+            hydra_dir = Path(hc.runtime.output_dir) / hc.output_subdir
+    except ValueError:  # not inside a Hydra job (tests compose the config themselves)
+        pass
+    problem = salt_problem(salt, overrides)
+    if problem is None:
+        return
+    if salt and hydra_dir is not None and hydra_dir.is_dir():
+        for path in hydra_dir.glob("*.yaml"):
+            text = path.read_text(encoding="utf-8")
+            if str(salt) in text:
+                path.write_text(text.replace(str(salt), "***"), encoding="utf-8")
+    raise ConfigError(problem)
+
+
+def _salt_on_command_line(argv: list[str]) -> str | None:
+    """The salt as an override: refused before Hydra writes ``.hydra/overrides.yaml``."""
+    from her2study.privacy import SALT_FIX, SALT_KEY, salt_override
+
+    if salt_override(a for a in argv if not a.startswith("-")):
+        return f"refusing {SALT_KEY} on the command line: {SALT_FIX}"
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://her2study.conf", config_name="config")
@@ -94,7 +136,7 @@ def _task_settings_problem(argv: list[str]) -> str | None:
 def main() -> None:
     """Hydra exits 1 on a config it cannot compose; a bad config is a user error: exit 2."""
     warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main")
-    problem = _task_settings_problem(sys.argv[1:])
+    problem = _salt_on_command_line(sys.argv[1:]) or _task_settings_problem(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -101,12 +101,17 @@ def ring_too_thin(make_cohort, tmp_path):
     return ["task=extract", "data=manifest", f"data.manifest={m}", "region.ring_widths_mm=[0.05]"]
 
 
-def unknown_data_source(make_cohort, tmp_path):
-    return ["task=extract", "data.source=pacs"]
+def semicolon_manifest(make_cohort, tmp_path):
+    m = make_cohort(n=6, extra=_break("semicolons")).parent / "semicolons.csv"
+    return ["+exp=paper", "data=manifest", f"data.manifest={m}", "data.clinical_columns=[age]"]
 
 
 def unknown_split(make_cohort, tmp_path):
     return [*features_file(tmp_path), "split.method=column"]
+
+
+def salt_in_config(make_cohort, tmp_path):
+    return [*features_file(tmp_path), "data.pseudonymise=true", "data.pseudonym_salt=s3cret"]
 
 
 BAD = [
@@ -125,6 +130,11 @@ BAD = [
     ("NaN clinical", manifest_case("clinical_nan"), "'age' is missing (NaN)", 2),
     ("text clinical", manifest_case("clinical_text"), "not numeric ('fifty')", 2),
     ("bad split value", manifest_case("bad_split"), "not train/test", 2),
+    ("header-only manifest", manifest_case("no_rows"), "manifest.csv has no cases", 2),
+    ("spacing decimal comma", manifest_case("decimal_comma"), "use a dot", 2),
+    ("spacing zero", manifest_case("zero_spacing"), "spacing must be > 0 mm", 2),
+    ("spacing negative", manifest_case("negative_spacing"), "spacing must be > 0 mm", 2),
+    ("semicolon manifest", semicolon_manifest, "delimited by semicolons", 2),
     (
         "clinical column absent",
         features_case(lambda t: t.drop(columns=["age"])),
@@ -142,8 +152,8 @@ BAD = [
     ("unreachable MLflow", unreachable_mlflow, "127.0.0.1", 2),
     ("class too small for folds", too_few_for_folds, "needs at least 10 per class", 2),
     ("ring thinner than a pixel", ring_too_thin, "use a wider ring", 2),
-    ("unknown data source", unknown_data_source, "unknown data.source 'pacs'", 2),
     ("split column missing", unknown_split, "needs a 'split' column", 2),
+    ("salt not from the environment", salt_in_config, "export HER2STUDY_SALT=... instead", 2),
 ]
 
 
@@ -184,6 +194,17 @@ def test_config_typo_names_the_key(compose):
     with pytest.raises(ConfigCompositionException) as info:
         compose("selection.corr_treshold=0.8")
     assert "corr_treshold" in str(info.value.__cause__ or info.value)
+
+
+def test_unknown_data_source_fails_at_compose_time(compose):
+    """data.source is an enum in the schema: a typo stops composition, naming the choices
+    (``python -m her2study`` maps that to exit 2)."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose("task=extract", "data.source=pacs")
+    text = str(info.value.__cause__ or info.value)
+    assert "'pacs'" in text and "synthetic, manifest, features" in text
 
 
 HANDLED = [

@@ -64,6 +64,15 @@ def _break(kind):
             df.loc[1, "age"] = "fifty"
         elif kind == "bad_split":
             df["split"] = ["train", "test", "validation", "train", "test", "train"]
+        elif kind == "no_rows":
+            df = df.iloc[0:0]
+        elif kind in ("decimal_comma", "zero_spacing", "negative_spacing"):
+            value = {"decimal_comma": "0,2", "zero_spacing": "0", "negative_spacing": "-0.2"}
+            df["spacing_x_mm"] = ["0.2"] * len(df)
+            df["spacing_y_mm"] = ["0.2"] * len(df)
+            df.loc[1, "spacing_x_mm"] = value[kind]
+        elif kind == "semicolons":
+            df.to_csv(root / "semicolons.csv", sep=";", index=False)
         return df
 
     return edit
@@ -84,6 +93,10 @@ BAD_INPUTS = [
     ("clinical_nan", "C001", "'age' is missing"),
     ("clinical_text", "C001", "not numeric"),
     ("bad_split", "C002", "not train/test"),
+    ("no_rows", "", "has no cases"),
+    ("decimal_comma", "C001", "use a dot as the decimal separator (0.2)"),
+    ("zero_spacing", "C001", "spacing must be > 0 mm"),
+    ("negative_spacing", "C001", "spacing must be > 0 mm"),
 ]
 
 
@@ -317,3 +330,12 @@ def test_ignored_columns_are_not_read(make_cohort):
     cohort = load_cohort(manifest, ignore_columns=("mask_reader2", "split"))
     assert cohort.ids == ["C000", "C001", "C002", "C003"]
     assert all(c.mask_reader2 is None and c.split is None for c in cohort.cases)
+
+
+def test_semicolon_manifest_names_the_delimiter(make_cohort):
+    manifest = make_cohort(n=6, extra=_break("semicolons")).parent / "semicolons.csv"
+    with pytest.raises(CohortError) as info:
+        load_cohort(manifest, clinical_columns=["age"])
+    text = str(info.value)
+    assert "delimited by semicolons (';')" in text and "comma-separated" in text
+    assert len(info.value.problems) == 1

@@ -79,3 +79,47 @@ def test_identifying_ids_warn_without_printing_them(
         assert run(cfg) == 0
     assert "3 case id(s) look like patient names" in caplog.text
     assert "Doe" not in caplog.text and "1234567" not in caplog.text
+
+
+IDENTIFYING = [
+    "DOE_JANE",
+    "doe.jane",
+    "jane doe",
+    "Jane Doe",
+    "Smith_1970-01-01",
+    "smith 01.01.1970",
+    "12345",
+    "MRN12345",
+    "MRN 12345",
+    "Müller Anna",
+    "MÜLLER_ANNA",
+    "müller-anna",
+    "Øyvind Ås",
+    "José García",
+    "O'Brien, Mary",
+    "Doe^Jane",
+]
+PSEUDONYMOUS = [
+    "C001",
+    "P0123",
+    "case_17",
+    "HER2-045",
+    "HER2_POS_03",
+    "SYN0001",
+    "B12345",
+    "00017",
+    "lesion-7",
+    "anon-3f2a9c1b0d4e",
+    "anon-abcdefabcdef",
+    "P17",
+    "ab12",
+    "A",
+    "case 2",
+]
+
+
+def test_looks_identifying_flags_names_dates_and_mrns_but_not_codes():
+    from her2study.privacy import looks_identifying
+
+    assert looks_identifying(IDENTIFYING) == IDENTIFYING
+    assert looks_identifying(PSEUDONYMOUS) == []

@@ -185,9 +185,75 @@ def check_table(
     return problems
 
 
+def _check_shape(df: pd.DataFrame, file: str) -> Problem | None:
+    """A manifest read as one column because of another delimiter, or with no rows."""
+    if len(df.columns) == 1:
+        header = str(df.columns[0])
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+            if sep in header:
+                return Problem(
+                    "",
+                    file,
+                    f"the manifest {file} is delimited by {name} ({sep!r}), not commas: "
+                    f"it reads as one column {header[:60]!r}",
+                    "save it as comma-separated CSV (in a spreadsheet: CSV UTF-8, comma; "
+                    "decimals with a dot)",
+                )
+    if len(df) == 0:
+        return Problem(
+            "",
+            file,
+            f"the manifest {file} has no cases (only a header line)",
+            "add one row per lesion below the header",
+        )
+    return None
+
+
+SPACING_COLUMNS = ("spacing_x_mm", "spacing_y_mm")
+
+
+def _check_spacing(df: pd.DataFrame, case_column: str, file: str) -> list[Problem]:
+    """Pixel spacing columns: numbers with a dot, greater than 0 mm (empty: from the header)."""
+    problems = []
+    for col in SPACING_COLUMNS:
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        for i in df.index:
+            raw = df.at[i, col]
+            if pd.isna(raw) or (isinstance(raw, str) and not raw.strip()):
+                continue
+            case = str(df.at[i, case_column]).strip()
+            value = values.at[i]
+            if pd.isna(value):
+                comma = isinstance(raw, str) and "," in raw
+                problems.append(
+                    Problem(
+                        case,
+                        file,
+                        f"spacing column '{col}' is {raw!r}, not a number"
+                        + (" (decimal comma)" if comma else ""),
+                        f"use a dot as the decimal separator ({str(raw).replace(',', '.')})"
+                        if comma
+                        else "give the pixel spacing in mm as a number > 0 (e.g. 0.2)",
+                    )
+                )
+            elif not np.isfinite(value) or value <= 0:
+                problems.append(
+                    Problem(
+                        case,
+                        file,
+                        f"spacing column '{col}' is {raw!r}",
+                        "spacing must be > 0 mm: give the pixel size in mm (e.g. 0.2), or "
+                        "leave it empty to use the image header",
+                    )
+                )
+    return problems
+
+
 def _row_spacing(row: pd.Series, spacing_mm: float | None) -> tuple[float, float] | None:
-    sx, sy = row.get("spacing_x_mm"), row.get("spacing_y_mm")
-    if sx is not None and sy is not None and pd.notna(sx) and pd.notna(sy):
+    sx, sy = (pd.to_numeric(row.get(c), errors="coerce") for c in SPACING_COLUMNS)
+    if pd.notna(sx) and pd.notna(sy) and sx > 0 and sy > 0:  # bad values: _check_spacing
         return float(sx), float(sy)
     if spacing_mm is not None:
         return float(spacing_mm), float(spacing_mm)
@@ -280,6 +346,9 @@ def load_cohort(
             [Problem("", file, f"cannot read the CSV ({exc})", "save it as UTF-8 CSV")], file
         ) from None
     df = df.drop(columns=[c for c in ignore_columns if c in df.columns])
+    shape_problem = _check_shape(df, file)
+    if shape_problem is not None:
+        raise CohortError([shape_problem], str(manifest))
     clinical = list(clinical_columns)
     problems = check_table(df, file, case_column, label_column, clinical, require_labels)
     missing = [c for c in REQUIRED if c not in df.columns]
@@ -290,6 +359,7 @@ def load_cohort(
     if any(p.message.startswith("missing column") for p in problems):
         raise CohortError(problems, str(manifest))
 
+    problems += _check_spacing(df, case_column, file)
     root = manifest.parent
     cases = []
     for _, row in df.iterrows():

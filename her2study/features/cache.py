@@ -3,14 +3,19 @@
 The key hashes everything the value depends on (image and mask bytes, spacing, region, extractor
 settings, pyradiomics version); entries are written to a temporary file and renamed into place,
 so a killed run leaves either a whole entry or none, and a rerun redoes only what is missing.
+Every entry carries a checksum of its content: a damaged or edited entry is reported and redone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -33,25 +38,62 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-class FeatureCache:
-    """Feature vectors stored as one JSON file per key under ``root/features/``."""
+def content_checksum(value) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys; NaN spelled as JSON does)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def __init__(self, root: str | Path):
+
+class FeatureCache:
+    """Feature vectors stored as one JSON file per key under ``root/features/``.
+
+    Each file holds ``{"sha256": <checksum of value>, "value": value}``. An entry that cannot be
+    read, is emptied (``{}``), has no checksum or one that does not match its content (a partial
+    write by another tool, bit rot, a hand edit) is reported in :attr:`problems` (and logged),
+    deleted and treated as absent, so it is recomputed.
+    """
+
+    def __init__(self, root: str | Path, log_problems: bool = True):
         self.root = Path(root) / "features"
+        self.problems: list[str] = []  # one line per discarded entry, naming its file
+        self.log_problems = log_problems  # False: the caller logs :attr:`problems` itself
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
+    def entry_name(self, key: str) -> str:
+        return str(self._path(key).relative_to(self.root.parent))
+
     def get(self, key: str) -> dict | None:
-        """The stored entry, or None when absent or unreadable (then it is recomputed)."""
+        """The stored value, or None when absent or damaged (then it is recomputed)."""
+        path = self._path(key)
         try:
-            with open(self._path(key), encoding="utf-8") as fh:
-                return json.load(fh)
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            with open(path, encoding="utf-8") as fh:
+                entry = json.load(fh)
+        except FileNotFoundError:
             return None
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            return self.discard(key, f"is unreadable ({type(exc).__name__})")
+        if not isinstance(entry, dict) or not entry:
+            return self.discard(key, "is empty")
+        if "sha256" not in entry or "value" not in entry:
+            return self.discard(key, "has no checksum (edited by hand?)")
+        if content_checksum(entry["value"]) != entry["sha256"]:
+            return self.discard(key, "does not match its checksum (edited or damaged)")
+        return entry["value"]
+
+    def discard(self, key: str, why: str) -> None:
+        """Report the entry ``key`` as damaged and delete it; returns None (treat as absent)."""
+        message = f"features cache entry {self.entry_name(key)} {why}: discarded and recomputed"
+        self.problems.append(message)
+        if self.log_problems:
+            log.warning("%s", message)
+        self._path(key).unlink(missing_ok=True)
+        return None
 
     def put(self, key: str, value: dict) -> None:
-        atomic_write_text(self._path(key), json.dumps(value))
+        entry = {"sha256": content_checksum(value), "value": value}
+        atomic_write_text(self._path(key), json.dumps(entry))
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -33,7 +33,8 @@ from her2study.regions import (
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a cached value changes (region definition, value conversion).
-FEATURE_CODE_VERSION = 1
+# 2: entries carry a checksum of their content (older entries are not looked up)
+FEATURE_CODE_VERSION = 2
 STATS_COLUMNS = ["case_id", "region", "n_pixels", "area_mm2", "coverage"]
 
 
@@ -92,6 +93,7 @@ class CaseResult:
     n_cached: int = 0
     n_extracted: int = 0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. damaged cache entries, recomputed
 
 
 @dataclass
@@ -136,7 +138,7 @@ def extract_case(
     mask_label: int | None = None,
 ) -> CaseResult:
     """Features of one case for every region, from the cache where possible."""
-    cache = FeatureCache(cache_root)
+    cache = FeatureCache(cache_root, log_problems=False)  # reported via result.warnings
     result = CaseResult(case.case_id)
     digest = {
         "image": file_digest(case.image),
@@ -149,12 +151,15 @@ def extract_case(
     todo = []
     for spec in specs:
         entry = cache.get(keys[spec.name])
+        if entry is not None and not _valid_entry(entry):
+            entry = cache.discard(keys[spec.name], "does not hold features and region stats")
         if entry is None:
             todo.append(spec)
         else:
             result.features[spec.name] = entry["features"]
             result.stats[spec.name] = entry["stats"]
             result.n_cached += 1
+    result.warnings += [f"case {case.case_id}: {p}" for p in cache.problems]
     if not todo:
         return result
 
@@ -190,6 +195,15 @@ def extract_case(
         result.stats[spec.name] = entry["stats"]
         result.n_extracted += 1
     return result
+
+
+def _valid_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("features"), dict)
+        and isinstance(entry.get("stats"), dict)
+        and all(k in entry["stats"] for k in STATS_COLUMNS[2:])
+    )
 
 
 def _extract_or_report(case: Case, *args) -> CaseResult:
@@ -271,6 +285,8 @@ def extract_features(
         ):
             n_cached += r.n_cached
             n_extracted += r.n_extracted
+            for warning in r.warnings:  # from a worker process: logged here, in the run's log
+                log.warning("%s", warning)
             if r.errors:
                 errors += r.errors
                 failed[r.case_id] = "; ".join(r.errors)

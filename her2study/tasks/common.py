@@ -191,7 +191,7 @@ def protect_ids(cohort, table, data_cfg):
     if not data_cfg.pseudonym_salt:
         raise ConfigError(
             "data.pseudonymise=true needs a secret salt: export HER2STUDY_SALT=... "
-            "(or data.pseudonym_salt=...)"
+            "(from the environment only, never on the command line)"
         )
     codes = pseudonymise(cohort.ids, data_cfg.pseudonym_salt)
     cohort.table = cohort.table.rename(index=codes)

@@ -33,6 +33,7 @@ def write_overlays(cfg, cohort, folder) -> None:
     import numpy as np
 
     from her2study.cohort.io import read_image, read_mask
+    from her2study.filenames import safe_filename
     from her2study.regions import RegionMaker, field_of_view, write_overlay
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,5 +48,7 @@ def write_overlays(cfg, cohort, folder) -> None:
         maker = RegionMaker(mask, field_of_view(image, cfg.region.fov), outer)
         regions = {s.name: maker.make(s)[0] for s in specs}
         tag = " (SYNTHETIC)" if cohort.synthetic else ""
-        write_overlay(image, regions, folder / f"{case.case_id}.png", f"{case.case_id}{tag}")
+        path = folder / safe_filename(case.case_id, ".png")  # never outside ``folder``
+        title = str(case.case_id).replace("$", r"\$")  # no mathtext from an id
+        write_overlay(image, regions, path, f"{title}{tag}")
     log.info("wrote %d overlays to %s", n, folder)
