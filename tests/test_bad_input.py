@@ -19,7 +19,12 @@ from test_cohort import _break, _write_us_dicom
 
 from her2study.__main__ import run
 
-QUICK = ["execution.progress=false", "extractor=fast", "tracking=off"]
+QUICK = [
+    "execution.progress=false",
+    "extractor=fast",
+    "tracking=off",
+    "evaluation.bootstrap_reps=2",
+]
 
 
 def manifest_case(kind):

@@ -34,9 +34,7 @@ SPACE = {
 def make_cfg(*overrides, space=None, searchpath=None):
     extra = [f"hydra.searchpath=[file://{searchpath}]"] if searchpath else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=["execution.progress=false", *extra, *overrides]
-        )
+        cfg = compose("config", overrides=["execution.progress=false", *extra, *overrides])
     if space is not None:
         cfg.search.space = space
     return cfg

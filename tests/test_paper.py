@@ -8,12 +8,15 @@ import pandas as pd
 import pytest
 from mlflow_server import mlflow_server  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.e2e
+
 SMALL = [
     "extractor=fast",
     "data.synthetic.n_cases=60",
     "execution.progress=false",
     "evaluation.cv_folds=3",
     "selection.lasso_cv=5",
+    "evaluation.bootstrap_reps=2",
 ]
 
 
