@@ -389,3 +389,21 @@ def test_looks_identifying_and_pseudonymise():
     assert looks_identifying(codes.values()) == []
     with pytest.raises(ValueError):
         pseudonymise(["a"], salt="")
+
+
+def test_experiment_kind_tag_on_new_and_existing_experiments(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "fresh"):
+        pass
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    # an experiment made without the tag (older her2study, by hand) gets it when opened
+    client.create_experiment("old", artifact_location=str(tmp_path / "art"))
+    assert "mlflow.experimentKind" not in client.get_experiment_by_name("old").tags
+    with Tracker(uri, "old"):
+        pass
+    assert client.get_experiment_by_name("old").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )

@@ -37,6 +37,9 @@ from her2study.tracking.probe import (
 log = logging.getLogger(__name__)
 
 SKIPPED_METRICS_TAG = "skipped_metrics"
+# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI view).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # --------------------------------------------------------------------------------------------
 # The tracker
@@ -135,7 +138,9 @@ class Tracker:
         if exp is None:
             try:
                 return client.create_experiment(
-                    self.experiment, artifact_location=self._default_artifact_location()
+                    self.experiment,
+                    artifact_location=self._default_artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                 )
             except MlflowException:  # created meanwhile by a parallel job (Hydra multirun)
                 exp = client.get_experiment_by_name(self.experiment)
@@ -147,6 +152,8 @@ class Tracker:
                 f"Restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
                 f"or use another study name."
             )
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older version or by hand
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def __enter__(self) -> Tracker:
