@@ -238,3 +238,58 @@ def extraction_settings(cfg, columns, clinical=()) -> dict:
         "ring_widths_mm": [float(w) for w in cfg.region.ring_widths_mm],
         "bands_mm": [[float(a), float(b)] for a, b in (cfg.region.bands_mm or [])],
     }
+
+
+def region_kind(cfg) -> str:
+    """The regions of a run in words for the MLflow dashboard: ``tumour+ring``, ``tumour+rings``
+    (several ring widths), ``tumour``, ``ring+bands``, ... (``none`` without any region)."""
+    r = cfg.region
+    n_rings, n_bands = len(r.ring_widths_mm or []), len(r.bands_mm or [])
+    parts = ["tumour"] if r.include_intra else []
+    if n_rings:
+        parts.append("ring" if n_rings == 1 else "rings")
+    if n_bands:
+        parts.append("band" if n_bands == 1 else "bands")
+    return "+".join(parts) or "none"
+
+
+def sweep_id(default: str | None) -> str | None:
+    """The Hydra multirun's sweep folder name (its timestamp: the same for every job of one
+    sweep), else ``default`` (the run's own id) for a single run or outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN and hc.sweep.dir:
+            return Path(str(hc.sweep.dir)).name
+    except (ValueError, ImportError):
+        pass
+    return default
+
+
+def dashboard_params(cfg, run_id: str | None) -> dict:
+    """Scalar params that MLflow's chart view can use as x axis and to group a sweep:
+    ``region.ring_width_mm`` (only with exactly one ring width), ``region.kind``, ``sweep_id``."""
+    widths = [float(w) for w in cfg.region.ring_widths_mm or []]
+    params = {"region.kind": region_kind(cfg), "sweep_id": sweep_id(run_id)}
+    if len(widths) == 1:
+        params["region.ring_width_mm"] = widths[0]
+    return params
+
+
+SIGNATURE_ROLES = {"Intra": "tumour", "Clinic": "clinic", "Nomogram": "nomogram"}
+
+
+def signature_role(name: str, ring_widths_mm) -> str | None:
+    """The stable role of a signature in metric keys (``<set>.<role>.auc``): ``tumour``,
+    ``clinic``, ``nomogram``, and ``ring`` for the IntraPeri signature when exactly one ring
+    width is configured (several rings have no single role: their own keys name the width)."""
+    from her2study.regions import ring_label
+
+    if name in SIGNATURE_ROLES:
+        return SIGNATURE_ROLES[name]
+    widths = list(ring_widths_mm or [])
+    if len(widths) == 1 and name == ring_label(widths[0]):
+        return "ring"
+    return None
