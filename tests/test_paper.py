@@ -1,6 +1,7 @@
 """+exp=paper end to end on a small synthetic cohort: a real MLflow server, a margin sweep,
 task=compare. Real pyradiomics extraction, real SQLite stores, real subprocesses."""
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server  # noqa: F401  (fixture)
+
+from her2study.regions import ring_spec
 
 SMALL = [
     "extractor=fast",
@@ -110,6 +113,8 @@ def test_margin_sweep_and_compare(tmp_path):
     parents = [r for r in runs if r.data.tags.get("task") == "paper"]
     assert len(parents) == 3
     sweep_dir = next((tmp_path / "multirun" / "sweep").iterdir()).name
+    case_ids = pd.read_csv(jobs[0].parent / "split.csv").iloc[:, 0]
+    assert len(case_ids) == 60
     for p in parents:
         params, m = p.data.params, p.data.metrics
         assert params["sweep_id"] == p.data.tags["sweep_id"] == sweep_dir
@@ -122,6 +127,15 @@ def test_margin_sweep_and_compare(tmp_path):
         assert m["test.tumour.auc"] == m["Intra.test.auc"]
         assert {"test.clinic.auc", "test.nomogram.auc"} <= set(m)
         assert "skipped_metrics" not in p.data.tags  # NaN cells are left out, not flagged
+        (inp,) = p.inputs.dataset_inputs  # the features + label: digest, schema, no rows
+        ds = inp.dataset
+        assert ds.name == f"synthetic-features-{ds.digest}" and len(ds.digest) >= 8
+        assert json.loads(ds.profile)["num_rows"] == 60
+        cols = {c["name"] for c in json.loads(ds.schema)["mlflow_colspec"]}
+        ring = ring_spec(width).name + "_"
+        assert "label" in cols and any(c.startswith(ring) for c in cols)
+        stored = ds.name + ds.schema + ds.profile + ds.source
+        assert not any(str(i) in stored for i in case_ids)
     assert sorted(float(p.data.params["region.ring_width_mm"]) for p in parents) == [0.5, 1, 3]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 12  # Clinic, Intra, IntraPeri <w> mm, Nomogram per job

@@ -268,6 +268,11 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     scalars = dashboard_params(cfg, tracker.run_id)
     tracker.log_params(scalars)
     tracker.set_tags({"sweep_id": scalars["sweep_id"]})
+    # the features + label as the run's dataset: name, digest, schema, row count; no rows, no ids
+    labels = cohort.labels.reindex(fs.table.index).to_numpy()
+    frame = fs.table.reset_index(drop=True).assign(label=labels)
+    kind = "synthetic" if cohort.synthetic else str(cfg.data.source)
+    tracker.log_dataset(frame, f"{kind}-features", targets="label")
     widths = [float(w) for w in cfg.region.ring_widths_mm]
     flat = {}
     for _, r in metrics.iterrows():

@@ -327,6 +327,41 @@ class Tracker:
         for i in range(0, len(items), n):
             self._client.log_batch(run_id, tags=items[i : i + n])
 
+    def log_dataset(
+        self,
+        df,
+        name_prefix: str = "dataset",
+        targets: str | None = None,
+        context: str = "training",
+    ) -> str | None:
+        """``df`` as the run's MLflow dataset input, named ``<name_prefix>-<digest>``; returns the
+        digest (None when disabled).
+
+        MLflow stores the dataset's name, digest (a hash of the values), schema (column names and
+        types), profile (row and element counts) and source (the code location): never its rows.
+        The index is not part of the schema; pass a frame without identifying columns. A schema
+        larger than MLflow accepts (very wide tables) is left out: name and digest remain.
+        """
+        run_id = self._target()
+        if run_id is None:
+            return None
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+        from mlflow.utils.validation import MAX_DATASET_SCHEMA_SIZE
+
+        digest = mlflow.data.from_pandas(df, targets=targets).digest
+        ds = mlflow.data.from_pandas(df, targets=targets, name=f"{name_prefix}-{digest}")
+        entity = ds._to_mlflow_entity()
+        if entity.schema is not None and len(entity.schema) > MAX_DATASET_SCHEMA_SIZE:
+            log.info("dataset schema of %d columns too large for MLflow: not logged", df.shape[1])
+            entity = type(entity)(
+                entity.name, entity.digest, entity.source_type, entity.source, None, entity.profile
+            )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+        return digest
+
     def log_figure(self, fig, artifact_file: str) -> None:
         """A matplotlib (or plotly) figure as an image artifact (format from the extension)."""
         run_id = self._target()
