@@ -437,3 +437,34 @@ def test_log_dataset_stores_digest_schema_and_no_case_ids(tmp_path):
     assert json.loads(ds.profile) == {"num_rows": 40, "num_elements": 160}
     stored = ds.name + ds.schema + ds.profile + ds.source
     assert not any(i in stored for i in ids) and "PAT-" not in stored
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_ends_parent_and_child_killed(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time\n"
+        "from her2study.tracking import Tracker\n"
+        "with Tracker(sys.argv[1], 'sig') as tr:\n"
+        "    with tr.child('fold'):\n"
+        "        print(tr.run_id, tr.current_run_id, flush=True)\n"
+        "        time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), uri], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        parent, child = proc.stdout.readline().split()
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+    client = MlflowClient(uri)
+    assert client.get_run(child).info.status == "KILLED"
+    assert client.get_run(parent).info.status == "KILLED"
+    assert "RunTerminated" in client.get_run(parent).data.tags["error"] or sig == "SIGINT"

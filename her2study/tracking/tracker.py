@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,16 @@ SKIPPED_METRICS_TAG = "skipped_metrics"
 # MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI view).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM while a :class:`Tracker` is open (``kill``, a scheduler's time limit): raised in
+    the main thread so the runs end KILLED, like Ctrl-C, instead of staying RUNNING forever."""
+
+
+def _raise_terminated(signum, frame):
+    raise RunTerminated(f"signal {signum} (SIGTERM)")
+
 
 # --------------------------------------------------------------------------------------------
 # The tracker
@@ -86,6 +97,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._skipped: dict[str, set[str]] = {}
         self._state = "new"
+        self._prev_sigterm = None
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -187,6 +199,7 @@ class Tracker:
             raise
         self._run_id = run.info.run_id
         self._state = "active"
+        self._catch_sigterm()
         log.info(
             "MLflow run %s (experiment %r, id %s) at %s",
             self._run_id,
@@ -196,12 +209,28 @@ class Tracker:
         )
         return self
 
+    def _catch_sigterm(self) -> None:
+        """SIGTERM -> :class:`RunTerminated` while open: only in the main thread, and only when
+        nobody else handles SIGTERM (a launcher's own handler is left alone)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._prev_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def _release_sigterm(self) -> None:
+        if self._prev_sigterm is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._state != "active":
             return False
         self._state = "done"
         if not self.enabled:
             return False
+        self._release_sigterm()
         mlflow = _mlflow()
         status = "FINISHED" if exc_type is None else "FAILED"
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
