@@ -5,6 +5,7 @@ No mocks. conftest.py sets MPLBACKEND=Agg before matplotlib is imported.
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import threading
@@ -13,6 +14,7 @@ import urllib.parse
 
 import matplotlib.pyplot as plt
 import mlflow
+import mlflow.data
 import mlflow.sklearn
 import numpy as np
 import pandas as pd
@@ -389,3 +391,80 @@ def test_looks_identifying_and_pseudonymise():
     assert looks_identifying(codes.values()) == []
     with pytest.raises(ValueError):
         pseudonymise(["a"], salt="")
+
+
+def test_experiment_kind_tag_on_new_and_existing_experiments(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "fresh"):
+        pass
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    # an experiment made without the tag (older her2study, by hand) gets it when opened
+    client.create_experiment("old", artifact_location=str(tmp_path / "art"))
+    assert "mlflow.experimentKind" not in client.get_experiment_by_name("old").tags
+    with Tracker(uri, "old"):
+        pass
+    assert client.get_experiment_by_name("old").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+
+
+def test_log_dataset_stores_digest_schema_and_no_case_ids(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    X, y = _xy()
+    ids = [f"PAT-{i:04d}-DOE" for i in range(len(X))]
+    table = X.assign(label=y.values).set_index(pd.Index(ids, name="case_id"))
+    frame = table.reset_index(drop=True)
+    expected = mlflow.data.from_pandas(frame, targets="label").digest
+    with Tracker(uri, "data") as tr:
+        digest = tr.log_dataset(frame, "synthetic-features", targets="label")
+    assert digest == expected
+    # other values, other digest: the digest identifies the data, not just its shape
+    assert mlflow.data.from_pandas(frame.assign(f_a=0.0), targets="label").digest != digest
+    run = MlflowClient(uri).get_run(tr.run_id)
+    (inp,) = run.inputs.dataset_inputs
+    ds = inp.dataset
+    assert ds.digest == digest and ds.name == f"synthetic-features-{digest}"
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    assert [c["name"] for c in json.loads(ds.schema)["mlflow_colspec"]] == [
+        "f_a",
+        "f_b",
+        "f_c",
+        "label",
+    ]
+    assert json.loads(ds.profile) == {"num_rows": 40, "num_elements": 160}
+    stored = ds.name + ds.schema + ds.profile + ds.source
+    assert not any(i in stored for i in ids) and "PAT-" not in stored
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_ends_parent_and_child_killed(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time\n"
+        "from her2study.tracking import Tracker\n"
+        "with Tracker(sys.argv[1], 'sig') as tr:\n"
+        "    with tr.child('fold'):\n"
+        "        print(tr.run_id, tr.current_run_id, flush=True)\n"
+        "        time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), uri], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        parent, child = proc.stdout.readline().split()
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+    client = MlflowClient(uri)
+    assert client.get_run(child).info.status == "KILLED"
+    assert client.get_run(parent).info.status == "KILLED"
+    assert "RunTerminated" in client.get_run(parent).data.tags["error"] or sig == "SIGINT"

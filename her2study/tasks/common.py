@@ -256,3 +256,43 @@ def extraction_settings(cfg, columns, clinical=()) -> dict:
         "ring_widths_mm": [float(w) for w in cfg.region.ring_widths_mm],
         "bands_mm": [[float(a), float(b)] for a, b in (cfg.region.bands_mm or [])],
     }
+
+
+def region_kind(cfg) -> str:
+    """The regions of a run in words for the MLflow dashboard: ``tumour+ring``, ``tumour+rings``
+    (several ring widths), ``tumour``, ``ring+bands``, ... (``none`` without any region)."""
+    r = cfg.region
+    n_rings, n_bands = len(r.ring_widths_mm or []), len(r.bands_mm or [])
+    parts = ["tumour"] if r.include_intra else []
+    if n_rings:
+        parts.append("ring" if n_rings == 1 else "rings")
+    if n_bands:
+        parts.append("band" if n_bands == 1 else "bands")
+    return "+".join(parts) or "none"
+
+
+def dashboard_params(cfg) -> dict:
+    """Scalar params that MLflow's chart view can use as x axis and to group a sweep:
+    ``region.ring_width_mm`` (only with exactly one ring width), ``region.kind``, ``sweep_id``."""
+    widths = [float(w) for w in cfg.region.ring_widths_mm or []]
+    params = {"region.kind": region_kind(cfg), "sweep_id": sweep_id(cfg)}
+    if len(widths) == 1:
+        params["region.ring_width_mm"] = widths[0]
+    return params
+
+
+SIGNATURE_ROLES = {"Intra": "tumour", "Clinic": "clinic", "Nomogram": "nomogram"}
+
+
+def signature_role(name: str, ring_widths_mm) -> str | None:
+    """The stable role of a signature in metric keys (``<set>.<role>.auc``): ``tumour``,
+    ``clinic``, ``nomogram``, and ``ring`` for the IntraPeri signature when exactly one ring
+    width is configured (several rings have no single role: their own keys name the width)."""
+    from her2study.regions import ring_label
+
+    if name in SIGNATURE_ROLES:
+        return SIGNATURE_ROLES[name]
+    widths = list(ring_widths_mm or [])
+    if len(widths) == 1 and name == ring_label(widths[0]):
+        return "ring"
+    return None

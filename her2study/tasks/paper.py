@@ -29,12 +29,14 @@ from her2study.tasks.common import (
     SECRET_KEYS,
     clinical_columns,
     cohort_and_features,
+    dashboard_params,
     extraction_settings,
     extractor_params,
     log_run_config,
     output_dir,
     run_tags,
     save_table,
+    signature_role,
 )
 from her2study.tracking import Tracker, check_tracking_uri
 
@@ -282,10 +284,14 @@ def make_figures(fits, y, split, cfg, source) -> dict:
 
 
 def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
+    """The numeric cells of a metrics row as ``<prefix><metric>``; NaN (a metric that does not
+    apply to this set or signature) is left out, so the tracker only flags unexpected values."""
     return {
         f"{prefix}{k}": float(v)
         for k, v in row.items()
-        if k not in ("set", "signature") and isinstance(v, (int, float, np.integer, np.floating))
+        if k not in ("set", "signature")
+        and isinstance(v, (int, float, np.integer, np.floating))
+        and not np.isnan(v)
     }
 
 
@@ -294,9 +300,23 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     if not tracker.enabled:
         return
     log_run_config(tracker, cfg, cohort, len(cohort.ids))
+    scalars = dashboard_params(cfg)
+    tracker.log_params(scalars)
+    tracker.set_tags({"sweep_id": scalars["sweep_id"]})
+    # the features + label as the run's dataset: name, digest, schema, row count; no rows, no ids
+    labels = cohort.labels.reindex(fs.table.index).to_numpy()
+    frame = fs.table.reset_index(drop=True).assign(label=labels)
+    kind = "synthetic" if cohort.synthetic else str(cfg.data.source)
+    tracker.log_dataset(frame, f"{kind}-features", targets="label")
+    widths = [float(w) for w in cfg.region.ring_widths_mm]
     flat = {}
     for _, r in metrics.iterrows():
         flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
+        role = signature_role(r["signature"], widths)
+        if role is not None:  # stable keys for the chart view: test.ring.auc, ...
+            flat.update(_numbers(r, f"{r['set']}.{role}."))
+    n_nan = int(metrics.select_dtypes("number").isna().sum().sum())
+    log.debug("%d NaN metric cells (not applicable to their set) not logged", n_nan)
     tracker.log_metrics(flat)
     for path in tables:
         tracker.log_artifact(path, "tables")
@@ -310,7 +330,12 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     for log_file in out.glob("*.log"):
         tracker.log_artifact(log_file, "logs")
     for fit in fits:
-        with tracker.child(fit.name, tags={"signature": fit.name, "kind": fit.kind}):
+        role = signature_role(fit.name, widths)
+        child_tags = {"signature": fit.name, "kind": fit.kind, "sweep_id": scalars["sweep_id"]}
+        if role is not None:
+            child_tags["role"] = role
+        with tracker.child(fit.name, tags=child_tags):
+            tracker.log_params(scalars)
             n_sel = len(fit.coefficients) if fit.coefficients is not None else len(fit.columns)
             tracker.log_params(
                 {

@@ -48,10 +48,17 @@ from her2study.tracking.probe import (
 )
 from her2study.tracking.probe import _using_tracking_uri as _using_tracking_uri
 from her2study.tracking.runs import child_runs, runs_table
-from her2study.tracking.tracker import SKIPPED_METRICS_TAG, Tracker
+from her2study.tracking.tracker import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    SKIPPED_METRICS_TAG,
+    Tracker,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "SKIPPED_METRICS_TAG",
     "Tracker",
     "TrackingError",

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,19 @@ from her2study.tracking.probe import (
 log = logging.getLogger(__name__)
 
 SKIPPED_METRICS_TAG = "skipped_metrics"
+# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI view).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM while a :class:`Tracker` is open (``kill``, a scheduler's time limit): raised in
+    the main thread so the runs end KILLED, like Ctrl-C, instead of staying RUNNING forever."""
+
+
+def _raise_terminated(signum, frame):
+    raise RunTerminated(f"signal {signum} (SIGTERM)")
+
 
 # --------------------------------------------------------------------------------------------
 # The tracker
@@ -83,6 +97,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._skipped: dict[str, set[str]] = {}
         self._state = "new"
+        self._prev_sigterm = None
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -135,7 +150,9 @@ class Tracker:
         if exp is None:
             try:
                 return client.create_experiment(
-                    self.experiment, artifact_location=self._default_artifact_location()
+                    self.experiment,
+                    artifact_location=self._default_artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                 )
             except MlflowException:  # created meanwhile by a parallel job (Hydra multirun)
                 exp = client.get_experiment_by_name(self.experiment)
@@ -147,6 +164,8 @@ class Tracker:
                 f"Restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
                 f"or use another study name."
             )
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older version or by hand
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def __enter__(self) -> Tracker:
@@ -180,6 +199,7 @@ class Tracker:
             raise
         self._run_id = run.info.run_id
         self._state = "active"
+        self._catch_sigterm()
         log.info(
             "MLflow run %s (experiment %r, id %s) at %s",
             self._run_id,
@@ -189,12 +209,28 @@ class Tracker:
         )
         return self
 
+    def _catch_sigterm(self) -> None:
+        """SIGTERM -> :class:`RunTerminated` while open: only in the main thread, and only when
+        nobody else handles SIGTERM (a launcher's own handler is left alone)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._prev_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def _release_sigterm(self) -> None:
+        if self._prev_sigterm is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._state != "active":
             return False
         self._state = "done"
         if not self.enabled:
             return False
+        self._release_sigterm()
         mlflow = _mlflow()
         status = "FINISHED" if exc_type is None else "FAILED"
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -319,6 +355,41 @@ class Tracker:
         n = lim["params_per_batch"]
         for i in range(0, len(items), n):
             self._client.log_batch(run_id, tags=items[i : i + n])
+
+    def log_dataset(
+        self,
+        df,
+        name_prefix: str = "dataset",
+        targets: str | None = None,
+        context: str = "training",
+    ) -> str | None:
+        """``df`` as the run's MLflow dataset input, named ``<name_prefix>-<digest>``; returns the
+        digest (None when disabled).
+
+        MLflow stores the dataset's name, digest (a hash of the values), schema (column names and
+        types), profile (row and element counts) and source (the code location): never its rows.
+        The index is not part of the schema; pass a frame without identifying columns. A schema
+        larger than MLflow accepts (very wide tables) is left out: name and digest remain.
+        """
+        run_id = self._target()
+        if run_id is None:
+            return None
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+        from mlflow.utils.validation import MAX_DATASET_SCHEMA_SIZE
+
+        digest = mlflow.data.from_pandas(df, targets=targets).digest
+        ds = mlflow.data.from_pandas(df, targets=targets, name=f"{name_prefix}-{digest}")
+        entity = ds._to_mlflow_entity()
+        if entity.schema is not None and len(entity.schema) > MAX_DATASET_SCHEMA_SIZE:
+            log.info("dataset schema of %d columns too large for MLflow: not logged", df.shape[1])
+            entity = type(entity)(
+                entity.name, entity.digest, entity.source_type, entity.source, None, entity.profile
+            )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+        return digest
 
     def log_figure(self, fig, artifact_file: str) -> None:
         """A matplotlib (or plotly) figure as an image artifact (format from the extension)."""
