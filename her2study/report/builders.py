@@ -434,12 +434,15 @@ def search_report(
     figures: dict,
     checklist: dict | None = None,
     date: str | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
-    """The ``task=search`` report (nested CV design, tables, figures): ``out_dir/report.html``."""
+    """The ``task=search`` report (nested CV design, tables, figures): ``out_dir/report.html``;
+    ``notes`` (warnings about the search itself) open it, in a section of their own."""
     table_blocks: list = []
     for name, df in tables.items():
         table_blocks += [Heading(_title(name)), _p_cols(df) if isinstance(df, pd.DataFrame) else df]
-    sections = [
+    sections = [Section("Warnings", [f"WARNING: {n}" for n in notes])] if notes else []
+    sections += [
         Section("Design", [design]),
         Section("Results", table_blocks or ["No tables."]),
         Section("Figures", figure_blocks(figures) or ["No figures."]),
