@@ -161,6 +161,12 @@ def search_design_items(cfg, n_cases: int | None = None) -> dict[str, str]:
         if sel(cfg, "search.final", True)
         else "not searched (search.final=false)",
         "Seed": str(seed if seed is not None else sel(cfg, "seed")),
+        "Interval": "Nadeau-Bengio corrected resampled t across the outer folds (they share "
+        "training cases; the naive t-interval beside it is too narrow)",
+        "Permutation test": f"{sel(cfg, 'search.permutations')} reruns of the whole nested search "
+        "on permuted labels"
+        if sel(cfg, "search.permutations", 0)
+        else "off (search.permutations=0)",
     }
     if n_cases is not None:
         items = {"Cases": str(n_cases), **items}
