@@ -386,3 +386,24 @@ def test_a_study_cut_by_the_timeout_is_warned(tmp_path):
     cut = [w for w in res.warnings if "search.timeout_s=2 cut it" in w]
     assert len(cut) == 2 and "'t/outer0_0' stopped at" in cut[0]
     assert res.estimate["warnings"] == res.warnings
+
+
+@pytest.mark.slow
+def test_corrected_interval_covers_the_fresh_auc_of_the_final_model():
+    """A few repetitions of experiments/search/coverage.py (150 cases, fresh cohort of 4,000):
+    the corrected interval holds the final model's fresh AUC in most; the naive one is inside
+    it every time. The full simulation (100+ repetitions) is in experiments/search/README.md."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "coverage", REPO / "experiments" / "search" / "coverage.py"
+    )
+    cov = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cov)
+    args = argparse.Namespace(n=150, fresh=4000, outer=5, repeats=1, inner=3, trials=4)
+    rows = pd.DataFrame([cov.one_rep(r, args) for r in range(8)])
+    covered = (rows["nb_low"] <= rows["fresh_auc"]) & (rows["fresh_auc"] <= rows["nb_high"])
+    print("\n", rows[["mean_outer_auc", "nb_low", "nb_high", "fresh_auc"]].round(3))
+    assert covered.sum() >= 6
+    assert ((rows["nb_low"] <= rows["naive_low"]) & (rows["naive_high"] <= rows["nb_high"])).all()
