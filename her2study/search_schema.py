@@ -50,6 +50,8 @@ class SearchConfig:
     export_source: ExportSource = ExportSource.study  # task=export: study (final search) | config
     export_dir: Optional[str] = None  # best_<study>.yaml here; null = <output_root>/configs/exp
     estimate: dict[str, Any] = field(default_factory=dict)  # nested estimate (exported files)
+    permutations: int = 0  # permutation test: reruns of the whole nested search, labels permuted
+    permutation_trials: Optional[int] = None  # trials per study of a permuted run; null = n_trials
 
 
 @dataclass

@@ -44,10 +44,17 @@ register_configs()
 def make_cfg(*overrides, space=None):
     """The composed config; ``space`` replaces search.space (a command-line dict would be merged
     into the default space)."""
+    task = [] if any(o.startswith("task=") for o in overrides) else ["task=search"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "config",
-            overrides=["search=default", "tracking=off", "execution.progress=false", *overrides],
+            overrides=[
+                *task,
+                "search=default",
+                "tracking=off",
+                "execution.progress=false",
+                *overrides,
+            ],
         )
     if space is not None:
         cfg.search.space = space

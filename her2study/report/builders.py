@@ -184,6 +184,12 @@ def search_design_items(cfg, n_cases: int | None = None) -> dict[str, str]:
         if sel(cfg, "search.final", True)
         else "not searched (search.final=false)",
         "Seed": str(seed if seed is not None else sel(cfg, "seed")),
+        "Interval": "Nadeau-Bengio corrected resampled t across the outer folds (they share "
+        "training cases; the naive t-interval beside it is too narrow)",
+        "Permutation test": f"{sel(cfg, 'search.permutations')} reruns of the whole nested search "
+        "on permuted labels"
+        if sel(cfg, "search.permutations", 0)
+        else "off (search.permutations=0)",
     }
     if n_cases is not None:
         items = {"Cases": str(n_cases), **items}
@@ -514,12 +520,15 @@ def search_report(
     figures: dict,
     checklist: dict | None = None,
     date: str | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
-    """The ``task=search`` report (nested CV design, tables, figures): ``out_dir/report.html``."""
+    """The ``task=search`` report (nested CV design, tables, figures): ``out_dir/report.html``;
+    ``notes`` (warnings about the search itself) open it, in a section of their own."""
     table_blocks: list = []
     for name, df in tables.items():
         table_blocks += [Heading(_title(name)), _p_cols(df) if isinstance(df, pd.DataFrame) else df]
-    sections = [
+    sections = [Section("Warnings", [f"WARNING: {n}" for n in notes])] if notes else []
+    sections += [
         Section("Design", [design]),
         Section("Results", table_blocks or ["No tables."]),
         Section("Figures", figure_blocks(figures) or ["No figures."]),

@@ -10,10 +10,20 @@ cross-validated:
   maximises the mean inner stratified K-fold AUC (``search.inner_folds``) over the space
   (``search.space``); its best trial is refitted on the whole outer training fold and scored on
   the outer test fold.
-* **Estimate** -- mean outer AUC with a t-interval across the outer folds, and the AUC of the
-  pooled out-of-fold predictions (averaged over repeats) with a DeLong CI, its calibration
-  (slope, intercept, Hosmer-Lemeshow) and decision curve; how often each ring width and model
-  won; how often each feature was selected.
+* **Estimate** -- mean outer AUC with the Nadeau-Bengio corrected resampled t interval
+  (:mod:`~her2study.search.intervals`; the outer folds share training cases, so a plain
+  t-interval across them is too narrow), and the AUC of the pooled out-of-fold predictions
+  (averaged over repeats; its DeLong CI treats the K fold models as one: descriptive), its
+  calibration (slope, intercept, Hosmer-Lemeshow) and decision curve; how often each ring width
+  and model won; how often each feature was selected.
+* **Per ring width** -- in each outer fold the best trial of each width of the space (by inner
+  AUC) is refitted and scored once on the outer test fold: a nested AUC per width with the same
+  interval (``region_estimates.csv``: ``region, width_mm, nested_auc, ci_low, ci_high``; regions
+  ``intra`` = tumour only, ``intra+ring<w>mm``, ``all``), and each width minus tumour only,
+  paired on the same folds (``region_differences.csv``).
+* **Permutation test** (``search.permutations`` = P > 0) -- the whole nested search rerun on P
+  label permutations (studies ``<study>/perm<k>/outer<r>_<k>``, ``search.permutation_trials``
+  trials each): ``permutation_p = (1 + #{permuted mean outer AUC >= observed}) / (1 + P)``.
 * **Final configuration** -- one more study on all cases gives the configuration to export
   (``task=export``). Its performance estimate is the nested one, not its own (optimistic) CV
   score.
@@ -55,12 +65,17 @@ URL (``sqlite:////abs/path.db``, ``postgresql+psycopg2://user:pw@host/db`` for a
 a file: several workers on one machine or on NFS without a database server). Studies are named
 ``<study>/outer<r>_<k>`` and ``<study>/final``; trials already COMPLETE count toward
 ``search.n_trials``, so a killed search resumes where it stopped and two processes with the same
-storage and study share the work.
+storage and study share the work. A study records the digest of the data it scored (case ids,
+labels, every column's name and values, the extractor settings): a study found with another
+digest is refused (:class:`~her2study.errors.ConfigError`), not mixed. Each study's sampler is
+seeded from ``search.seed``, its name and that digest. ``reader2__*`` columns (the second
+reader's features) are never predictors; ``selection.icc_threshold`` is refused by the search.
 
 Modules, each importing only those before it: :mod:`~her2study.search.candidate` (a point of
 the space as a pipeline on the design's columns), :mod:`~her2study.search.space` (the space and
 its checks), :mod:`~her2study.search.memo` (inner CV with memoised pipeline prefixes),
-:mod:`~her2study.search.storage` (Optuna storage, sampler, studies), and
+:mod:`~her2study.search.storage` (Optuna storage, sampler, studies),
+:mod:`~her2study.search.intervals` (intervals, permutation p), and
 :mod:`~her2study.search.nested` (the nested search and its estimate). Their names are
 re-exported here.
 """
@@ -79,11 +94,25 @@ from her2study.search.candidate import (
     search_defaults,
 )
 from her2study.search.candidate import _plain as _plain  # OmegaConf node -> plain container
+from her2study.search.intervals import (
+    NADEAU_BENGIO,
+    corrected_t_interval,
+    naive_t_interval,
+    permutation_p,
+)
 from her2study.search.memo import InnerCV
 from her2study.search.nested import (
+    KINDS,
+    REGION_COLUMNS,
     NestedResult,
+    check_search_config,
+    data_digest,
     load_final,
     nested_search,
+    permuted_design,
+    region_differences,
+    region_estimates,
+    region_name,
     selected_features,
     summarise,
 )
@@ -108,9 +137,13 @@ from her2study.search.storage import (
     open_study,
     run_study,
     storage_url,
+    study_seed,
 )
 
 __all__ = [
+    "KINDS",
+    "NADEAU_BENGIO",
+    "REGION_COLUMNS",
     "Candidate",
     "Design",
     "Dim",
@@ -129,19 +162,29 @@ __all__ = [
     "build_pipeline",
     "candidate_from_config",
     "candidate_from_params",
+    "check_search_config",
+    "corrected_t_interval",
+    "data_digest",
     "load_final",
     "make_objective",
     "n_complete",
+    "naive_t_interval",
     "nested_search",
     "open_storage",
     "open_study",
     "parse_space",
+    "permutation_p",
+    "permuted_design",
+    "region_differences",
+    "region_estimates",
+    "region_name",
     "resolve",
     "run_study",
     "search_defaults",
     "selected_features",
     "space_digest",
     "storage_url",
+    "study_seed",
     "suggest",
     "summarise",
 ]

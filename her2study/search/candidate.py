@@ -172,6 +172,8 @@ class Design:
         synthetic: bool = False,
         source: str = "",
     ) -> Design:
+        # the second reader's features (reader2__*, for the ICC) are never predictors
+        features = features[[c for c in features.columns if not str(c).startswith("reader2__")]]
         regions: dict[str, list[str]] = {}
         for c in features.columns:
             regions.setdefault(str(c).split("_", 1)[0], []).append(c)

@@ -1,7 +1,9 @@
-"""Optuna: storage URLs and their checks, the per-trial seeded sampler, studies and trials."""
+"""Optuna: storage URLs and their checks, the per-trial seeded sampler (seeded per study from the
+study name and the data digest), studies (refused when made on other data) and trials."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 
 from her2study.errors import ConfigError
 from her2study.search.candidate import candidate_from_params
@@ -41,8 +44,6 @@ _STORAGES: dict[str, Any] = {}
 def open_storage(url: str, create_dirs: bool = False):
     """An Optuna storage for ``url``; :class:`ConfigError` (before any work) when it cannot be
     opened. ``journal:///path`` is a JournalStorage on that file."""
-    import optuna
-
     if url in _STORAGES:
         return _STORAGES[url]
     hint = (
@@ -88,8 +89,6 @@ def _rdb_storage(url: str, kwargs: dict, hint: str):
     """RDBStorage; workers starting together on a new database race to create its tables
     ("already exists", "locked", alembic's "UNIQUE constraint failed"): the loser retries and
     finds them."""
-    import optuna
-
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
@@ -118,70 +117,80 @@ def _check_folder(path: Path, url: str, create: bool) -> None:
         raise ConfigError(f"search.storage {url!r}: {str(path.resolve())!r} is not writable")
 
 
-class PerTrialSeedSampler:
-    """A sampler whose trial ``n`` draws from a sampler seeded with ``seed + n``.
+class PerTrialSeedSampler(optuna.samplers.BaseSampler):
+    """A sampler whose trial ``n`` draws from a sampler seeded with ``seed + 7919 n``.
 
-    The search is then deterministic given the trials before it, and two workers sharing a study
-    (or a resumed run) never repeat each other's random draws, which one seeded sampler per
-    process would do. Model-based samplers (TPE) read the history from the study, so a fresh
-    instance per trial loses nothing.
+    ``seed`` is the study's own (:func:`study_seed`: from the search seed, the study name and
+    the data digest), so two studies, or the same study name on other data, draw other
+    candidates. Within a study the search is then deterministic given the trials before it, and
+    two workers sharing a study (or a resumed run) never repeat each other's random draws, which
+    one seeded sampler per process would do. Model-based samplers (TPE) read the history from
+    the study, so a fresh instance per trial loses nothing.
     """
 
-    def __new__(cls, kind: str, seed: int, n_startup_trials: int = 10):
-        import optuna
+    def __init__(self, kind: str, seed: int, n_startup_trials: int = 10):
+        if kind not in SAMPLERS:
+            raise ConfigError(f"search.sampler={kind!r}: choose one of {', '.join(SAMPLERS)}")
+        self.kind = kind
+        self.seed = int(seed)
+        self.n_startup_trials = int(n_startup_trials)
+        self._samplers: dict[int, Any] = {}
+        self._lock = threading.Lock()
 
-        class _Sampler(optuna.samplers.BaseSampler):
-            def __init__(self):
-                self._samplers: dict[int, Any] = {}
-                self._lock = threading.Lock()
+    def _make(self, number: int):
+        s = (self.seed + 7919 * int(number)) % (2**32)
+        if self.kind == "random":
+            return optuna.samplers.RandomSampler(seed=s)
+        return optuna.samplers.TPESampler(
+            seed=s, n_startup_trials=self.n_startup_trials, group=True, multivariate=True
+        )
 
-            def _make(self, number: int):
-                s = (int(seed) + 7919 * int(number)) % (2**32)
-                if kind == "random":
-                    return optuna.samplers.RandomSampler(seed=s)
-                return optuna.samplers.TPESampler(
-                    seed=s, n_startup_trials=n_startup_trials, group=True, multivariate=True
-                )
+    def _for(self, trial):
+        with self._lock:
+            if trial.number not in self._samplers:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self._samplers[trial.number] = self._make(trial.number)
+            return self._samplers[trial.number]
 
-            def _for(self, trial):
-                with self._lock:
-                    if trial.number not in self._samplers:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                            self._samplers[trial.number] = self._make(trial.number)
-                    return self._samplers[trial.number]
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
 
-            def infer_relative_search_space(self, study, trial):
-                return self._for(trial).infer_relative_search_space(study, trial)
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
 
-            def sample_relative(self, study, trial, search_space):
-                return self._for(trial).sample_relative(study, trial, search_space)
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
-            def sample_independent(self, study, trial, param_name, param_distribution):
-                return self._for(trial).sample_independent(
-                    study, trial, param_name, param_distribution
-                )
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
 
-            def before_trial(self, study, trial):
-                self._for(trial).before_trial(study, trial)
+    def after_trial(self, study, trial, state, values):
+        try:
+            self._for(trial).after_trial(study, trial, state, values)
+        finally:
+            with self._lock:
+                self._samplers.pop(trial.number, None)
 
-            def after_trial(self, study, trial, state, values):
-                try:
-                    self._for(trial).after_trial(study, trial, state, values)
-                finally:
-                    with self._lock:
-                        self._samplers.pop(trial.number, None)
+    def reseed_rng(self):  # the per-trial seeds already differ
+        pass
 
-            def reseed_rng(self):  # the per-trial seeds already differ
-                pass
 
-        return _Sampler()
+def study_seed(seed: int, name: str, data_digest: str) -> int:
+    """The sampler seed of study ``name``: from the search seed, the study name and the digest
+    of the data it searches. Same data, name and seed: the same candidates; other data (or
+    another outer fold, another permutation): other candidates."""
+    h = hashlib.sha256(f"{int(seed)}|{name}|{data_digest}".encode()).digest()
+    return int.from_bytes(h[:4], "big")
+
+
+REQUIRED_ATTRS = ("data",)  # a study with trials but without these cannot be checked
 
 
 def open_study(storage, name: str, sampler: str, seed: int, n_startup_trials: int, attrs: dict):
-    """Create or load study ``name``; refuse to resume a study made with another design."""
-    import optuna
-
+    """Create or load study ``name`` (sampler seeded with ``seed``); refuse to resume a study made
+    with another design or on other data (``attrs["data"]``: feature values, columns, case ids,
+    labels, extractor settings)."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"search.sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
     study = optuna.create_study(
@@ -192,14 +201,28 @@ def open_study(storage, name: str, sampler: str, seed: int, n_startup_trials: in
         sampler=PerTrialSeedSampler(sampler, seed, n_startup_trials),
     )
     existing = study.user_attrs
+    fix = (
+        f"Use a new study name (study=...) or another search.storage, or delete the study "
+        f"(optuna delete-study --study-name '{name}' --storage <url>)"
+    )
     for key, value in attrs.items():
         if key in existing and existing[key] != value:
+            if key == "data":
+                raise ConfigError(
+                    f"Optuna study '{name}' was made on other data (digest {existing[key]!r}, "
+                    f"now {value!r}: feature values, feature columns, case ids, labels or "
+                    f"extractor settings differ), so its trials do not score these data. {fix}"
+                )
             raise ConfigError(
                 f"Optuna study '{name}' exists with another {key} ({existing[key]!r}, now "
-                f"{value!r}): it was made by a different search. Use another study name "
-                f"(study=...), another search.storage, or delete the study "
-                f"(optuna delete-study --study-name '{name}' --storage <url>)"
+                f"{value!r}): it was made by a different search. {fix}"
             )
+    missing = [k for k in REQUIRED_ATTRS if k in attrs and k not in existing]
+    if missing and study.get_trials(deepcopy=False):
+        raise ConfigError(
+            f"Optuna study '{name}' has trials but no record of the data they scored ({missing}: "
+            f"made by an older her2study), so they cannot be checked against these data. {fix}"
+        )
     for key, value in attrs.items():
         if key not in existing:
             study.set_user_attr(key, value)
@@ -217,7 +240,6 @@ def run_study(
 ) -> int:
     """Run trials until ``n_trials`` are COMPLETE in the study (counting earlier runs and other
     workers), the timeout passes, or too many fail. Returns the COMPLETE count."""
-    import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 

@@ -2,11 +2,13 @@
 
 Cohort -> features (from the cache) -> outer repeated stratified K-fold; in each outer training
 fold an Optuna study maximises the inner-CV AUC; its winner is refitted and scored once on the
-outer test fold -> the nested estimate (mean outer AUC with CI, pooled out-of-fold AUC with DeLong
-CI, calibration, decision curve, ring-width and feature-selection frequencies) -> one more study on
-all cases gives the configuration to export (``task=export``), whose performance estimate is the
-nested one. Tracked in MLflow: a parent run, a child run per outer fold (and per trial with
-``search.log_trials``).
+outer test fold -> the nested estimate (mean outer AUC with the Nadeau-Bengio corrected t
+interval, pooled out-of-fold metrics, calibration, decision curve, ring-width and
+feature-selection frequencies), per ring width the same for the best trial of that width
+(``region_estimates.csv``, ``region_differences.csv``), optionally a permutation test of the whole
+procedure -> one more study on all cases gives the configuration to export (``task=export``),
+whose performance estimate is the nested one. Tracked in MLflow: a parent run, a child run per
+outer fold (and per trial with ``search.log_trials``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import yaml
 from her2study.errors import ConfigError
 from her2study.report import search_design_items, search_report
 from her2study.search import (
+    REGION_COLUMNS,
+    check_search_config,
     nested_search,
     open_storage,
     parse_space,
@@ -73,6 +77,7 @@ def run(cfg) -> float:
             "choices: [logistic, svm]}'"
         )
     check_widths(cfg, dims)
+    check_search_config(cfg)  # before any extraction (its warnings are logged by the search)
     design, cohort = load_design(cfg)
     out = output_dir(cfg)
     source = design.source
@@ -87,7 +92,7 @@ def run(cfg) -> float:
         tags=tags,
     ) as tracker:
         log_run_config(tracker, cfg, cohort, len(design.y))
-        result = nested_search(cfg, design, storage, cfg.study, tracker)
+        result = nested_search(cfg, design, storage, cfg.study, tracker, progress=_progress)
         est = result.estimate
         tables = write_tables(out, result, source, cfg)
         with warnings.catch_warnings():
@@ -111,11 +116,16 @@ def run(cfg) -> float:
             synthetic=cohort.synthetic,
             design=search_design_items(cfg, len(design.y)),
             tables={
-                "nested estimate": {k: v for k, v in est.items() if not isinstance(v, dict)},
+                "nested estimate": {
+                    k: v for k, v in est.items() if not isinstance(v, dict) and k not in NOT_SHOWN
+                },
+                "per ring width (nested; Nadeau-Bengio 95% CI)": result.regions,
+                "per ring width minus tumour only (paired)": result.region_differences,
                 "outer folds": result.folds,
                 "feature selection frequency": result.features.head(50),
             },
             figures=figures,
+            notes=result.warnings,
         )
         tracker.log_artifact(report, "report")
         if result.chosen is not None:
@@ -128,6 +138,13 @@ def run(cfg) -> float:
             )
     print_summary(result, cfg, out)
     return float(est["pooled_auc"])
+
+
+NOT_SHOWN = ("warnings", "region_estimates", "permutation_aucs")
+
+
+def _progress(line: str) -> None:
+    (log.warning if line.startswith("WARNING") else log.info)(line)
 
 
 def _pooled(result):
@@ -160,6 +177,12 @@ def write_tables(out, result, source: str, cfg) -> list:
         }
     )
     save("ring_frequency", rings)
+    if len(result.regions):
+        save("region_estimates", result.regions[REGION_COLUMNS])  # exactly these columns
+        save("region_outer_folds", result.region_folds, md=False)
+        save("region_oof_predictions", result.region_oof, md=False)
+    if len(result.region_differences):
+        save("region_differences", result.region_differences)
     save("decision_curve", decision_table(result, cfg), md=False)
     (out / "nested_estimate.json").write_text(
         json.dumps({"data": source, **est}, indent=2, default=float) + "\n"
@@ -207,7 +230,32 @@ def make_figures(result, cfg, note) -> dict:
         fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=7, color="grey")
     fig.tight_layout()
     figs["ring_frequency"] = fig
+    if len(result.regions):
+        figs["region_estimates"] = region_figure(result.regions, note)
     return figs
+
+
+def region_figure(regions: pd.DataFrame, note=None):
+    """Per-width nested AUC with its Nadeau-Bengio interval (the honest answer to "which
+    margin?", beside how often each width won)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    x = np.arange(len(regions))
+    m = regions["nested_auc"].to_numpy(float)
+    lo = m - regions["ci_low"].to_numpy(float)
+    hi = regions["ci_high"].to_numpy(float) - m
+    ax.errorbar(x, m, yerr=np.vstack([lo, hi]), fmt="o", color="#1f77b4", capsize=4)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, [str(r).replace("intra+", "+") for r in regions["region"]], fontsize=8)
+    ax.set_xlabel("region (tumour only = intra; +ring<w>mm = tumour + ring of w mm)")
+    ax.set_ylabel("nested AUC (mean outer fold)")
+    ax.set_title("Per-width nested AUC, 95% corrected t interval", fontsize=10)
+    if note:
+        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=7, color="grey")
+    fig.tight_layout()
+    return fig
 
 
 def print_summary(result, cfg, out) -> None:
@@ -216,16 +264,32 @@ def print_summary(result, cfg, out) -> None:
     log.info(
         f"\nNested estimate ({s.outer_folds}-fold x {s.outer_repeats} outer; the search never saw"
         f" the outer test folds):\n"
-        f"  mean outer AUC {e['mean_outer_auc']:.3f} (95% CI {e['mean_outer_auc_ci_low']:.3f}-"
-        f"{e['mean_outer_auc_ci_high']:.3f}, t-interval across {e['n_outer']} folds)\n"
+        f"  mean outer AUC {e['mean_outer_auc']:.3f} (95% CI {e['ci_low']:.3f}-"
+        f"{e['ci_high']:.3f}, Nadeau-Bengio corrected t across {e['n_outer']} folds; naive t "
+        f"{e['naive_t_ci_low']:.3f}-{e['naive_t_ci_high']:.3f})\n"
         f"  pooled out-of-fold AUC {e['pooled_auc']:.3f} (DeLong 95% CI "
-        f"{e['pooled_auc_ci_low']:.3f}-{e['pooled_auc_ci_high']:.3f}); calibration slope "
+        f"{e['pooled_auc_ci_low']:.3f}-{e['pooled_auc_ci_high']:.3f}, as if one model); "
+        f"calibration slope "
         f"{e['pooled_cal_slope']:.2f}, intercept {e['pooled_cal_intercept']:.2f}, HL p "
         f"{e['pooled_hl_p']:.3f}\n"
         f"  ring widths that won: {e['ring_width_counts']}; models: {e['model_counts']}\n"
         f"  (winners' mean inner AUC {e['mean_inner_auc_of_winners']:.3f}: optimistic, "
         "chosen for being high)"
     )
+    if len(result.regions):
+        log.info(
+            "Per ring width (nested AUC, 95% corrected t):\n"
+            + "\n".join(
+                f"  {r.region}: {r.nested_auc:.3f} ({r.ci_low:.3f}-{r.ci_high:.3f})"
+                for r in result.regions.itertuples()
+            )
+        )
+    if "permutation_p" in e:
+        log.info(
+            f"Permutation test ({e['permutations']} permuted runs): p = {e['permutation_p']:.3f}"
+        )
+    for w in result.warnings:
+        log.warning(f"search warning: {w}")
     if result.chosen is not None:
         log.info(
             f"Final configuration (search on all cases): {result.chosen_candidate.label()}\n"
