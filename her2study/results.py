@@ -100,13 +100,13 @@ def _cv_interval(fit) -> dict:
     cv = fit.details.get("cv_folds")
     if cv is None or not len(cv):
         return {}
-    ci = corrected_t_interval(cv["auc"], int(cv["n_train"].mean()), int(cv["n_test"].mean()))
+    ci = corrected_t_interval(cv["auc"], cv["n_train"].mean(), cv["n_test"].mean())
     return {
         "cv_auc": ci["mean"],
         "cv_auc_ci_low": ci["ci_low"],
         "cv_auc_ci_high": ci["ci_high"],
-        "cv_n_folds": ci["n_folds"],
-        "cv_ci_method": ci["ci_method"],
+        "cv_n_folds": ci["n"],
+        "cv_ci_method": ci["method"],
     }
 
 

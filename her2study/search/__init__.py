@@ -11,7 +11,7 @@ cross-validated:
   (``search.space``); its best trial is refitted on the whole outer training fold and scored on
   the outer test fold.
 * **Estimate** -- mean outer AUC with the Nadeau-Bengio corrected resampled t interval
-  (:mod:`~her2study.search.intervals`; the outer folds share training cases, so a plain
+  (:mod:`~her2study.evaluation.resampling`; the outer folds share training cases, so a plain
   t-interval across them is too narrow), and the AUC of the pooled out-of-fold predictions
   (averaged over repeats; its DeLong CI treats the K fold models as one: descriptive), its
   calibration (slope, intercept, Hosmer-Lemeshow) and decision curve; how often each ring width
@@ -75,13 +75,19 @@ Modules, each importing only those before it: :mod:`~her2study.search.candidate`
 the space as a pipeline on the design's columns), :mod:`~her2study.search.space` (the space and
 its checks), :mod:`~her2study.search.memo` (inner CV with memoised pipeline prefixes),
 :mod:`~her2study.search.storage` (Optuna storage, sampler, studies),
-:mod:`~her2study.search.intervals` (intervals, permutation p), and
+:mod:`~her2study.evaluation.resampling` (intervals, permutation p), and
 :mod:`~her2study.search.nested` (the nested search and its estimate). Their names are
 re-exported here.
 """
 
 from __future__ import annotations
 
+from her2study.evaluation.resampling import (
+    NADEAU_BENGIO,
+    corrected_t_interval,
+    naive_t_interval,
+    permutation_p,
+)
 from her2study.search.candidate import (
     SELECTION_DIMS,
     Candidate,
@@ -94,12 +100,6 @@ from her2study.search.candidate import (
     search_defaults,
 )
 from her2study.search.candidate import _plain as _plain  # OmegaConf node -> plain container
-from her2study.search.intervals import (
-    NADEAU_BENGIO,
-    corrected_t_interval,
-    naive_t_interval,
-    permutation_p,
-)
 from her2study.search.memo import InnerCV
 from her2study.search.nested import (
     KINDS,

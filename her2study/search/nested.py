@@ -3,7 +3,7 @@
 Per outer fold the study's winner is refitted on the outer training fold and scored once on the
 outer test fold (the nested estimate); so is, for every ring width of the space, the best trial
 of that width (the per-width estimates); with ``search.permutations`` the whole procedure is
-rerun on permuted labels (the permutation test). Intervals: :mod:`her2study.search.intervals`.
+rerun on permuted labels (the permutation test). Intervals: :mod:`her2study.evaluation.resampling`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from her2study.errors import ConfigError
+from her2study.evaluation.resampling import (
+    NADEAU_BENGIO,
+    corrected_t_interval,
+    naive_t_interval,
+    permutation_p,
+)
 from her2study.search.candidate import (
     Candidate,
     Design,
@@ -33,12 +39,6 @@ from her2study.search.candidate import (
     build_pipeline,
     candidate_from_params,
     search_defaults,
-)
-from her2study.search.intervals import (
-    NADEAU_BENGIO,
-    corrected_t_interval,
-    naive_t_interval,
-    permutation_p,
 )
 from her2study.search.memo import InnerCV
 from her2study.search.space import parse_space, resolve, space_digest

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from her2study.errors import ConfigError
-from her2study.evaluation.resampling import CI_METHOD, corrected_t_interval
+from her2study.evaluation.resampling import CI_METHOD, corrected_t_interval, difference_p
 from her2study.report import compare_report
 from her2study.reporting import paper_table3, to_markdown, to_text
 from her2study.tasks.common import output_dir
@@ -149,7 +149,7 @@ def paired_differences(folds: pd.DataFrame) -> pd.DataFrame:
             continue
         diff = g.loc[common, "auc"] - base.loc[common]
         ci = corrected_t_interval(
-            diff.to_numpy(), int(g["n_train"].mean()), int(g["n_test"].mean())
+            diff.to_numpy(), g["n_train"].mean(), g["n_test"].mean(), bounds=None
         )
         rows.append(
             {
@@ -158,8 +158,8 @@ def paired_differences(folds: pd.DataFrame) -> pd.DataFrame:
                 "cv_auc_diff": ci["mean"],
                 "ci_low": ci["ci_low"],
                 "ci_high": ci["ci_high"],
-                "p": ci["p"],
-                "n_folds": ci["n_folds"],
+                "p": difference_p(ci),
+                "n_folds": ci["n"],
                 "ci_method": CI_METHOD,
             }
         )
