@@ -80,7 +80,8 @@ def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F
     assert params["data.synthetic"] == "True"
     # two ring widths: no scalar width, no "ring" role; a single run is its own sweep
     assert "region.ring_width_mm" not in params and params["region.kind"] == "tumour+rings"
-    assert params["sweep_id"] == ptags["sweep_id"] == pid
+    out_name = next((tmp_path / "outputs" / "paper").iterdir()).name
+    assert params["sweep_id"] == ptags["sweep_id"] == f"paper/run:{out_name}"
     assert not any(".ring." in k for k in metrics) and metrics["test.tumour.auc"] > 0
     listed = srv.rest(f"artifacts/list?run_id={pid}&path=tables")["files"]
     assert "tables/table3.csv" in {f["path"] for f in listed}
@@ -117,7 +118,7 @@ def test_margin_sweep_and_compare(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("task") == "paper"]
     assert len(parents) == 3
-    sweep_dir = next((tmp_path / "multirun" / "sweep").iterdir()).name
+    sweep_dir = "sweep/" + next((tmp_path / "multirun" / "sweep").iterdir()).name
     case_ids = pd.read_csv(jobs[0].parent / "split.csv").iloc[:, 0]
     assert len(case_ids) == 60
     for p in parents:
