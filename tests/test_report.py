@@ -301,12 +301,16 @@ def test_search_and_compare_reports(tmp_path):
     fig.add_subplot().plot([0.5, 1, 2], [0.7, 0.8, 0.75], "o-")
     margins = pd.DataFrame(
         {
-            "run_id": ["a", "b"],
-            "ring_width_mm": [1.0, 2.0],
-            "data_synthetic": ["True", "True"],
-            "test_auc": [0.81, 0.74],
+            "region": ["intra", "intra+ring1mm", "intra+ring2mm"],
+            "kind": ["tumour", "tumour+ring", "tumour+ring"],
+            "width_mm": [0.0, 1.0, 2.0],
+            "cv_auc": [0.70, 0.78, 0.74],
+            "cv_auc_ci_low": [0.62, 0.70, 0.66],
+            "cv_auc_ci_high": [0.78, 0.86, 0.82],
+            "test_auc": [0.72, 0.81, 0.74],
         }
     )
+    paired = pd.DataFrame({"region": ["intra+ring1mm"], "cv_auc_diff": [0.08], "p": [0.03]})
     path = compare_report(
         tmp_path / "c",
         table=margins,
@@ -314,10 +318,13 @@ def test_search_and_compare_reports(tmp_path):
         source="SYNTHETIC",
         synthetic=True,
         experiment="paper <sweep>",
+        paired=paired,
+        note="training-side CV",
     )
     text = path.read_text()
     assert SYNTHETIC_BANNER in text and "paper &lt;sweep&gt;: which margin?" in text
-    assert "ring widths 1, 2 mm" in text and text.count("data:image/png") == 1
+    assert "outer edges 1, 2 mm" in text and text.count("data:image/png") == 1
+    assert "descriptive" in text and "paired on the same folds" in text
     _assert_self_contained(text)
 
     folds = pd.DataFrame({"fold": [1, 2], "outer_auc": [0.8, 0.7], "hl_p": [0.2, 0.0001]})
