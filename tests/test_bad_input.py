@@ -23,7 +23,7 @@ QUICK = [
     "execution.progress=false",
     "extractor=fast",
     "tracking=off",
-    "evaluation.bootstrap_reps=2",
+    "evaluation.bootstrap_reps=0",
 ]
 
 

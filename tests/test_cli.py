@@ -77,7 +77,7 @@ def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path):
 
     args = [
         "+exp=paper",
-        "evaluation.bootstrap_reps=2",
+        "evaluation.bootstrap_reps=0",
         "extractor=fast",
         "data.synthetic.n_cases=40",
         "execution.progress=false",

@@ -140,7 +140,7 @@ def test_a_model_sweep_runs_one_job_per_model(tmp_path):
         [
             "-m",
             "+exp=paper",
-            "evaluation.bootstrap_reps=2",
+            "evaluation.bootstrap_reps=0",
             "model=logistic,ridge",
             "data=features",
             f"data.features_table={tmp_path / 'features.csv'}",

@@ -9,7 +9,7 @@ from her2study.__main__ import run
 
 ARGS = [
     "+exp=paper",
-    "evaluation.bootstrap_reps=2",
+    "evaluation.bootstrap_reps=0",
     "extractor=fast",
     "data.synthetic.n_cases=50",
     "execution.progress=false",

@@ -36,7 +36,7 @@ def test_dicom_headers_stay_in_the_reader(tmp_path, monkeypatch, compose):
     monkeypatch.chdir(work)
     cfg = compose(
         "+exp=paper",
-        "evaluation.bootstrap_reps=2",
+        "evaluation.bootstrap_reps=0",
         "data=manifest",
         f"data.manifest={root / 'manifest.csv'}",
         "data.clinical_columns=[age]",

@@ -161,10 +161,14 @@ def test_loader_reads_the_synthetic_cohort(tmp_path):
     )
 
 
+STRONG = {"band_strength": 7.0, "intra_strength": 2.0}  # the generator's physics, clearly
+
+
 @pytest.fixture(scope="module")
 def features60():
-    """Label, band means (0-1 mm, 2-4 mm) and intratumoral heterogeneity of 60 cases."""
-    spec = SyntheticSpec(n_cases=60)
+    """Label, band means (0-1 mm, 2-4 mm) and intratumoral heterogeneity of 60 cases, at a strong
+    planted signal (the default's 3 / 0.3 dB is too weak to test the physics on 60 cases)."""
+    spec = SyntheticSpec(n_cases=60, **STRONG)
     rows = []
     for i in range(spec.n_cases):
         case = synthesize_case(spec, i)
@@ -183,7 +187,7 @@ def test_planted_signal_near_band_not_far_band(features60):
 def test_label_changes_only_band_and_lesion():
     """Counterfactual: the same case rendered with the other label differs only in the band
     (plus the point-spread function's reach) and inside the lesion."""
-    spec = SyntheticSpec(n_cases=12)
+    spec = SyntheticSpec(n_cases=12, **STRONG)
     for i in (0, 1, 2):
         a = synthesize_case(spec, i, label=0)
         b = synthesize_case(spec, i, label=1)
