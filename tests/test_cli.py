@@ -72,6 +72,8 @@ def test_unknown_task(tmp_path, task):
     assert "Could not find 'task/nonsense'" in err and "paper" in err and "search" in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path):
     import os
 

@@ -129,6 +129,8 @@ def test_importing_the_schema_imports_no_image_model_or_tracking_library():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_model_sweep_runs_one_job_per_model(tmp_path):
     """``-m model=logistic,ridge`` on a small features table: two real paper jobs."""
     from conftest import noise_features

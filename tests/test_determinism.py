@@ -4,6 +4,7 @@ input files are byte-identical after a run."""
 import hashlib
 
 import pandas as pd
+import pytest
 
 from her2study.__main__ import run
 
@@ -26,6 +27,8 @@ def _run(compose, monkeypatch, folder, *extra):
     return next(folder.glob("outputs/*"))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_identical_twice_and_with_two_workers(compose, monkeypatch, tmp_path):
     a = _run(compose, monkeypatch, tmp_path / "a", "execution.n_jobs=1")
     cohort = next((tmp_path / "a" / "cache" / "synthetic").iterdir())

@@ -49,6 +49,8 @@ def nomogram(mode: str, p: int, seed: int) -> NomogramModel:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_cross_fitted_nomogram_is_calibrated_on_new_cases_and_the_in_sample_one_is_not():
     """Median over 5 training sets of 155 against one test cohort of 2,000 (300 features, 3 of
     them shifted by 0.7 SD).

@@ -96,6 +96,8 @@ def row_auc(table3):
     return float(r["AUC (95% CI)"].split(" ")[0])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_margin_sweep_and_compare(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_cli(
