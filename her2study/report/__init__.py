@@ -7,12 +7,10 @@ URL; every text is HTML-escaped. See :func:`write_report` for the generic API an
 
 from .builders import (
     REPORT_NAME,
-    compare_report,
     design_items,
     figure_blocks,
     paper_report,
     search_design_items,
-    search_report,
     split_table,
 )
 from .checklist import reviewer_checklist
@@ -26,6 +24,7 @@ from .html import (
     render_report,
     write_report,
 )
+from .studies import compare_report, search_report
 from .table1 import cohort_summary, format_p, format_summary
 
 __all__ = [
