@@ -97,6 +97,8 @@ class DataConfig:
     negative_class: str = "HER2-zero"
     spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
     mask_label: Optional[int] = None  # label value to use in multi-label masks
+    max_image_pixels: Optional[int] = 25_000_000  # larger images are refused from their header,
+    # before any pixel is read (25 M = 5000 x 5000; analysing needs ~20 bytes/pixel); null = none
     clinical_columns: List[str] = field(default_factory=list)  # manifest columns used as clinical
     pseudonymise: bool = False  # replace case ids by salted hashes before anything is written
     pseudonym_salt: Optional[str] = "${oc.env:HER2STUDY_SALT,null}"  # secret; env HER2STUDY_SALT

@@ -4,11 +4,20 @@ Formats: NIfTI, NRRD, MHA (spacing from the header), PNG/JPEG/BMP/TIFF (spacing 
 or config), and ultrasound DICOM (spacing from the Sequence of Ultrasound Regions, in cm).
 Nothing here writes next to the input files, and no DICOM header value leaves this module except
 the pixel spacing.
+
+The manifest check uses :func:`check_image` / :func:`check_mask`: image headers only (size,
+spacing, origin, pixel type; ``ImageFileReader.ReadImageInformation`` or pydicom's
+``stop_before_pixels``), a size limit before any pixel is loaded, image-vs-mask geometry from the
+file headers, and a scan for NaN/inf of floating-point images (the only pixels it reads besides
+the mask's). NIfTI float data are scanned from the file itself, because ITK's NIfTI reader turns
+NaN and inf into 0 before anything sees them.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +47,210 @@ class ImageInfo:
 
     spacing_source: str  # header | dicom_us_regions | manifest | config
     converted_from: str = ""  # e.g. "RGB" when colour was turned to grayscale
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without loading its pixels."""
+
+    size: tuple[int, int]  # (columns, rows)
+    spacing: tuple[float, float] | None  # mm; None: the format carries none (PNG, uncalibrated)
+    origin: tuple[float, float] | None  # mm; None for plain formats and DICOM
+    channels: int
+    floating: bool  # float pixels: may hold NaN/inf
+    kind: str  # header (NIfTI/NRRD/MHA) | plain (PNG/JPEG/...) | dicom
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.size[0]) * int(self.size[1])
+
+
+@dataclass(frozen=True)
+class MaskFacts:
+    """What the manifest check needs to know about a mask's pixels."""
+
+    has_lesion: bool
+    touches_edge: bool
+
+
+def _unreadable(exc: Exception, what: str = "image") -> ImageReadError:
+    text = str(exc).strip()
+    first = text.splitlines()[-1][:200] if text else ""
+    return ImageReadError(
+        f"unreadable {what} ({first})", "check the file is a complete NIfTI/NRRD/MHA/PNG"
+    )
+
+
+def _multiframe(frames: int) -> ImageReadError:
+    return ImageReadError(
+        f"multi-frame image ({frames} frames/slices); one 2D image per lesion is expected",
+        "export the single frame on which the lesion was segmented",
+    )
+
+
+def _spacing_unknown(path: Path) -> ImageReadError:
+    what = "DICOM without an ultrasound region calibration" if _is_dicom(path) else "plain image"
+    return ImageReadError(
+        f"pixel spacing unknown ({what})",
+        "add spacing_x_mm/spacing_y_mm columns to the manifest or set data.spacing_mm",
+    )
+
+
+def read_header(path: str | Path) -> ImageHeader:
+    """Size, spacing, origin and pixel type of an image file, without loading its pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError("file not found", "check the path (relative to the manifest)")
+    if _is_dicom(path):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            rows, cols = int(ds.Rows), int(ds.Columns)
+        except Exception as exc:  # pydicom raises many types for corrupt files
+            raise ImageReadError(
+                f"unreadable DICOM ({type(exc).__name__}: {exc})",
+                "re-export the image from the PACS, or convert it to NIfTI/PNG",
+            ) from None
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ImageReadError(
+                f"multi-frame DICOM ({frames} frames); one 2D image per lesion is expected",
+                "export the single frame on which the lesion was segmented",
+            )
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        return ImageHeader((cols, rows), _dicom_us_spacing(ds), None, samples, False, "dicom")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(exc) from None
+    size, dim = reader.GetSize(), reader.GetDimension()
+    if dim == 3 and size[2] != 1:
+        raise _multiframe(size[2])
+    if dim not in (2, 3):
+        raise ImageReadError(f"{dim}D image", "export a 2D image")
+    plain = path.suffix.lower() in PLAIN_FORMATS
+    floating = "float" in sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    return ImageHeader(
+        size=(int(size[0]), int(size[1])),
+        spacing=None if plain else tuple(float(v) for v in reader.GetSpacing()[:2]),
+        origin=None if plain else tuple(float(v) for v in reader.GetOrigin()[:2]),
+        channels=int(reader.GetNumberOfComponents()),
+        floating=floating,
+        kind="plain" if plain else "header",
+    )
+
+
+def check_image(
+    path: str | Path,
+    spacing_mm: tuple[float, float] | None = None,
+    max_pixels: int | None = None,
+) -> ImageHeader:
+    """Everything the manifest check asks of an image, from its header (plus a NaN/inf scan of
+    floating-point pixels): readable, 2D, at most ``max_pixels`` pixels, spacing known."""
+    path = Path(path)
+    header = read_header(path)
+    if max_pixels is not None and header.n_pixels > max_pixels:
+        w, h = header.size
+        raise ImageReadError(
+            f"image is {w} x {h} = {header.n_pixels / 1e6:.1f} million pixels, above the limit "
+            f"data.max_image_pixels={max_pixels:_} (about {_mib(header.n_pixels * 20)} MiB "
+            "would be needed to analyse it)",
+            "crop the frame to the scan area or downsample it, or raise data.max_image_pixels "
+            "(null: no limit) if the machine has the memory",
+        )
+    if header.channels not in (1, 2, 3, 4):
+        raise ImageReadError(
+            f"{header.channels}-channel pixels are not supported", "export grayscale or RGB"
+        )
+    if spacing_mm is None and header.spacing is None:
+        raise _spacing_unknown(path)
+    if header.floating:
+        _check_finite(path)
+    return header
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.0f}"
+
+
+_NIFTI_FLOAT = {16: "f4", 64: "f8"}  # NIfTI datatype codes: FLOAT32, FLOAT64
+_CHUNK_BYTES = 1 << 24
+
+
+def _nifti_float_layout(path: Path) -> tuple[int, np.dtype, int] | None:
+    """(data offset, dtype, number of voxels) of a NIfTI-1/2 file holding float data, else None."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+    except (OSError, EOFError):
+        return None
+    for endian in ("<", ">"):
+        size = int(np.frombuffer(head[:4], f"{endian}i4")[0]) if len(head) >= 348 else 0
+        if size in (348, 540):
+            break
+    else:
+        return None
+    if size == 348:
+        dims = np.frombuffer(head[40:56], f"{endian}i2").astype(int)
+        code = int(np.frombuffer(head[70:72], f"{endian}i2")[0])
+        offset = int(np.frombuffer(head[108:112], f"{endian}f4")[0])
+    elif len(head) == 540:
+        code = int(np.frombuffer(head[12:14], f"{endian}i2")[0])
+        dims = np.frombuffer(head[16:80], f"{endian}i8").astype(int)
+        offset = int(np.frombuffer(head[168:176], f"{endian}i8")[0])
+    else:
+        return None
+    if code not in _NIFTI_FLOAT or not 1 <= dims[0] <= 7:
+        return None
+    n = math.prod(int(d) for d in dims[1 : dims[0] + 1])
+    return max(offset, size), np.dtype(f"{endian}{_NIFTI_FLOAT[code]}"), n
+
+
+def _nifti_float_chunks(path: Path, offset: int, dtype: np.dtype, n: int):
+    """The voxel values of a float NIfTI file, in chunks, as stored (NaN and inf kept)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        fh.seek(offset)
+        left = n * dtype.itemsize
+        while left > 0:
+            buf = fh.read(min(left, _CHUNK_BYTES))
+            if not buf:
+                return
+            left -= len(buf)
+            yield np.frombuffer(buf[: len(buf) - len(buf) % dtype.itemsize], dtype)
+
+
+def _check_finite(path: Path) -> None:
+    """Raise naming how many pixels are NaN or infinite (features of them are meaningless)."""
+    n_nan = n_inf = 0
+    layout = _nifti_float_layout(path) if ".nii" in path.name.lower() else None
+    if layout is not None:
+        chunks = _nifti_float_chunks(path, *layout)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))  # kept referenced: the view shares its buffer
+        except RuntimeError as exc:
+            raise _unreadable(exc) from None
+        arr = sitk.GetArrayViewFromImage(image)
+        flat = arr.reshape(-1)
+        step = _CHUNK_BYTES // max(arr.itemsize, 1)
+        chunks = (flat[i : i + step] for i in range(0, flat.size, step))
+    for chunk in chunks:
+        n_nan += int(np.isnan(chunk).sum())
+        n_inf += int(np.isinf(chunk).sum())
+    if n_nan or n_inf:
+        found = " and ".join(
+            t for t in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if t
+        )
+        raise ImageReadError(
+            f"{found} pixel value(s) in the image: features would be NaN or fail",
+            "re-export the image with finite values (e.g. replace NaN/inf by 0 outside the scan "
+            "area, or by the nearest valid value inside it)",
+        )
 
 
 def _is_dicom(path: Path) -> bool:
@@ -129,10 +342,7 @@ def read_image(
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
-            raise ImageReadError(
-                f"unreadable image ({first})", "check the file is a complete NIfTI/NRRD/MHA/PNG"
-            ) from None
+            raise _unreadable(exc) from None
         image, converted = _squeeze_2d(image)
         plain = path.suffix.lower() in PLAIN_FORMATS
         file_spacing = None if plain else tuple(image.GetSpacing())
@@ -143,13 +353,7 @@ def read_image(
     elif file_spacing is not None:
         spacing = (float(file_spacing[0]), float(file_spacing[1]))
     else:
-        what = (
-            "DICOM without an ultrasound region calibration" if _is_dicom(path) else "plain image"
-        )
-        raise ImageReadError(
-            f"pixel spacing unknown ({what})",
-            "add spacing_x_mm/spacing_y_mm columns to the manifest or set data.spacing_mm",
-        )
+        raise _spacing_unknown(path)
     if converted:
         log.info("%s: %s image converted to grayscale", path.name, converted)
     if abs(spacing[0] - spacing[1]) > 1e-6 * max(spacing):
@@ -178,10 +382,7 @@ def _squeeze_2d(image: sitk.Image) -> tuple[sitk.Image, str]:
     if image.GetDimension() == 3:
         size = image.GetSize()
         if size[2] != 1:
-            raise ImageReadError(
-                f"multi-frame image ({size[2]} frames/slices); one 2D image per lesion is expected",
-                "export the single frame on which the lesion was segmented",
-            )
+            raise _multiframe(size[2])
         image = image[:, :, 0]
     elif image.GetDimension() != 2:
         raise ImageReadError(f"{image.GetDimension()}D image", "export a 2D image")
@@ -194,8 +395,48 @@ def read_mask(
     """Read a mask as a binary uint8 image on the grid of ``like``.
 
     The mask must match the image's size; spacing and origin must match too unless the mask is a
-    plain format (PNG etc.), which carries none and takes the image's.
+    plain format (PNG etc.), which carries none and takes the image's. (The manifest check,
+    :func:`check_mask`, compares the two files' headers, also when the manifest gives spacing.)
     """
+    mask = _read_mask_pixels(path)
+    if mask.GetSize() != like.GetSize():
+        raise _size_mismatch(mask.GetSize(), like.GetSize())
+    if not (plain_spacing or Path(path).suffix.lower() in PLAIN_FORMATS):
+        _compare_geometry(mask.GetSpacing(), mask.GetOrigin(), like.GetSpacing(), like.GetOrigin())
+    arr = sitk.GetArrayViewFromImage(mask)
+    lesion = _lesion_values(_unique_values(arr), label)
+    out = sitk.GetImageFromArray(np.isin(arr, lesion).astype(np.uint8))
+    out.CopyInformation(like)
+    return out
+
+
+def check_mask(path: str | Path, image: ImageHeader, label: int | None = None) -> MaskFacts:
+    """The manifest check of one mask against its image's header: same size; same spacing and
+    origin whenever both files carry them (whatever spacing the manifest gives); one lesion label
+    (or ``label``). Reads the mask's pixels (not the image's) in row blocks."""
+    path = Path(path)
+    try:
+        header = read_header(path)
+    except ImageReadError as err:
+        if str(err).startswith("unreadable"):
+            raise ImageReadError(
+                "unreadable mask", "re-save the segmentation from ITK-SNAP"
+            ) from None
+        raise
+    if header.size != image.size:
+        raise _size_mismatch(header.size, image.size)
+    if image.kind == header.kind == "header":
+        _compare_geometry(header.spacing, header.origin, image.spacing, image.origin)
+    mask = _read_mask_pixels(path)  # kept referenced: the view below shares its buffer
+    arr = sitk.GetArrayViewFromImage(mask)
+    lesion = _lesion_values(_unique_values(arr), label)
+    if not len(lesion):
+        return MaskFacts(False, False)
+    edges = (arr[0, :], arr[-1, :], arr[:, 0], arr[:, -1])
+    return MaskFacts(True, any(np.isin(e, lesion).any() for e in edges))
+
+
+def _read_mask_pixels(path: str | Path) -> sitk.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError("file not found", "check the path (relative to the manifest)")
@@ -203,41 +444,47 @@ def read_mask(
         mask = sitk.ReadImage(str(path))
     except RuntimeError:
         raise ImageReadError("unreadable mask", "re-save the segmentation from ITK-SNAP") from None
-    mask, _ = _squeeze_2d(mask)
-    if mask.GetSize() != like.GetSize():
+    return _squeeze_2d(mask)[0]
+
+
+def _size_mismatch(mask_size, image_size) -> ImageReadError:
+    return ImageReadError(
+        f"mask size {tuple(mask_size)} differs from image size {tuple(image_size)}",
+        "save the segmentation on the same image it was drawn on",
+    )
+
+
+def _compare_geometry(mask_spacing, mask_origin, spacing, origin) -> None:
+    if not np.allclose(mask_spacing, spacing, rtol=1e-3):
         raise ImageReadError(
-            f"mask size {mask.GetSize()} differs from image size {like.GetSize()}",
+            f"mask spacing {_fmt(mask_spacing)} differs from image spacing {_fmt(spacing)} mm",
             "save the segmentation on the same image it was drawn on",
         )
-    if not (plain_spacing or path.suffix.lower() in PLAIN_FORMATS):
-        if not np.allclose(mask.GetSpacing(), like.GetSpacing(), rtol=1e-3):
-            raise ImageReadError(
-                f"mask spacing {_fmt(mask.GetSpacing())} differs from image spacing "
-                f"{_fmt(like.GetSpacing())} mm",
-                "save the segmentation on the same image it was drawn on",
-            )
-        if not np.allclose(mask.GetOrigin(), like.GetOrigin(), atol=1e-3 * max(like.GetSpacing())):
-            raise ImageReadError(
-                f"mask origin {_fmt(mask.GetOrigin())} differs from image origin "
-                f"{_fmt(like.GetOrigin())} mm",
-                "save the segmentation on the same image it was drawn on",
-            )
-    arr = sitk.GetArrayFromImage(mask)
-    values = np.unique(arr)
+    if not np.allclose(mask_origin, origin, atol=1e-3 * max(spacing)):
+        raise ImageReadError(
+            f"mask origin {_fmt(mask_origin)} differs from image origin {_fmt(origin)} mm",
+            "save the segmentation on the same image it was drawn on",
+        )
+
+
+def _unique_values(arr: np.ndarray, rows_per_block: int = 512) -> np.ndarray:
+    """``np.unique(arr)`` by blocks of rows (no full-size sorted copy of a large mask)."""
+    found = [np.unique(arr[i : i + rows_per_block]) for i in range(0, arr.shape[0], rows_per_block)]
+    return np.unique(np.concatenate(found)) if found else np.array([])
+
+
+def _lesion_values(values: np.ndarray, label: int | None) -> np.ndarray:
+    """The mask values that mark the lesion: ``label``, else the one non-zero value."""
     nonzero = values[values != 0]
     if label is not None:
-        binary = arr == label
-    elif len(nonzero) <= 1:
-        binary = arr != 0
-    else:
-        shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in nonzero[:6])
-        raise ImageReadError(
-            f"mask holds several labels ({shown})",
-            "set data.mask_label to the label of the lesion",
-        )
-    out = sitk.GetImageFromArray(binary.astype(np.uint8))
-    out.CopyInformation(like)
-    return out
+        return values[values == label]
+    if len(nonzero) <= 1:
+        return nonzero
+    shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in nonzero[:6])
+    raise ImageReadError(
+        f"mask holds several labels ({shown})",
+        "set data.mask_label to the label of the lesion",
+    )
 
 
 def _fmt(values) -> str:
