@@ -122,6 +122,8 @@ class RegionConfig:
     # left out of rings and bands (their shape is the tumour's shape: counted twice otherwise)
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
+    annotation_check: bool = True  # flag burned-in calipers/text/colour marks inside the regions
+    # (columns annotation_px/annotation_fraction of region_stats; a warning per case)
 
 
 @dataclass
@@ -131,6 +133,7 @@ class ExtractorConfig:
     name: str = "custom"
     params_file: Optional[str] = None  # a pyradiomics params YAML; overrides `params`
     params: Dict[str, Any] = field(default_factory=dict)  # setting / imageType / featureClass
+    check_bins: bool = True  # warn when an image type keeps <= 2 grey-level bins in most regions
 
 
 @dataclass

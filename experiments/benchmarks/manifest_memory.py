@@ -13,8 +13,10 @@ manifest) and as a float32 MHA, then runs ``load_cohort`` on each in a fresh pro
   image is refused from its header.
 
 Each run is a subprocess measured with ``_bench.run_measured`` (``ru_maxrss`` of the process);
-the "import only" row is the floor (Python + numpy + SimpleITK + pandas). Runs alternate
-before/after per repetition. Results: ``results/manifest_memory[_quick].md`` and ``.csv``.
+the sampled peak (every 0.25 s) beside it; the image files are written by another child, so
+that no measured process inherits a large peak. The "import only" row is the floor (Python +
+numpy + SimpleITK + pandas). Runs alternate before/after per repetition. Results:
+``results/manifest_memory[_quick].md`` and ``.csv``.
 
     python experiments/benchmarks/manifest_memory.py [--quick] [--size 10000] [--reps 1]
 """
@@ -108,7 +110,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--baseline", default=None, help="git ref (default: merge base with main)")
+    ap.add_argument("--write", nargs=3, metavar=("KIND", "SIZE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write:
+        write_cohort(Path(args.write[2]), int(args.write[1]), args.write[0])
+        return
     size = 3000 if args.quick else args.size
     kinds = ["gray"] if args.quick else ["gray", "rgb", "mha"]
     ref = (
@@ -129,7 +135,12 @@ def main() -> None:
         floor = run_measured([PYTHON, "-c", IMPORT_ONLY.format(root=str(REPO))])
         rows.append({"image": "-", "variant": "import only", "peak RSS MiB": floor.maxrss_mib})
         for kind in kinds:
-            manifest = write_cohort(tmp / kind, size, kind)
+            # written by a child process: Linux keeps a process's peak RSS across fork + exec,
+            # so a parent that had held the image would lend its peak to every measured child
+            subprocess.run(
+                [PYTHON, __file__, "--write", kind, str(size), str(tmp / kind)], check=True
+            )
+            manifest = tmp / kind / "manifest.csv"
             variants = {
                 f"before ({base_sha})": (str(tmp / "baseline"), {}),
                 "after, no limit": (str(REPO), {"max_image_pixels": None}),
@@ -143,7 +154,11 @@ def main() -> None:
                     code = CHILD.format(root=root, kwargs=kwargs, manifest=str(manifest))
                     m = run_measured([PYTHON, "-c", code], cwd=tmp)
                     measured[name].append(m)
-                    print(f"{kind:4s} {name:24s} {m.maxrss_mib:8.0f} MiB  {m.stdout()[:90]}")
+                    print(
+                        f"{kind:4s} {name:24s} {m.maxrss_mib:8.0f} MiB "
+                        f"(tree {m.tree_peak_mib:6.0f})  {m.stdout()[:90]}",
+                        flush=True,
+                    )
             before = min(m.maxrss_mib for m in measured[f"before ({base_sha})"])
             for name, runs in measured.items():
                 peak = min(m.maxrss_mib for m in runs)
@@ -152,6 +167,7 @@ def main() -> None:
                         "image": f"{kind} {size}x{size}",
                         "variant": name,
                         "peak RSS MiB": peak,
+                        "sampled peak MiB": min(m.tree_peak_mib for m in runs),
                         "above import floor MiB": peak - floor.maxrss_mib,
                         "before / this": before / peak,
                         "wall s": min(m.wall_s for m in runs),

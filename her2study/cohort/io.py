@@ -367,6 +367,34 @@ def read_image(
     return sitk.Cast(image, sitk.sitkFloat32), ImageInfo(source, converted)
 
 
+def read_chroma(path: str | Path) -> np.ndarray | None:
+    """Per-pixel ``max - min`` over the colour channels on the 0-255 scale (rows x columns), or
+    None for a grayscale source: what :func:`read_image` loses when it converts colour to gray
+    (coloured marks are burned-in annotations, see :mod:`her2study.cohort.annotations`)."""
+    path = Path(path)
+    if _is_dicom(path):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path))
+        if int(getattr(ds, "SamplesPerPixel", 1) or 1) < 3:
+            return None
+        arr = ds.pixel_array
+        photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+    else:
+        if read_header(path).channels < 3:
+            return None
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        bits = 8 * arr.dtype.itemsize if np.issubdtype(arr.dtype, np.integer) else 8
+    rgb = np.asarray(arr)[..., :3]
+    chroma = (rgb.max(axis=-1).astype(np.float32) - rgb.min(axis=-1)) * (255.0 / (2**bits - 1))
+    return chroma[0] if chroma.ndim == 3 else chroma
+
+
 def _squeeze_2d(image: sitk.Image) -> tuple[sitk.Image, str]:
     """Turn a colour or single-slice 3D image into a 2D scalar image."""
     converted = ""
