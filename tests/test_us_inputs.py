@@ -128,8 +128,9 @@ def test_non_finite_pixels_are_named(tmp_path, fmt, value, fragment):
     img, _ = ellipse_case(seed=1)
     img[10, 12] = value
     write_nifti(img, tmp_path / f"C1.{fmt}")
-    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"C1.{fmt}")))).all() \
-        == fmt.startswith("nii")
+    assert np.isfinite(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"C1.{fmt}")))
+    ).all() == fmt.startswith("nii")
     with pytest.raises(CohortError) as info:
         load_cohort(_manifest(tmp_path, rows))
     text = str(info.value)
@@ -265,3 +266,60 @@ def test_lbp_has_its_own_bin_width_and_is_no_longer_near_constant(synthetic, tmp
     assert len(warned) == 1 and warned[0].startswith("image type LBP2D (lbp-2D): 1 grey-level")
     assert "binWidth=10" in warned[0] and "imageType: {LBP2D: {binWidth: 1}}" in warned[0]
     assert check_derived_bins(synthetic, specs, new) == []
+
+
+# ------------------------------------------------------------------------------------------
+# end to end: the QA table and the warnings of a run
+
+
+@pytest.mark.e2e
+def test_extract_run_reports_annotations_in_region_stats(tmp_path, synthetic):
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    cohort = _annotated_cohort(tmp_path / "data", synthetic, ["cross", None, None, "text"])
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "her2study",
+            "task=extract",
+            "extractor=fast",
+            "data=manifest",
+            f"data.manifest={cohort.source}",
+            "region.ring_widths_mm=[2.0]",
+            "execution.progress=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    flagged = [cohort.ids[0], cohort.ids[3]]
+    for cid in flagged:
+        assert f"case {cid} [{cid}.png]: " in log and "pixels of burned-in annotation" in log
+    assert log.count("pixels of burned-in annotation") == 2
+    (stats,) = (tmp_path / "outputs").glob("*/*/region_stats.csv")
+    table = pd.read_csv(stats, dtype={"case_id": str})
+    assert {"coverage", "annotation_px", "annotation_fraction"} <= set(table.columns)
+    per_case = table.groupby("case_id")["annotation_px"].max()
+    assert (per_case[flagged] >= 5).all() and (per_case.drop(flagged) == 0).all()
+
+
+@pytest.mark.slow
+def test_default_synthetic_cohort_has_no_annotation_alarms(tmp_path):
+    """All 209 cases of the default synthetic cohort (speckle, calcifications in about a third,
+    echogenic spikes): no case is flagged (measured: no overlay pixel at all)."""
+    from her2study.cohort.source import ensure_synthetic
+
+    class Data:
+        synthetic = SyntheticSpec()
+        synthetic_dir = str(tmp_path / "synthetic")
+
+    cohort = load_cohort(ensure_synthetic(Data(), n_jobs=2))
+    table, notes = annotation_qa(cohort, region_specs(True, [1.0, 2.0]), n_jobs=2)
+    assert len(cohort.cases) == 209 and notes == []
+    assert table["annotation_px"].sum() == 0

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 NEAR_MAX = 0.05  # candidates: within this fraction of the grey-level range below the maximum
-EDGE_CONTRAST = 0.35  # a structure's mean minus the median of its neighbours, fraction of range
+EDGE_CONTRAST = 0.22  # a structure's mean minus the median of its neighbours, fraction of range
 COLOUR_CHROMA = 40.0  # max - min over R, G, B on the 0-255 scale: a coloured pixel
 MIN_PIXELS = 5  # a case is flagged from this many overlay pixels inside its analysed regions
 

@@ -94,6 +94,7 @@ def annotation_qa(
     fov_mode: str = "nonzero",
     mask_label: int | None = None,
     cache_root: str | Path | None = None,
+    n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Overlay pixels per case and region, and one warning per flagged case.
 
@@ -101,17 +102,26 @@ def annotation_qa(
     (``annotation_px`` = overlay pixels inside the region, ``annotation_fraction`` = their share
     of the region's pixels); a case is flagged from :data:`MIN_PIXELS` overlay pixels in the
     union of its regions (the tumour and its widest ring). With ``cache_root`` each case's
-    result is kept in ``<cache_root>/qa/`` (keyed by the files' bytes and the regions).
+    result is kept in ``<cache_root>/qa/`` (keyed by the files' bytes and the regions); cases
+    not in the cache are checked on ``n_jobs`` processes.
     """
+    from joblib import Parallel, delayed
+
     cache = FeatureCache(Path(cache_root) / "qa") if cache_root is not None else None
+    keys = [
+        _qa_key(c, specs, fov_mode, mask_label) if cache is not None else "" for c in cohort.cases
+    ]
+    results = [cache.get(k) if cache is not None else None for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    fresh = Parallel(n_jobs=n_jobs if len(todo) > 1 else 1)(
+        delayed(_case_overlays)(cohort.cases[i], specs, fov_mode, mask_label) for i in todo
+    )
+    for i, result in zip(todo, fresh, strict=True):
+        results[i] = result
+        if cache is not None:
+            cache.put(keys[i], result)
     rows, notes = [], []
-    for case in cohort.cases:
-        key = _qa_key(case, specs, fov_mode, mask_label) if cache is not None else ""
-        result = cache.get(key) if cache is not None else None
-        if result is None:
-            result = _case_overlays(case, specs, fov_mode, mask_label)
-            if cache is not None:
-                cache.put(key, result)
+    for case, result in zip(cohort.cases, results, strict=True):
         rows += [{"case_id": case.case_id, **row} for row in result["rows"]]
         total = result["total"]
         if total >= MIN_PIXELS:
@@ -191,22 +201,35 @@ def check_derived_bins(
     fov_mode: str = "nonzero",
     mask_label: int | None = None,
     n_cases: int = 3,
+    cache_root: str | Path | None = None,
 ) -> list[str]:
     """Warnings for image types that keep <= 2 grey-level bins in most regions of a few cases
-    spread over the cohort (the tumour and the widest ring of each)."""
+    spread over the cohort (the tumour and the widest ring of each); with ``cache_root`` the bin
+    counts are kept in ``<cache_root>/qa/`` (keyed by those cases' files and the settings)."""
     if not cohort.cases:
         return []
     picks = np.unique(np.linspace(0, len(cohort.cases) - 1, n_cases).round().astype(int))
     widest = max(specs, key=lambda s: (not s.is_intra, s.outer_mm or 0.0))
     used = [s for s in specs if s.is_intra] + ([widest] if not widest.is_intra else [])
-    counts: dict[str, list[int]] = {}
-    for i in picks:
-        image, regions = _regions(cohort.cases[i], used, fov_mode, mask_label)
-        for region in regions.values():
-            if region.sum() < 4:
-                continue
-            for key, n in derived_bin_counts(image, region, params).items():
-                counts.setdefault(key, []).append(n)
+    cache = FeatureCache(Path(cache_root) / "qa") if cache_root is not None else None
+    key = ""
+    if cache is not None:
+        cases = [cohort.cases[i] for i in picks]
+        key = canonical_digest(
+            {"bins": [_qa_key(c, used, fov_mode, mask_label) for c in cases], "params": params}
+        )
+    counts = cache.get(key) if cache is not None else None
+    if counts is None:
+        counts = {}
+        for i in picks:
+            image, regions = _regions(cohort.cases[i], used, fov_mode, mask_label)
+            for region in regions.values():
+                if region.sum() < 4:
+                    continue
+                for name, n in derived_bin_counts(image, region, params).items():
+                    counts.setdefault(name, []).append(n)
+        if cache is not None:
+            cache.put(key, counts)
     setting = params.get("setting", {}) or {}
     notes = []
     reported: set[str] = set()

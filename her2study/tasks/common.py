@@ -235,13 +235,23 @@ def image_qa(cohort, specs, cfg):
 
     if cfg.extractor.get("check_bins", True):
         for note in check_derived_bins(
-            cohort, specs, extractor_params(cfg), cfg.region.fov, cfg.data.mask_label
+            cohort,
+            specs,
+            extractor_params(cfg),
+            cfg.region.fov,
+            cfg.data.mask_label,
+            cache_root=cfg.cache_dir,
         ):
             log.warning("%s", note)
     if not cfg.region.get("annotation_check", True):
         return None
     table, notes = annotation_qa(
-        cohort, specs, cfg.region.fov, cfg.data.mask_label, cache_root=cfg.cache_dir
+        cohort,
+        specs,
+        cfg.region.fov,
+        cfg.data.mask_label,
+        cache_root=cfg.cache_dir,
+        n_jobs=cfg.execution.n_jobs,
     )
     for note in notes:
         log.warning("%s", note)
