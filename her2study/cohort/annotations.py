@@ -12,9 +12,13 @@ an overlay pixel when
   ``EDGE_CONTRAST`` of that range above the median of the pixels right next to it.
 
 Checked on drawn caliper crosses, dotted lines and bitmap text against the synthetic cohort's
-speckle and calcifications (``tests/test_us_inputs.py``): on the 209 default synthetic cases the
-largest edge contrast of a near-maximum structure is far below ``EDGE_CONTRAST``. Overlays drawn
-in a mid grey, or smoothed (anti-aliased) so much that they have no sharp edge, are not found.
+speckle and calcifications (``tests/test_us_inputs.py``): over the 209 default synthetic frames
+the largest edge contrast of a near-maximum structure is 0.18 of the range (median 0.06), and no
+pixel is flagged; text drawn over bright tissue (about 180 of 255) stands 0.27-0.32 above its
+neighbours, a caliper cross or dots over the lesion 0.6-1.0. Overlays drawn in a mid grey,
+smoothed (anti-aliased) so much that they have no sharp edge, or drawn on tissue as bright as
+they are, are not found; a frame whose speckle is not blurred at all (independent noise per
+pixel) has isolated flagged pixels, below ``MIN_PIXELS`` per case.
 """
 
 from __future__ import annotations

@@ -224,21 +224,43 @@ def _nifti_float_chunks(path: Path, offset: int, dtype: np.dtype, n: int):
             yield np.frombuffer(buf[: len(buf) - len(buf) % dtype.itemsize], dtype)
 
 
+def _whole(path: Path):
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise _unreadable(exc) from None
+    yield sitk.GetArrayViewFromImage(image)  # the generator keeps ``image`` alive meanwhile
+
+
+def _streamed_rows(path: Path):
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = list(reader.GetSize())
+    step = max(1, _CHUNK_BYTES // (4 * size[0] * reader.GetNumberOfComponents()))
+    for y in range(0, size[1], step):
+        index = [0] * len(size)
+        index[1] = y
+        block = [size[0], min(step, size[1] - y)] + size[2:]
+        reader.SetExtractIndex(index)
+        reader.SetExtractSize(block)
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise _unreadable(exc) from None
+        yield sitk.GetArrayViewFromImage(image)
+
+
 def _check_finite(path: Path) -> None:
     """Raise naming how many pixels are NaN or infinite (features of them are meaningless)."""
     n_nan = n_inf = 0
     layout = _nifti_float_layout(path) if ".nii" in path.name.lower() else None
     if layout is not None:
         chunks = _nifti_float_chunks(path, *layout)
-    else:
-        try:
-            image = sitk.ReadImage(str(path))  # kept referenced: the view shares its buffer
-        except RuntimeError as exc:
-            raise _unreadable(exc) from None
-        arr = sitk.GetArrayViewFromImage(image)
-        flat = arr.reshape(-1)
-        step = _CHUNK_BYTES // max(arr.itemsize, 1)
-        chunks = (flat[i : i + step] for i in range(0, flat.size, step))
+    elif path.suffix.lower() in (".mha", ".mhd"):
+        chunks = _streamed_rows(path)  # MetaImage streams: only a block of rows in memory
+    else:  # NRRD and the rest: ITK reads the whole file for any region, so read it once
+        chunks = _whole(path)
     for chunk in chunks:
         n_nan += int(np.isnan(chunk).sum())
         n_inf += int(np.isinf(chunk).sum())
