@@ -17,7 +17,12 @@ from PIL import Image, ImageDraw, ImageFont
 from her2study.cohort import CohortError, load_cohort
 from her2study.cohort.io import read_header
 from her2study.config import SyntheticSpec
-from her2study.features.qa import annotation_qa, annotation_summary, check_derived_bins
+from her2study.features.qa import (
+    QA_COLUMNS,
+    annotation_qa,
+    annotation_summary,
+    check_derived_bins,
+)
 from her2study.regions import region_specs
 
 # ------------------------------------------------------------------------------------------
@@ -205,7 +210,8 @@ def test_drawn_calipers_dots_and_text_are_flagged_clean_speckle_is_not(tmp_path,
     assert (per_case.drop(flagged) == 0).all(), per_case
     assert len(notes) == 3 and all("burned-in annotation" in n and "fix:" in n for n in notes)
     assert notes[0].startswith(f"case {flagged[0]} [{flagged[0]}.png]")
-    assert set(table.columns) >= {"case_id", "region", "annotation_px", "annotation_fraction"}
+    assert list(table.columns) == ["case_id", "region", *QA_COLUMNS]
+    assert table.groupby("case_id", sort=False)["annotation_flagged"].all()[flagged].all()
     assert annotation_summary(table).startswith("3 of 6 cases carry burned-in annotations")
 
 
@@ -304,7 +310,7 @@ def test_extract_run_reports_annotations_in_region_stats(tmp_path, synthetic):
     assert log.count("pixels of burned-in annotation") == 2
     (stats,) = (tmp_path / "outputs").glob("*/*/region_stats.csv")
     table = pd.read_csv(stats, dtype={"case_id": str})
-    assert {"coverage", "annotation_px", "annotation_fraction"} <= set(table.columns)
+    assert {"coverage", *QA_COLUMNS} <= set(table.columns)
     per_case = table.groupby("case_id")["annotation_px"].max()
     assert (per_case[flagged] >= 5).all() and (per_case.drop(flagged) == 0).all()
 

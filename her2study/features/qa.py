@@ -1,7 +1,7 @@
 """Image-level quality checks of the analysed regions, beside the extraction's region table.
 
 * :func:`annotation_qa`: burned-in annotations (calipers, text, colour marks) inside each case's
-  tumour and rings, as columns ``annotation_px`` / ``annotation_fraction`` of the QA table
+  tumour and rings, as columns ``annotation_px`` / ``_fraction`` / ``_flagged`` of the QA table
   (``region_stats``), with one warning per flagged case and the fix.
 * :func:`check_derived_bins`: how many grey-level bins each derived image type (LBP, wavelet,
   LoG, ...) keeps inside the regions with its own pyradiomics settings; an image type left with
@@ -34,7 +34,7 @@ from her2study.regions import REGION_VERSION, RegionMaker, RegionSpec, field_of_
 
 log = logging.getLogger(__name__)
 
-QA_COLUMNS = ["annotation_px", "annotation_fraction"]
+QA_COLUMNS = ["annotation_px", "annotation_fraction", "annotation_flagged"]
 QA_VERSION = 1  # bump when the overlay rule changes (it keys the cached results)
 ANNOTATION_FIX = (
     "export the frame without annotations (scanners can store a clean copy), inpaint the marks "
@@ -100,10 +100,10 @@ def annotation_qa(
 
     Returns ``(table, warnings)``: the table has ``case_id``, ``region`` and :data:`QA_COLUMNS`
     (``annotation_px`` = overlay pixels inside the region, ``annotation_fraction`` = their share
-    of the region's pixels); a case is flagged from :data:`MIN_PIXELS` overlay pixels in the
-    union of its regions (the tumour and its widest ring). With ``cache_root`` each case's
-    result is kept in ``<cache_root>/qa/`` (keyed by the files' bytes and the regions); cases
-    not in the cache are checked on ``n_jobs`` processes.
+    of the region's pixels, ``annotation_flagged`` = the case has at least :data:`MIN_PIXELS`
+    overlay pixels in the union of its regions, the tumour and its widest ring). With
+    ``cache_root`` each case's result is kept in ``<cache_root>/qa/`` (keyed by the files' bytes
+    and the regions); cases not in the cache are checked on ``n_jobs`` processes.
     """
     from joblib import Parallel, delayed
 
@@ -122,9 +122,12 @@ def annotation_qa(
             cache.put(keys[i], result)
     rows, notes = [], []
     for case, result in zip(cohort.cases, results, strict=True):
-        rows += [{"case_id": case.case_id, **row} for row in result["rows"]]
         total = result["total"]
-        if total >= MIN_PIXELS:
+        flag = total >= MIN_PIXELS
+        rows += [
+            {"case_id": case.case_id, **row, "annotation_flagged": flag} for row in result["rows"]
+        ]
+        if flag:
             notes.append(
                 f"case {case.case_id} [{case.image.name}]: {total} pixels of burned-in annotation "
                 f"(calipers, text or colour marks) inside the analysed regions "
@@ -139,19 +142,16 @@ def annotation_summary(region_stats: pd.DataFrame | None) -> str:
     """One line for the report: how many cases carry burned-in annotations, and the fix."""
     if region_stats is None or "annotation_px" not in region_stats.columns:
         return "not checked (features supplied, no images)"
-    per_case = region_stats.groupby("case_id", sort=False)["annotation_px"].sum()
-    # rings are nested in the widest one: the sum over regions counts a pixel more than once,
-    # so the flag uses the largest region count as a lower bound of the union
-    worst = region_stats.groupby("case_id", sort=False)["annotation_px"].max()
-    flagged = list(worst.index[worst >= MIN_PIXELS])
+    flags = region_stats.groupby("case_id", sort=False)["annotation_flagged"].any()
+    flagged = list(flags.index[flags])
     if not flagged:
         return (
-            f"checked in {len(per_case)} cases (saturated thin structures and coloured pixels "
-            "inside the tumour and rings): none found"
+            f"checked in {len(flags)} cases (sharp-edged marks at the maximum grey level and "
+            "coloured pixels inside the tumour and rings): none found"
         )
     shown = ", ".join(map(str, flagged[:10])) + (" ..." if len(flagged) > 10 else "")
     return (
-        f"{len(flagged)} of {len(per_case)} cases carry burned-in annotations inside the tumour "
+        f"{len(flagged)} of {len(flags)} cases carry burned-in annotations inside the tumour "
         f"or rings ({shown}); counts per region in region_stats (annotation_px). Fix: "
         f"{ANNOTATION_FIX}"
     )
