@@ -86,6 +86,33 @@ def test_image_within_the_limit_passes_and_plain_formats_use_their_header(tmp_pa
         load_cohort(tmp_path / "manifest.csv", max_image_pixels=10_000)
 
 
+def test_compressed_dicom_without_a_decoder_is_named_from_its_header(tmp_path):
+    """Header-only reading no longer decodes the pixels: a transfer syntax that no installed
+    decoder reads (MPEG-2 video here) is still reported by the manifest check."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML, UltrasoundImageStorage, generate_uid
+
+    rows = _pair(tmp_path)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = MPEG2MPML
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 120, 140, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([b"\x00" * 100])
+    ds.save_as(str(tmp_path / "cine.dcm"), enforce_file_format=True)
+    rows[1]["image"] = "cine.dcm"
+    with pytest.raises(CohortError) as info:
+        load_cohort(_manifest(tmp_path, rows, spacing=(0.2, 0.2)))
+    assert "case C1 [cine.dcm]: DICOM pixel data compressed as MPEG2" in str(info.value)
+    assert "fix: install a pydicom decoder plugin" in str(info.value)
+
+
 def test_max_image_pixels_is_a_documented_config_key(compose):
     cfg = compose("data=manifest", "data.manifest=x.csv")
     assert cfg.data.max_image_pixels == 25_000_000

@@ -118,6 +118,7 @@ def read_header(path: str | Path) -> ImageHeader:
                 f"multi-frame DICOM ({frames} frames); one 2D image per lesion is expected",
                 "export the single frame on which the lesion was segmented",
             )
+        _check_dicom_decoder(ds)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         return ImageHeader((cols, rows), _dicom_us_spacing(ds), None, samples, False, "dicom")
     reader = sitk.ImageFileReader()
@@ -141,6 +142,25 @@ def read_header(path: str | Path) -> ImageHeader:
         floating=floating,
         kind="plain" if plain else "header",
     )
+
+
+def _check_dicom_decoder(ds) -> None:
+    """Compressed pixel data need a decoder: say so from the header, before any work."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or not uid.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(uid).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        raise ImageReadError(
+            f"DICOM pixel data compressed as {uid.name}, and no installed decoder reads it",
+            "install a pydicom decoder plugin (e.g. pylibjpeg with its openjpeg/libjpeg plugins), "
+            "or export the image uncompressed",
+        )
 
 
 def check_image(
