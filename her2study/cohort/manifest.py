@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from her2study.cohort.io import ImageReadError, check_image, check_mask
+from her2study.cohort.checks import check_image, check_mask
+from her2study.cohort.io import ImageReadError
 from her2study.errors import Her2StudyError
 
 log = logging.getLogger(__name__)
