@@ -123,7 +123,7 @@ class RegionConfig:
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
     annotation_check: bool = True  # flag burned-in calipers/text/colour marks inside the regions
-    # (columns annotation_px/annotation_fraction of region_stats; a warning per case)
+    # (columns annotation_px/_fraction/_flagged of region_stats; a warning per flagged case)
 
 
 @dataclass
