@@ -97,6 +97,8 @@ class DataConfig:
     negative_class: str = "HER2-zero"
     spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
     mask_label: Optional[int] = None  # label value to use in multi-label masks
+    max_image_pixels: Optional[int] = 25_000_000  # larger images are refused from their header,
+    # before any pixel is read (25 M = 5000 x 5000; analysing needs ~20 bytes/pixel); null = none
     clinical_columns: List[str] = field(default_factory=list)  # manifest columns used as clinical
     pseudonymise: bool = False  # replace case ids by salted hashes before anything is written
     pseudonym_salt: Optional[str] = "${oc.env:HER2STUDY_SALT,null}"  # secret; env HER2STUDY_SALT
@@ -120,6 +122,8 @@ class RegionConfig:
     # left out of rings and bands (their shape is the tumour's shape: counted twice otherwise)
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
+    annotation_check: bool = True  # flag burned-in calipers/text/colour marks inside the regions
+    # (columns annotation_px/_fraction/_flagged of region_stats; a warning per flagged case)
 
 
 @dataclass
@@ -129,6 +133,7 @@ class ExtractorConfig:
     name: str = "custom"
     params_file: Optional[str] = None  # a pyradiomics params YAML; overrides `params`
     params: Dict[str, Any] = field(default_factory=dict)  # setting / imageType / featureClass
+    check_bins: bool = True  # warn when an image type keeps <= 2 grey-level bins in most regions
 
 
 @dataclass

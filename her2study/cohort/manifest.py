@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
-from her2study.cohort.io import ImageReadError, read_image, read_mask
+from her2study.cohort.checks import check_image, check_mask
+from her2study.cohort.io import ImageReadError
 from her2study.errors import Her2StudyError
 
 log = logging.getLogger(__name__)
@@ -260,8 +260,14 @@ def _row_spacing(row: pd.Series, spacing_mm: float | None) -> tuple[float, float
     return None
 
 
-def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]:
-    """Read one case's files and report what is wrong with them."""
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # data.max_image_pixels (config.py) documents it
+
+
+def _check_case(
+    case: Case, mask_label: int | None, root: Path, max_pixels: int | None = None
+) -> list[Problem]:
+    """Check one case's files from their headers (plus the mask's pixels and a NaN/inf scan of
+    float images); report what is wrong with them. No image pixels are loaded otherwise."""
     problems = []
 
     def rel(p: Path) -> str:
@@ -271,20 +277,18 @@ def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]
             return str(p)
 
     try:
-        image, _ = read_image(case.image, case.spacing_mm)
+        header = check_image(case.image, case.spacing_mm, max_pixels)
     except ImageReadError as err:
         return [Problem(case.case_id, rel(case.image), str(err), err.fix)]
-    plain = case.spacing_mm is not None
     for path, who in ((case.mask, "mask"), (case.mask_reader2, "second reader's mask")):
         if path is None:
             continue
         try:
-            mask = read_mask(path, image, mask_label, plain_spacing=plain)
+            facts = check_mask(path, header, mask_label)
         except ImageReadError as err:
             problems.append(Problem(case.case_id, rel(path), f"{who}: {err}", err.fix))
             continue
-        arr = sitk.GetArrayViewFromImage(mask)
-        if not arr.any():
+        if not facts.has_lesion:
             problems.append(
                 Problem(
                     case.case_id,
@@ -294,7 +298,7 @@ def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]
                     "segment the lesion, or set data.mask_label to the lesion's label",
                 )
             )
-        elif arr[0, :].any() or arr[-1, :].any() or arr[:, 0].any() or arr[:, -1].any():
+        elif facts.touches_edge:
             problems.append(
                 Problem(
                     case.case_id,
@@ -320,6 +324,7 @@ def load_cohort(
     require_labels: bool = True,
     on_error: str = "raise",
     ignore_columns: tuple[str, ...] | list[str] = (),
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Cohort:
     """Read and validate a manifest; raise :class:`CohortError` listing every problem.
 
@@ -329,7 +334,8 @@ def load_cohort(
     and listed with the reasons in :attr:`Cohort.failed`; problems of the manifest as a whole
     (missing columns, empty or duplicate case ids) still raise. ``ignore_columns``: optional
     columns not to read at all (predict ignores ``mask_reader2`` and ``split``). Input files are
-    only read, never written to.
+    only read, never written to. ``max_image_pixels``: larger images are reported from their
+    header, before any pixel is read (None: no limit).
     """
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
@@ -397,7 +403,7 @@ def load_cohort(
         )
     if check_files:
         for case in cases:
-            problems += _check_case(case, mask_label, root)
+            problems += _check_case(case, mask_label, root, max_image_pixels)
 
     failed: dict[str, str] = {}
     if on_error == "collect":

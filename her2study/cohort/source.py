@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from her2study.cohort.manifest import Cohort, load_cohort
+from her2study.cohort.manifest import DEFAULT_MAX_IMAGE_PIXELS, Cohort, load_cohort
 from her2study.cohort.synthetic import SyntheticSpec, write_synthetic_cohort
 from her2study.digest import canonical_digest
 from her2study.errors import ConfigError
@@ -57,6 +57,7 @@ def load_from_config(data_cfg, n_jobs: int = 1):
             **common,
             spacing_mm=data_cfg.spacing_mm,
             mask_label=data_cfg.mask_label,
+            max_image_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
         )
         return cohort, None
     if data_cfg.source == "features":

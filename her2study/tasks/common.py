@@ -210,9 +210,12 @@ def cohort_and_features(cfg):
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)
     specs = specs_from_config(cfg)
+    qa = image_qa(cohort, specs, cfg)  # warnings before any extraction
     fs = features_from_config(cohort, specs, cfg)
     if cfg.region.reader2 or cfg.selection.icc_threshold is not None:
         fs = add_reader2_features(cohort, fs, specs, cfg)
+    if qa is not None and fs.region_stats is not None:
+        fs.region_stats = fs.region_stats.merge(qa, on=["case_id", "region"], how="left")
     log.info(
         "features: %d cases x %d columns (%s); %d region entries from cache, %d extracted",
         fs.table.shape[0],
@@ -222,6 +225,37 @@ def cohort_and_features(cfg):
         fs.n_extracted,
     )
     return cohort, fs
+
+
+def image_qa(cohort, specs, cfg):
+    """Image checks of the analysed regions, logged as warnings before extraction: burned-in
+    annotations per case (returned as the QA columns of ``region_stats``, or None when off) and
+    derived image types left with <= 2 grey-level bins (``extractor.check_bins``)."""
+    from her2study.features.qa import annotation_qa, check_derived_bins
+
+    if cfg.extractor.get("check_bins", True):
+        for note in check_derived_bins(
+            cohort,
+            specs,
+            extractor_params(cfg),
+            cfg.region.fov,
+            cfg.data.mask_label,
+            cache_root=cfg.cache_dir,
+        ):
+            log.warning("%s", note)
+    if not cfg.region.get("annotation_check", True):
+        return None
+    table, notes = annotation_qa(
+        cohort,
+        specs,
+        cfg.region.fov,
+        cfg.data.mask_label,
+        cache_root=cfg.cache_dir,
+        n_jobs=cfg.execution.n_jobs,
+    )
+    for note in notes:
+        log.warning("%s", note)
+    return table
 
 
 def clinical_columns(cfg) -> list[str]:

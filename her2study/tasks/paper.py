@@ -14,6 +14,7 @@ import pandas as pd
 
 from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
+from her2study.features.qa import annotation_summary
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
@@ -80,6 +81,7 @@ def run(cfg) -> float:
         clinical_columns=clinical_columns(cfg),
         features=fs.table,
         validation=validation,
+        checklist={"Burned-in annotations": annotation_summary(fs.region_stats)},
     )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
