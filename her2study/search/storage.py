@@ -84,21 +84,33 @@ def open_storage(url: str, create_dirs: bool = False):
                 )
             _check_folder(Path(rest), url, create_dirs)
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        storage = _rdb_storage(url, kwargs, hint)
+        storage = _rdb_storage(_postgres_driver(url), kwargs, hint)
     _STORAGES[url] = storage
     return storage
 
 
+def _postgres_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg
+    (3); the ``cluster`` extra installs psycopg2-binary."""
+    if not url.lower().startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def _rdb_storage(url: str, kwargs: dict, hint: str):
     """RDBStorage; workers starting together on a new database race to create its tables
-    ("already exists", "locked", alembic's "UNIQUE constraint failed"): the loser retries and
-    finds them."""
+    ("already exists", "locked", alembic's "UNIQUE constraint failed", PostgreSQL's "duplicate
+    key value violates unique constraint"): the loser retries and finds them."""
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # bad dialect, missing driver, unreachable server, ...
             text = str(exc).lower()
-            racing = ("already exists", "locked", "unique constraint failed")
+            racing = ("already exists", "locked", "unique constraint failed", "duplicate key value")
             if attempt < 5 and any(r in text for r in racing):
                 time.sleep(0.2 * (attempt + 1))
                 continue
