@@ -222,24 +222,101 @@ def test_pruned_search_is_a_nested_search_all_the_same(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def test_study_storage_reads_with_optunas_public_api(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna_d.db'}"
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A small finished search (2 outer folds + final, median pruner) in a SQLite file."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'optuna_d.db'}"
     cfg = make_cfg(
-        "search.n_trials=3", "search.outer_folds=2", "search.inner_folds=3", space=MODELS_ONLY
+        "search.n_trials=4",
+        "search.n_startup_trials=2",
+        "search.pruner=median",
+        "search.outer_folds=2",
+        "search.inner_folds=3",
+        space=MODELS_ONLY,
     )
     nested_search(
         cfg, _noise_design(40, 10), open_storage(url), "d", final=True, progress=lambda s: None
     )
+    return url
+
+
+def test_study_storage_reads_with_optunas_public_api(searched):
+    url = searched
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
     assert set(summaries) == {"d/outer0_0", "d/outer0_1", "d/final"}
     for name, summary in summaries.items():
-        assert summary.n_trials == 3 and summary.direction == optuna.study.StudyDirection.MAXIMIZE
+        assert summary.n_trials == 4 and summary.direction == optuna.study.StudyDirection.MAXIMIZE
         study = optuna.load_study(study_name=name, storage=url)  # a plain URL, no her2study
         assert {"data", "space", "design", "cohort"} <= set(study.user_attrs)
         for t in study.trials:
-            assert t.state == TrialState.COMPLETE and t.params["model"] in ("logistic", "ridge")
-            assert len(t.user_attrs["fold_auc"]) == 3 and ":" in t.user_attrs["worker"]
-            assert t.value == pytest.approx(np.mean(t.user_attrs["fold_auc"]), abs=1e-5)
+            assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            assert t.params["model"] in ("logistic", "ridge") and ":" in t.user_attrs["worker"]
+            aucs = t.user_attrs["fold_auc"]
+            assert sorted(t.intermediate_values) == list(range(len(aucs)))
+            if t.state == TrialState.COMPLETE:
+                assert len(aucs) == 3 and t.value == pytest.approx(np.mean(aucs), abs=1e-5)
     final = optuna.load_study(study_name="d/final", storage=url)
     assert final.user_attrs["chosen"]["model"] in ("logistic", "ridge")
     assert "mean_outer_auc" in final.user_attrs["nested_estimate"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_optuna_dashboard_serves_our_studies(searched, tmp_path):
+    """The documented command, ``optuna-dashboard <storage URL>``, on loopback: its REST API
+    lists the studies and each trial's user attributes."""
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard (pip install -e '.[cluster]')")
+    import json
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    cmd = [str(exe)] if exe.exists() else [shutil.which("optuna-dashboard") or ""]
+    if not cmd[0]:
+        cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; main()"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "dashboard.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [*cmd, searched, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ),
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
+            try:
+                studies = get("/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert time.time() < deadline, "optuna-dashboard did not answer in 120 s"
+                time.sleep(0.5)
+        by_name = {s["study_name"]: s for s in studies}
+        assert set(by_name) == {"d/outer0_0", "d/outer0_1", "d/final"}
+        final_attrs = {a["key"] for a in by_name["d/final"]["user_attrs"]}
+        assert {"chosen", "nested_estimate", "data"} <= final_attrs
+        detail = get(f"/api/studies/{by_name['d/outer0_0']['study_id']}")
+        assert len(detail["trials"]) == 4
+        for trial in detail["trials"]:
+            attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+            assert len(json.loads(attrs["fold_auc"])) >= 1 and ":" in attrs["worker"]
+            assert len(trial["intermediate_values"]) == len(json.loads(attrs["fold_auc"]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
