@@ -57,6 +57,10 @@ pipeline (z-scoring + correlation filter, + Mann-Whitney, + LASSO, + model) is m
 (fold, columns, the parameters of the steps so far) and reused by every later trial that shares
 it (``search.reuse``); discrete thresholds (``step``, or categorical) make such reuse frequent.
 Trials can run in threads (``search.n_jobs``), and several processes can share a study.
+``search.pruner`` (``none`` by default; ``median``, ``successive_halving``) stops a trial between
+inner folds: after fold ``i`` the mean AUC of folds ``0..i`` is the trial's intermediate value at
+step ``i``; PRUNED trials count toward ``search.n_trials``
+(``experiments/benchmarks/README_pruning.md``: why it is off by default).
 
 Storage (``search.storage``): ``null`` = ``sqlite:///<search.output_root>/optuna_<study>.db``
 relative to the current folder (not Hydra's per-run folder, so a rerun resumes); any SQLAlchemy
