@@ -359,6 +359,7 @@ def make_objective(
     the folds so far is reported to the study's pruner as the intermediate value at that fold
     (step ``i``); a pruned trial records its fold AUCs and stops (:class:`optuna.TrialPruned`).
     With the ``none`` pruner nothing is reported and every fold runs."""
+    last = len(inner.splits) - 1
 
     def objective(trial):
         params = suggest(trial, dims, defaults)
@@ -368,7 +369,7 @@ def make_objective(
 
             def on_fold(i: int, aucs: list[float]) -> None:
                 trial.report(float(np.mean(aucs)), i)
-                if trial.should_prune():
+                if i < last and trial.should_prune():  # after the last fold: complete
                     trial.set_user_attr("fold_auc", [round(a, 6) for a in aucs])
                     trial.set_user_attr("worker", WORKER)
                     raise optuna.TrialPruned(f"pruned after inner fold {i}")
