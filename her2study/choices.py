@@ -43,6 +43,7 @@ ClinicalMethod = _choice("ClinicalMethod", "stepwise", "prespecified", "penalise
 AUCInterval = _choice("AUCInterval", "delong", "bootstrap")
 Backend = _choice("Backend", "loky", "threading", "multiprocessing", "dask", "ray")
 Sampler = _choice("Sampler", "tpe", "random")
+Pruner = _choice("Pruner", "none", "median", "successive_halving")
 ExportSource = _choice("ExportSource", "study", "config")
 TaskName = _choice(
     "TaskName", "synth", "extract", "paper", "compare", "search", "export", "predict"

@@ -216,12 +216,20 @@ def _extract_or_report(case: Case, *args) -> CaseResult:
 
 @contextlib.contextmanager
 def _backend(backend: str, n_jobs: int):
-    """joblib backend context: loky/threading locally, dask or ray for a cluster."""
+    """joblib backend context: loky/threading locally, dask or ray for a cluster. ``dask``: the
+    scheduler that Dask's config names (``DASK_SCHEDULER_ADDRESS``, e.g. tcp://host:8786), else
+    a local cluster of ``n_jobs`` worker processes."""
     import joblib
 
     if backend == "dask":
+        import dask
         from dask.distributed import Client, LocalCluster
 
+        address = dask.config.get("scheduler-address", None)
+        if address:
+            with Client(address), joblib.parallel_config(backend="dask"):
+                yield
+            return
         with LocalCluster(n_workers=max(n_jobs, 1), threads_per_worker=1, processes=True) as lc:
             with Client(lc), joblib.parallel_config(backend="dask"):
                 yield

@@ -141,31 +141,37 @@ class InnerCV:
         with self._lock:
             self.fits += steps
 
-    def fold_probs(self, cand: Candidate, seed: int | None = None) -> list[np.ndarray]:
-        """Predicted probabilities of each inner validation fold."""
+    def iter_fold_probs(self, cand: Candidate, seed: int | None = None):
+        """Predicted probabilities of each inner validation fold, one fold at a time."""
         seed = self.seed if seed is None else int(seed)
         cols = tuple(self.design.columns(cand))
         cols_key = (cand.ring_width_mm, cand.use_clinical)
         pipe = build_pipeline(cand, seed)
-        out = []
         for i in range(len(self.splits)):
             if self.reuse:
-                out.append(self._prob_reuse(i, cols, cols_key, pipe))
+                yield self._prob_reuse(i, cols, cols_key, pipe)
             else:
                 xtr, xva, ytr = self._fold_data(i, cols)
                 fitted = clone(pipe)
                 with self._count(len(pipe.steps)):
                     fitted.fit(xtr, ytr)
-                out.append(fitted.predict_proba(xva)[:, 1])
-        return out
+                yield fitted.predict_proba(xva)[:, 1]
 
-    def score(self, cand: Candidate, seed: int | None = None) -> tuple[float, list[float]]:
-        """Mean inner-fold AUC (the objective) and the per-fold AUCs."""
-        probs = self.fold_probs(cand, seed)
-        aucs = [
-            float(roc_auc_score(self.y.iloc[va].to_numpy(), p))
-            for (_, va), p in zip(self.splits, probs, strict=True)
-        ]
+    def fold_probs(self, cand: Candidate, seed: int | None = None) -> list[np.ndarray]:
+        """Predicted probabilities of each inner validation fold."""
+        return list(self.iter_fold_probs(cand, seed))
+
+    def score(
+        self, cand: Candidate, seed: int | None = None, on_fold=None
+    ) -> tuple[float, list[float]]:
+        """Mean inner-fold AUC (the objective) and the per-fold AUCs. ``on_fold(i, aucs)`` is
+        called after each fold with the AUCs so far (a pruner stops the trial there by
+        raising)."""
+        aucs: list[float] = []
+        for (_, va), p in zip(self.splits, self.iter_fold_probs(cand, seed), strict=False):
+            aucs.append(float(roc_auc_score(self.y.iloc[va].to_numpy(), p)))
+            if on_fold is not None:
+                on_fold(len(aucs) - 1, aucs)
         return float(np.mean(aucs)), aucs
 
 
