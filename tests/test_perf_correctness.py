@@ -1,0 +1,177 @@
+"""Speed-ups that must not change a result: the same features, selections and predictions.
+
+Speed itself is measured in ``experiments/benchmarks/`` (ratios run side by side), never here.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from her2study.selection.correlation import CorrelationFilter, CorrelationMemo
+
+
+def _blocky(n=60, p=80, seed=0):
+    """Columns in correlated blocks (as radiomics features are), one constant column."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 8))
+    X = np.repeat(base, p // 8, axis=1) + rng.normal(scale=rng.uniform(0.05, 1.5, p), size=(n, p))
+    X[:, 5] = 3.0
+    y = (base[:, 0] + rng.normal(size=n) > 0).astype(int)
+    return X, y
+
+
+def _fit(X, y, **params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the constant column
+        return CorrelationFilter(**params).fit(X, y)
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson"])
+@pytest.mark.parametrize("rule", ["mean_abs_corr", "later", "target"])
+def test_correlation_memo_gives_the_selection_of_a_fresh_fit(method, rule):
+    X, y = _blocky()
+    memo = CorrelationMemo()
+    thresholds = [0.95, 0.8, 0.9, 0.85, 0.5, 0.6]  # 0.5 is below the memo's floor: recomputed
+    for t in thresholds:
+        alone = _fit(X, y, threshold=t, method=method, rule=rule)
+        with memo.active():
+            shared = _fit(X, y, threshold=t, method=method, rule=rule)
+        np.testing.assert_array_equal(shared.support_, alone.support_)
+        assert shared.drop_log_ == alone.drop_log_
+        np.testing.assert_array_equal(shared.mean_abs_corr_, alone.mean_abs_corr_)
+        np.testing.assert_array_equal(shared.constant_, alone.constant_)
+        if rule == "target":
+            np.testing.assert_array_equal(shared.target_corr_, alone.target_corr_)
+        assert 0 < shared.support_.sum() < X.shape[1]
+    # the matrix was computed for the first threshold and again below the floor; else shared
+    assert (memo.misses, memo.hits) == (2, len(thresholds) - 2)
+    # other data (one value changed) is another entry, not a stale hit
+    X2 = X.copy()
+    X2[0, 0] += 1.0
+    with memo.active():
+        other = _fit(X2, y, threshold=0.9, method=method, rule=rule)
+    np.testing.assert_array_equal(
+        other.support_, _fit(X2, y, threshold=0.9, method=method, rule=rule).support_
+    )
+    assert memo.misses == 3
+
+
+def test_correlation_memo_is_bounded_and_only_active_inside_its_block():
+    X, y = _blocky()
+    memo = CorrelationMemo(max_mb=1e-3)  # 1 kB: no entry fits
+    with memo.active():
+        _fit(X, y, threshold=0.9)
+        _fit(X, y, threshold=0.8)
+    assert memo.hits == 0 and memo._bytes == 0
+    memo = CorrelationMemo()
+    _fit(X, y, threshold=0.9)  # not active: untouched
+    assert (memo.hits, memo.misses) == (0, 0)
+
+
+def _blocky_design(n=60, p=24, seed=1):
+    import pandas as pd
+
+    from her2study.search.candidate import Design
+
+    X, y = _blocky(n, 2 * p, seed)
+    X[:, 5] += np.linspace(0, 1e-3, n)  # no constant column here (the scaler's output)
+    idx = pd.Index([f"C{i:03d}" for i in range(n)], name="case_id")
+    cols = [f"intra_f{i}" for i in range(p)] + [f"peri1mm_f{i}" for i in range(p)]
+    return Design.from_tables(pd.DataFrame(X, index=idx, columns=cols), pd.Series(y, idx), None)
+
+
+def test_inner_cv_shares_the_spearman_matrix_across_thresholds(compose):
+    """Candidates differing only in ``corr_threshold``: the memo computes the fold's matrix once
+    and the fold predictions equal refitting every pipeline from scratch."""
+    from her2study.search.candidate import Candidate, base_selection
+    from her2study.search.memo import InnerCV
+
+    sel = {**base_selection(compose()), "lasso_cv": 2, "lasso_n_lambdas": 8}
+    design = _blocky_design()
+    thresholds = [0.8, 0.9, 0.95]
+    cands = [Candidate(1.0, False, {**sel, "corr_threshold": t}, "ridge", {}) for t in thresholds]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = InnerCV(design, design.X.index, 3, seed=2, reuse=True)
+        plain = InnerCV(design, design.X.index, 3, seed=2, reuse=False)
+        selected = set()
+        for cand in cands:
+            for a, b in zip(fast.fold_probs(cand), plain.fold_probs(cand), strict=True):
+                np.testing.assert_array_equal(a, b)
+            selected.add(tuple(np.round(fast.fold_probs(cand)[0], 12)))
+    assert len(selected) > 1  # the thresholds select differently: the test can tell them apart
+    assert fast.corr_memo.misses == 3  # one matrix per fold
+    assert fast.corr_memo.hits == 3 * (len(thresholds) - 1)
+
+
+_SERVE_CACHED = """
+import json, os, sys
+from her2study.cohort import load_cohort
+from her2study.features import extract_features
+from her2study.regions import region_specs
+fs = extract_features(load_cohort(sys.argv[1]), region_specs(True, [1.0, 2.0]),
+                      json.loads(sys.argv[2]), sys.argv[3], n_jobs=2)
+kids = [p for p in os.listdir("/proc") if p.isdigit()
+        and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())]
+fs.table.to_pickle(sys.argv[4])
+print(json.dumps({"children": len(kids), "radiomics": "radiomics" in sys.modules,
+                  "n_cached": fs.n_cached, "n_extracted": fs.n_extracted}))
+"""
+
+
+def test_fully_cached_extraction_starts_no_worker_and_gives_the_same_table(make_cohort, tmp_path):
+    """Cache hits are served by the parent: with ``n_jobs=2`` no worker process is started and
+    pyradiomics is not even imported; the table equals the cold one bit for bit."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from conftest import FAST_PARAMS, REPO
+
+    from her2study.cohort import load_cohort
+    from her2study.features import extract_features
+    from her2study.regions import region_specs
+
+    manifest = make_cohort(n=4)
+    cache = tmp_path / "cache"
+    cold = extract_features(
+        load_cohort(manifest), region_specs(True, [1.0, 2.0]), FAST_PARAMS, cache
+    )
+    out = tmp_path / "warm.pkl"
+    args = [str(manifest), json.dumps(FAST_PARAMS), str(cache), str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_CACHED, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"children": 0, "radiomics": False, "n_cached": 12, "n_extracted": 0}
+    pd.testing.assert_frame_equal(pd.read_pickle(out), cold.table, check_exact=True)
+
+
+def test_partly_cached_case_extracts_only_its_missing_region(make_cohort, tmp_path):
+    from conftest import FAST_PARAMS
+
+    from her2study.cohort import load_cohort
+    from her2study.features import extract_features
+    from her2study.regions import region_specs
+
+    cohort = load_cohort(make_cohort(n=3))
+    cache = tmp_path / "cache"
+    specs = region_specs(True, [1.0])
+    cold = extract_features(cohort, specs, FAST_PARAMS, cache)
+    entries = sorted((cache / "features").glob("*/*.json"))
+    entries[0].unlink()
+    again = extract_features(cohort, specs, FAST_PARAMS, cache, n_jobs=2)
+    assert (again.n_cached, again.n_extracted) == (5, 1)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(again.table, cold.table, check_exact=True)
+    pd.testing.assert_frame_equal(again.region_stats, cold.region_stats, check_exact=True)
