@@ -175,3 +175,50 @@ def test_partly_cached_case_extracts_only_its_missing_region(make_cohort, tmp_pa
 
     pd.testing.assert_frame_equal(again.table, cold.table, check_exact=True)
     pd.testing.assert_frame_equal(again.region_stats, cold.region_stats, check_exact=True)
+
+
+def _paper_params():
+    import yaml
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "conf/extractor/paper.yaml").read_text())["params"]
+
+
+def test_filters_once_per_case_give_executes_values_bit_for_bit(make_cohort):
+    """The tumour and two rings of real files with the paper settings (wavelet, LoG, LBP2D,
+    ...): one filtering per case gives every value ``execute`` gives region by region."""
+    from her2study.cohort import load_cohort
+    from her2study.cohort.io import read_image, read_mask
+    from her2study.features.extraction import build_extractor
+    from her2study.features.shared import can_share_filters, execute_regions
+    from her2study.regions import RegionMaker, field_of_view, region_image, region_specs
+
+    extractor = build_extractor(_paper_params())
+    assert can_share_filters(extractor)
+    for case in load_cohort(make_cohort(n=1)).cases:
+        image, _ = read_image(case.image, case.spacing_mm)
+        mask = read_mask(case.mask, image, None, plain_spacing=case.spacing_mm is not None)
+        maker = RegionMaker(mask, field_of_view(image, "nonzero"), 2.0)
+        specs = region_specs(True, [1.0, 2.0])
+        masks = {s.name: region_image(maker.make(s)[0], image) for s in specs}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shared = execute_regions(extractor, image, masks)
+            for name, region in masks.items():
+                alone = extractor.execute(image, region, label=1)
+                values = {k: v for k, v in alone.items() if not k.startswith("diagnostics_")}
+                assert list(shared[name]) == list(values)  # same features, same order
+                for k, v in values.items():
+                    np.testing.assert_array_equal(np.asarray(shared[name][k]), np.asarray(v), k)
+        assert len(values) > 1000
+
+
+def test_mask_dependent_settings_fall_back_to_execute():
+    from her2study.features.extraction import build_extractor
+    from her2study.features.shared import can_share_filters
+
+    base = _paper_params()
+    lbp3d = {**base, "imageType": {**base["imageType"], "LBP3D": {}}}
+    resampled = {**base, "setting": {**base["setting"], "resampledPixelSpacing": [0.5, 0.5]}}
+    assert not can_share_filters(build_extractor(lbp3d))
+    assert not can_share_filters(build_extractor(resampled))

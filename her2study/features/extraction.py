@@ -23,6 +23,7 @@ from her2study.cohort.manifest import Case, Cohort
 from her2study.digest import canonical_digest, file_digest
 from her2study.errors import ConfigError, Her2StudyError
 from her2study.features.cache import FeatureCache
+from her2study.features.shared import execute_regions
 from her2study.regions import (
     REGION_VERSION,
     RegionMaker,
@@ -211,26 +212,31 @@ def extract_case(
     maker = RegionMaker(mask, fov, outer)
     extractor = build_extractor(params)
     min_size = int(params.get("setting", {}).get("minimumROISize", 1) or 1)
+    masks, stats_of, problems = {}, {}, {}
     for spec in todo:
         region, stats = maker.make(spec)
         if stats.n_pixels < max(min_size, 1):
-            result.errors.append(
+            problems[spec.name] = (
                 f"case {case.case_id} [{case.mask.name}] region {spec.name}: only "
                 f"{stats.n_pixels} pixels -> fix: use a wider ring or check the mask and spacing"
             )
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skimage's LBP float warning, numpy empty-slice noise
-            try:
-                raw = extractor.execute(image, region_image(region, image), label=1)
-            except Exception as exc:
-                result.errors.append(
-                    f"case {case.case_id} [{case.image.name}] region {spec.name}: "
-                    f"pyradiomics failed ({exc})"
-                )
-                continue
+        masks[spec.name], stats_of[spec.name] = region_image(region, image), stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage's LBP float warning, numpy empty-slice noise
+        raws = execute_regions(extractor, image, masks, label=1)  # filters once per case
+    for spec in todo:
+        raw = raws.get(spec.name)
+        if isinstance(raw, Exception):
+            problems[spec.name] = (
+                f"case {case.case_id} [{case.image.name}] region {spec.name}: "
+                f"pyradiomics failed ({raw})"
+            )
+        if spec.name in problems:
+            result.errors.append(problems[spec.name])
+            continue
         values = {k: _to_float(v) for k, v in raw.items() if not k.startswith("diagnostics_")}
-        entry = {"features": values, "stats": asdict(stats)}
+        entry = {"features": values, "stats": asdict(stats_of[spec.name])}
         cache.put(keys[spec.name], entry)
         result.features[spec.name] = values
         result.stats[spec.name] = entry["stats"]
