@@ -222,3 +222,29 @@ def test_mask_dependent_settings_fall_back_to_execute():
     resampled = {**base, "setting": {**base["setting"], "resampledPixelSpacing": [0.5, 0.5]}}
     assert not can_share_filters(build_extractor(lbp3d))
     assert not can_share_filters(build_extractor(resampled))
+
+
+def test_cache_entries_verify_fast_keep_their_order_and_older_layouts_still_read(tmp_path):
+    import json
+
+    from her2study.features.cache import FeatureCache, _fast_value, content_checksum
+
+    value = {"features": {"b_x": 1.5, "a_y": float("nan"), "c": -0.1}, "stats": {"n_pixels": 3}}
+    cache = FeatureCache(tmp_path)
+    cache.put("ab12", value)
+    path = cache._path("ab12")
+    entry = json.loads(path.read_text())  # plain JSON, the checksum of its value as before
+    assert entry["sha256"] == content_checksum(entry["value"])
+    assert _fast_value(path.read_bytes()) is not None  # verified from the stored bytes
+    got = cache.get("ab12")
+    assert list(got["features"]) == ["b_x", "a_y", "c"]  # feature order kept (column order)
+    assert got["features"]["b_x"] == 1.5 and np.isnan(got["features"]["a_y"])
+    # an entry written by the previous layout reads the same, then is rewritten in the new one
+    path.write_text(json.dumps({"sha256": content_checksum(value), "value": value}))
+    assert _fast_value(path.read_bytes()) is None
+    assert list(cache.get("ab12")["features"]) == ["b_x", "a_y", "c"]
+    assert _fast_value(path.read_bytes()) is not None
+    # one changed digit in the stored value: neither check passes, the entry is discarded
+    path.write_bytes(path.read_bytes().replace(b"1.5", b"1.6"))
+    assert cache.get("ab12") is None and not path.exists()
+    assert "does not match its checksum" in cache.problems[-1]

@@ -368,7 +368,10 @@ def extract_features(
         for spec in specs:
             feats = r.features[spec.name]
             keys = names[spec.name]
-            row[start : start + len(keys)] = [feats.get(k, np.nan) for k in keys]
+            if len(feats) == len(keys) and list(feats) == keys:  # the usual case: same order
+                row[start : start + len(keys)] = np.fromiter(feats.values(), float, len(keys))
+            else:
+                row[start : start + len(keys)] = [feats.get(k, np.nan) for k in keys]
             start += len(keys)
             stats.append({"case_id": r.case_id, "region": spec.name, **r.stats[spec.name]})
     if errors and on_error == "raise":
