@@ -248,3 +248,35 @@ def test_cache_entries_verify_fast_keep_their_order_and_older_layouts_still_read
     path.write_bytes(path.read_bytes().replace(b"1.5", b"1.6"))
     assert cache.get("ab12") is None and not path.exists()
     assert "does not match its checksum" in cache.problems[-1]
+
+
+def test_bootstrap_validation_is_reused_from_the_fit_cache_identically(tmp_path):
+    """Warm equals cold bit for bit; any change of data, seed or estimator misses."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from her2study.evaluation.validation import optimism_bootstrap
+    from her2study.fitcache import use_fit_cache
+
+    X, y = _blocky(n=50, p=16, seed=4)
+    X = pd.DataFrame(X[:, [0, 1, 2, 9, 15]], columns=list("abcde"))
+    est = make_pipeline(StandardScaler(), LogisticRegression(C=0.5))
+    plain = optimism_bootstrap(est, X, y, n_boot=8, seed=3)
+    with use_fit_cache(tmp_path) as cache:
+        cold = optimism_bootstrap(est, X, y, n_boot=8, seed=3)
+        warm = optimism_bootstrap(est, X, y, n_boot=8, seed=3)
+        assert (cache.hits, cache.misses) == (1, 1)
+        optimism_bootstrap(est, X, y, n_boot=8, seed=4)  # another seed
+        X2 = X.copy()
+        X2.iloc[0, 0] += 1e-9
+        optimism_bootstrap(est, X2, y, n_boot=8, seed=3)  # other data
+        other = make_pipeline(StandardScaler(), LogisticRegression(C=0.6))
+        optimism_bootstrap(other, X, y, n_boot=8, seed=3)  # another parameter
+        assert (cache.hits, cache.misses) == (1, 4)
+    for result in (cold, warm):
+        pd.testing.assert_frame_equal(result.to_frame(), plain.to_frame(), check_exact=True)
+        np.testing.assert_array_equal(result.boot_training, plain.boot_training)
+        np.testing.assert_array_equal(result.boot_test, plain.boot_test)
+        assert (result.failures, result.warnings) == (plain.failures, plain.warnings)
