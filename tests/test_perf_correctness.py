@@ -280,3 +280,40 @@ def test_bootstrap_validation_is_reused_from_the_fit_cache_identically(tmp_path)
         np.testing.assert_array_equal(result.boot_training, plain.boot_training)
         np.testing.assert_array_equal(result.boot_test, plain.boot_test)
         assert (result.failures, result.warnings) == (plain.failures, plain.warnings)
+
+
+def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
+    """The paper's signatures (Clinic, Intra, IntraPeri 1/2 mm, Nomogram) with bootstrap
+    validation, fitted twice on one tiny table: the second run reuses out-of-fold predictions
+    and validations, and every prediction, fold AUC and validation row is the same."""
+    import pandas as pd
+    from conftest import noise_features
+
+    from her2study.study import fit_signatures
+
+    X, clinical, y = noise_features(n=64, p=10)
+    split = pd.Series(np.where(np.arange(len(y)) % 4 == 0, "test", "train"), index=y.index)
+    cfg = compose(
+        "+exp=paper",
+        f"cache_dir={tmp_path}",
+        "evaluation.bootstrap_reps=3",
+        "evaluation.cv_folds=3",
+        "evaluation.cv_repeats=1",
+        "selection.lasso_cv=3",
+        "execution.n_jobs=1",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cold = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+        stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")}
+        warm = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+    assert len(stored) > len(cold)  # out-of-fold and bootstrap entries were stored
+    # ... and all reused: a miss would have written (replaced) its entry again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")} == stored
+    assert [f.name for f in warm] == [f.name for f in cold]
+    assert {"Clinic", "Intra", "Nomogram"} <= {f.name for f in cold}
+    for a, b in zip(cold, warm, strict=True):
+        pd.testing.assert_series_equal(a.prob, b.prob, check_exact=True)
+        pd.testing.assert_series_equal(a.oof, b.oof, check_exact=True)
+        pd.testing.assert_frame_equal(a.validation, b.validation, check_exact=True)
+        pd.testing.assert_frame_equal(a.details["cv_folds"], b.details["cv_folds"])
