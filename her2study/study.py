@@ -158,23 +158,6 @@ def fit_signatures(
     cfg,
     bands_mm=(),
 ) -> list[SignatureFit]:
-    """:func:`fit_signatures_uncached` with out-of-fold predictions and bootstrap validations
-    reused from ``<cache_dir>/fits`` when their inputs, seed and code are unchanged."""
-    from her2study.fitcache import use_fit_cache
-
-    with use_fit_cache(cfg.get("cache_dir")):
-        return fit_signatures_uncached(features, clinical, y, split, ring_widths_mm, cfg, bands_mm)
-
-
-def fit_signatures_uncached(
-    features: pd.DataFrame,
-    clinical: pd.DataFrame,
-    y: pd.Series,
-    split: pd.Series,
-    ring_widths_mm: list[float],
-    cfg,
-    bands_mm=(),
-) -> list[SignatureFit]:
     """Fit the paper's signatures on the training cases; predict every case; out-of-fold
     training predictions on shared folds; optimism-corrected validation when configured.
 

@@ -289,6 +289,7 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
     import pandas as pd
     from conftest import noise_features
 
+    from her2study.fitcache import use_fit_cache
     from her2study.study import fit_signatures
 
     X, clinical, y = noise_features(n=64, p=10)
@@ -304,9 +305,11 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cold = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+        with use_fit_cache(cfg.cache_dir):  # as task=paper runs it
+            cold = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
         stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")}
-        warm = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+        with use_fit_cache(cfg.cache_dir):
+            warm = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
     assert len(stored) > len(cold)  # out-of-fold and bootstrap entries were stored
     # ... and all reused: a miss would have written (replaced) its entry again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")} == stored
