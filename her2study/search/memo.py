@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from her2study.errors import ConfigError
 from her2study.search.candidate import Candidate, Design, build_pipeline
+from her2study.selection.correlation import CorrelationMemo
 
 # ------------------------------------------------------------------------------------------
 # Inner CV with reuse of fitted pipeline prefixes
@@ -41,8 +42,10 @@ class InnerCV:
     columns and by the class and parameters of each step so far; a later trial that shares a
     prefix (e.g. the same ring, correlation threshold and Mann-Whitney alpha with another model)
     starts from its outputs. The result equals fitting the whole Pipeline per fold (tested).
-    Thread-safe (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least recently used
-    entries go first).
+    The Spearman matrix of a fold's columns is computed once and shared by every correlation
+    threshold (:class:`~her2study.selection.correlation.CorrelationMemo`, a quarter of
+    ``cache_mb``). Thread-safe (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least
+    recently used entries go first).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class InnerCV:
         self._bytes = 0
         self._lock = threading.Lock()
         self._key_locks: dict = {}
+        self.corr_memo = CorrelationMemo(max_mb=max(int(cache_mb) / 4, 1))
         self.hits = 0
         self.misses = 0
         self.fits = 0
@@ -117,7 +121,7 @@ class InnerCV:
             def fit_step(step=step, prev=prev):
                 xtr, xva = prev if prev is not None else self._fold_data(i, cols)[:2]
                 fitted = clone(step)
-                with self._count():
+                with self._count(), self.corr_memo.active():
                     ztr = fitted.fit_transform(xtr, ytr)
                 return ztr, fitted.transform(xva)
 

@@ -15,6 +15,7 @@ import pandas as pd
 from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
 from her2study.features.qa import annotation_summary
+from her2study.fitcache import use_fit_cache
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
@@ -58,7 +59,8 @@ def run(cfg) -> float:
     widths = [float(w) for w in cfg.region.ring_widths_mm]
     clinical = cohort.table[clinical_columns(cfg)]
     bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
-    fits = fit_signatures(fs.table, clinical, y, split, widths, cfg, bands)
+    with use_fit_cache(cfg.cache_dir):  # out-of-fold fits and bootstrap validations reused
+        fits = fit_signatures(fs.table, clinical, y, split, widths, cfg, bands)
     metrics = evaluate_signatures(fits, y, split, cfg)
     comparison = compare_with_paper(metrics)
     tests = paired_delong(fits, y, split)
