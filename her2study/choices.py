@@ -27,7 +27,7 @@ def _choice(name: str, *values: str, **named: str) -> type[Choice]:
 DataSource = _choice("DataSource", "synthetic", "manifest", "features")
 ImageFormat = _choice("ImageFormat", "nifti", "png")
 Fov = _choice("Fov", "nonzero", "none")
-SplitMethod = _choice("SplitMethod", "block", "column")
+SplitMethod = _choice("SplitMethod", "block", "column", "site", "leave_one_site_out")
 CorrMethod = _choice("CorrMethod", "spearman", "pearson")
 CorrRule = _choice("CorrRule", "mean_abs_corr", "later", "target")
 MWCorrection = _choice("MWCorrection", "fdr_bh", "bonferroni")

@@ -82,6 +82,11 @@ class SyntheticSpec:
     dynamic_range_db: float = 50.0  # log-compression display range, dB
     gain_jitter_db: float = 1.5  # per-case overall gain SD, dB (machine/operator variation)
     noise_floor_db: float = -50.0  # electronic noise relative to glandular tissue, dB
+    # --- devices (off by default: 0 keeps the cohort bit-identical, no device column) ---
+    devices: int = 0  # scanners A, B, ... (at most 4): each its own speckle size, gain and blur
+    device_strength: float = 1.0  # scales every device's departure from device A (0 = none)
+    device_label_shift: float = 0.0  # share of each class moved to one device (0 = balanced;
+    # > 0 confounds device and label: label 1 to device A, label 0 to the last device)
 
 
 @dataclass
@@ -98,6 +103,8 @@ class DataConfig:
     spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
     mask_label: Optional[int] = None  # label value to use in multi-label masks
     clinical_columns: List[str] = field(default_factory=list)  # manifest columns used as clinical
+    site_column: Optional[str] = None  # manifest column naming each case's device or site
+    # (e.g. device): per-site tables, site splits (split.method=site | leave_one_site_out), ComBat
     pseudonymise: bool = False  # replace case ids by salted hashes before anything is written
     pseudonym_salt: Optional[str] = "${oc.env:HER2STUDY_SALT,null}"  # secret; env HER2STUDY_SALT
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
@@ -139,6 +146,9 @@ class SplitConfig:
     test_size: float = 0.2584  # 54 of 209
     block_size: int = 10
     balance_on: Optional[str] = "age"  # order by this within class before blocking; null = none
+    train_sites: Optional[List[str]] = None  # method=site: sites (data.site_column) to train on;
+    # null = every site not in test_sites
+    test_sites: Optional[List[str]] = None  # method=site: sites held out as the test set
 
 
 @dataclass

@@ -46,6 +46,7 @@ def load_from_config(data_cfg, n_jobs: int = 1):
         case_column=data_cfg.case_column,
         label_column=data_cfg.label_column,
         clinical_columns=list(data_cfg.clinical_columns),
+        site_column=getattr(data_cfg, "site_column", None),
     )
     if data_cfg.source == "synthetic":
         manifest = ensure_synthetic(data_cfg, n_jobs)

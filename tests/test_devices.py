@@ -1,0 +1,97 @@
+"""Synthetic devices (scanners): what they change in the image, what they leave alone, and the
+manifest's ``device`` column; device/site-aware splits and per-site tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2study.cohort.phantom import device_assignment, device_profiles
+from her2study.cohort.synthetic import (
+    case_device,
+    case_labels,
+    clinical_table,
+    synthesize_case,
+    write_synthetic_cohort,
+)
+from her2study.config import SyntheticSpec
+
+SPEC = SyntheticSpec(n_cases=24, devices=3)
+
+
+def _lateral_corr_length(image: np.ndarray, lesion: np.ndarray) -> float:
+    """Lateral distance (pixels) at which the image's autocorrelation falls below 1/2, over
+    tissue pixel pairs outside the lesion (skin and muscle rows left out): the speckle cell's
+    lateral size."""
+    x = image[50:-40].astype(float)
+    keep = lesion[50:-40] == 0
+    x = np.where(keep, x - x[keep].mean(), 0.0)
+    var = (x * x).sum() / keep.sum()
+    for lag in range(1, 30):
+        pairs = keep[:, lag:] & keep[:, :-lag]
+        if (x[:, lag:] * x[:, :-lag])[pairs].mean() / var < 0.5:
+            return float(lag)
+    return 30.0
+
+
+def test_devices_are_off_by_default_and_leave_the_spec_record_as_before(tmp_path):
+    spec = SyntheticSpec(n_cases=8)
+    assert device_profiles(spec) == [] and case_device(spec, 0) is None
+    assert "device" not in clinical_table(spec).columns
+    manifest = write_synthetic_cohort(spec, tmp_path / "syn")
+    assert "device" not in pd.read_csv(manifest).columns
+    record = json.loads((manifest.parent / "spec.json").read_text())["spec"]
+    assert not [k for k in record if k.startswith("device")]
+
+
+def test_device_column_is_balanced_within_class_and_seeded(tmp_path):
+    manifest = write_synthetic_cohort(SPEC, tmp_path / "syn")
+    df = pd.read_csv(manifest)
+    assert list(df.columns[:6]) == ["case_id", "image", "mask", "mask_reader2", "label", "device"]
+    counts = pd.crosstab(df["label"], df["device"])
+    assert list(counts.columns) == ["A", "B", "C"]
+    assert (counts.max(axis=1) - counts.min(axis=1) <= 1).all()  # balanced within each class
+    assert df["device"].tolist() == clinical_table(SPEC)["device"].tolist()
+    assert [case_device(SPEC, i).name for i in range(SPEC.n_cases)] == df["device"].tolist()
+    # confounded: device A holds most label-1 cases, device C most label-0 cases
+    shifted = dataclasses.replace(SPEC, device_label_shift=0.6)
+    dev = device_assignment(shifted, case_labels(shifted))
+    labels = case_labels(shifted)
+    assert labels[dev == 0].mean() > 0.8 and labels[dev == 2].mean() < 0.3 < 0.6 < labels.mean()
+    with pytest.raises(ValueError, match="at most 4"):
+        device_profiles(dataclasses.replace(SPEC, devices=5))
+
+
+def test_a_device_changes_speckle_gain_and_blur_but_not_the_case_or_its_signal():
+    off = dataclasses.replace(SPEC, devices=0)
+    by_device: dict[str, int] = {}
+    for i in range(SPEC.n_cases):
+        by_device.setdefault(case_device(SPEC, i).name, i)
+    for name, i in by_device.items():
+        on, base = synthesize_case(SPEC, i), synthesize_case(off, i)
+        for key in ("mask", "mask_reader2", "lesion"):  # same lesion, same readers
+            np.testing.assert_array_equal(on[key], base[key])
+        assert on["clinical"] == base["clinical"] and on["label"] == base["label"]
+        same = {k: v for k, v in on["truth"].items() if k != "device"}
+        assert same == base["truth"]  # the class signal is the same on every device
+        assert on["device"] == name
+        if name == "A":  # the reference device is the device-free rendering, bit for bit
+            np.testing.assert_array_equal(on["image"], base["image"])
+            continue
+        dev = next(d for d in device_profiles(SPEC) if d.name == name)
+        tissue = on["lesion"] == 0
+        shift = on["image"][tissue].astype(float).mean() - base["image"][tissue].mean()
+        assert np.sign(shift) == np.sign(dev.gain_db) and abs(shift) > 10  # gain (grey levels)
+        # speckle size: larger PSF (B) -> longer lateral correlation; C: smaller PSF but more blur
+        length_on = _lateral_corr_length(on["image"], on["lesion"])
+        length_off = _lateral_corr_length(base["image"], base["lesion"])
+        assert 1 < length_off < 30
+        if name == "B":
+            assert length_on >= length_off + 1
+        # blur smooths the speckle: less grey-level variance in tissue at equal gain
+        if name == "C":
+            assert on["image"][tissue].std() < base["image"][tissue].std()
