@@ -25,6 +25,7 @@ from her2study.choices import (
     CorrRule,
     DataSource,
     Fov,
+    Harmonise,
     ICCKind,
     ImageFormat,
     LassoRule,
@@ -37,6 +38,7 @@ from her2study.choices import (
     TaskName,
     ThresholdData,
     ThresholdRule,
+    UnseenSite,
 )
 from her2study.search_schema import PredictConfig, SearchConfig
 
@@ -168,6 +170,13 @@ class SelectionConfig:
     max_features: Optional[int] = None  # cap on LASSO-selected features
     icc_threshold: Optional[float] = None  # drop features with reader-1 vs reader-2 ICC below
     icc_kind: ICCKind = ICCKind.ICC2_1  # ICC2_1 absolute agreement | ICC3_1 consistency | ICC1_1
+    harmonise: Optional[Harmonise] = None  # combat: ComBat across data.site_column as the first
+    # pipeline step, fitted on the training rows of every fit (never on all cases)
+    harmonise_covariates: List[str] = field(default_factory=list)  # clinical columns whose
+    # effect ComBat protects (data.clinical_columns; never the label); [] = no covariates
+    harmonise_discrete: List[str] = field(default_factory=list)  # which of them are categorical
+    harmonise_unseen: UnseenSite = UnseenSite.reference  # a site absent from training: reference
+    # (harmonised to the training data from its own cases' features, no labels) | error
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 
 from her2study.errors import ConfigError
 from her2study.evaluation import auc_delong
@@ -157,9 +158,15 @@ def fit_signatures(
     ring_widths_mm: list[float],
     cfg,
     bands_mm=(),
+    sites: pd.Series | None = None,
+    covariates: pd.DataFrame | None = None,
 ) -> list[SignatureFit]:
     """Fit the paper's signatures on the training cases; predict every case; out-of-fold
     training predictions on shared folds; optimism-corrected validation when configured.
+
+    ``sites`` (the device/site of every case) and ``covariates`` feed the ComBat step that
+    ``selection.harmonise=combat`` puts first in every radiomics pipeline
+    (:func:`signature_pipeline`).
 
     Signatures per region kind (``region.signature_kinds``): ``tumour`` (Intra), ``tumour+ring``
     (IntraPeri w mm, the paper's), ``ring`` (Peri w mm), ``tumour+band`` (IntraBand a-b mm) and
@@ -227,7 +234,7 @@ def fit_signatures(
         if not cols:
             log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
             continue
-        est = pipeline_from_config(cfg.selection, cfg.model, seed)
+        est = signature_pipeline(cfg, sites, covariates)
         pipe = clone_fit(est, features.loc[train, cols], ytr)
         prob = pd.Series(pipe.predict_proba(features[cols])[:, 1], index=features.index)
         oof, score = out_of_fold(est, features.loc[train, cols], ytr, folds, n_jobs=n_jobs)
@@ -255,12 +262,51 @@ def fit_signatures(
     rings = [f for f in fits if f.details.get("region_kind") == "tumour+ring"]
     clinic = next((f for f in fits if f.kind == "clinical"), None)
     if rings and clinic is not None:
-        fits.append(_fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg))
+        signature = signature_pipeline(cfg, sites, covariates)
+        fits.append(
+            _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg, signature)
+        )
     elif rings:
         log.info("no clinical columns: no Clinic and no Nomogram signature (data.clinical_columns)")
     if int(cfg.evaluation.bootstrap_reps) > 0:
         validate_fits(fits, ytr, train, cfg)
     return fits
+
+
+def signature_pipeline(cfg, sites=None, covariates=None):
+    """The configured radiomics pipeline (unfitted); with ``selection.harmonise=combat`` a
+    ComBat step across ``sites`` (fitted on each fit's training rows) comes first."""
+    from her2study.models.harmonise import ComBatHarmoniser
+
+    pipe = pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed))
+    sel = cfg.selection
+    if getattr(sel, "harmonise", None) is None:
+        return pipe
+    if sites is None:
+        raise ConfigError(
+            "selection.harmonise=combat needs each case's device or site -> fix: set "
+            "data.site_column (e.g. data.site_column=device)"
+        )
+    names = list(sel.harmonise_covariates or [])
+    if cfg.data.label_column in names:
+        raise ConfigError(
+            f"selection.harmonise_covariates must not hold the label ({cfg.data.label_column}): "
+            "it is unknown when a new case is predicted, and protecting it on all cases leaks"
+        )
+    cov = None
+    if names:
+        missing = [c for c in names if covariates is None or c not in covariates.columns]
+        if missing:
+            raise ConfigError(
+                f"selection.harmonise_covariates {missing} are not clinical columns -> fix: "
+                "add them to data.clinical_columns"
+            )
+        cov = covariates[names]
+    discrete = [c for c in (sel.harmonise_discrete or []) if c in names]
+    step = ComBatHarmoniser(
+        batch=sites, covariates=cov, discrete=discrete, unseen=str(sel.harmonise_unseen)
+    )
+    return Pipeline([("harmonise", step), *pipe.steps])
 
 
 def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, list[str]]]:
@@ -334,12 +380,14 @@ def _choose_ring(rings, ytr, ncfg):
     return base
 
 
-def _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg) -> SignatureFit:
+def _fit_nomogram(
+    rings, clinic, features, clinical, ytr, train, folds, cfg, signature
+) -> SignatureFit:
     ncfg = cfg.model.nomogram
     base = _choose_ring(rings, ytr, ncfg)
     mode = str(ncfg.rad_score)
     est = NomogramModel(
-        signature=pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed)),
+        signature=signature,
         radiomics_columns=list(base.columns),
         clinical=clinic.estimator,
         clinical_columns=list(clinical.columns),

@@ -95,3 +95,88 @@ def test_a_device_changes_speckle_gain_and_blur_but_not_the_case_or_its_signal()
         # blur smooths the speckle: less grey-level variance in tissue at equal gain
         if name == "C":
             assert on["image"][tissue].std() < base["image"][tissue].std()
+
+
+# ----------------------------------------------------------------------------------------------
+# site-aware splits and per-site tables
+
+
+def test_site_split_trains_on_some_sites_and_tests_on_others():
+    from her2study.errors import ConfigError
+    from her2study.split import site_split, site_splits
+
+    sites = pd.Series(list("AABBCCDD"), index=[f"c{i}" for i in range(8)])
+    split = site_split(sites, ["A", "B"], ["C"])
+    assert split.tolist() == ["train"] * 4 + ["test"] * 2 + ["unused"] * 2
+    assert site_split(sites, None, ["D"]).tolist() == ["train"] * 6 + ["test"] * 2
+    loso = site_splits(sites)
+    assert list(loso) == ["A", "B", "C", "D"]
+    for site, s in loso.items():
+        assert (s[sites == site] == "test").all() and (s[sites != site] == "train").all()
+    with pytest.raises(ConfigError, match="test_sites"):
+        site_split(sites, ["A"], None)
+    with pytest.raises(ConfigError, match=r"\['E'\]"):
+        site_split(sites, ["A"], ["E"])
+    with pytest.raises(ConfigError, match="both"):
+        site_split(sites, ["A", "C"], ["C"])
+    with pytest.raises(ConfigError, match="at least 2 sites"):
+        site_splits(sites[sites == "A"])
+
+
+def test_split_from_config_needs_the_site_column(compose):
+    from her2study.errors import ConfigError
+    from her2study.split import split_from_config
+
+    cfg = compose("+exp=paper", "split.method=site", "split.test_sites=[B]")
+    table = pd.DataFrame({"label": [0, 1] * 4, "device": list("AABBAABB")})
+    split = split_from_config(table, cfg.split, "label", 0, "device")
+    assert split.tolist() == ["train", "train", "test", "test"] * 2
+    with pytest.raises(ConfigError, match="data.site_column"):
+        split_from_config(table, cfg.split, "label", 0, None)
+    with pytest.raises(ConfigError, match="not a cohort column"):
+        split_from_config(table, cfg.split, "label", 0, "scanner")
+
+
+def test_the_manifest_must_name_every_case_s_site(make_cohort):
+    from her2study.cohort.manifest import CohortError, load_cohort
+
+    manifest = make_cohort(
+        n=6, extra=lambda df, root: df.assign(device=list("AAB") + ["B", "", "C"])
+    )
+    with pytest.raises(CohortError) as err:
+        load_cohort(manifest, site_column="device")
+    assert "case C004" in str(err.value) and "no device given" in str(err.value)
+    with pytest.raises(CohortError, match=r"missing column\(s\) \['scanner'\]"):
+        load_cohort(manifest, site_column="scanner")
+    good = make_cohort(n=6, extra=lambda df, root: df.assign(device=list("AABBCC")))
+    cohort = load_cohort(good, site_column="device")
+    assert cohort.table["device"].tolist() == list("AABBCC")
+
+
+def test_by_site_table_is_the_subgroup_auc_and_calibration_of_each_site():
+    from her2study.evaluation import auc_delong
+    from her2study.evaluation.calibration import calibration_slope_intercept
+    from her2study.results import by_site_table
+    from her2study.study import SignatureFit
+
+    rng = np.random.default_rng(0)
+    ids = pd.Index([f"c{i:02d}" for i in range(60)])
+    y = pd.Series(rng.integers(0, 2, 60), index=ids)
+    prob = pd.Series(np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 60), 0.01, 0.99), index=ids)
+    sites = pd.Series(np.repeat(list("ABC"), 20), index=ids)
+    split = pd.Series(np.where(np.arange(60) % 3 == 0, "test", "train"), index=ids)
+    fit = SignatureFit("Intra", "radiomics", None, prob, [], oof=prob.where(split == "train"))
+    table = by_site_table([fit], y, split, sites)
+    assert set(zip(table["set"], table["site"])) == {
+        (s, d) for s in ("train_oof", "test") for d in "ABC"
+    }
+    row = table[(table["set"] == "test") & (table["site"] == "B")].iloc[0]
+    at = ids[(split == "test") & (sites == "B")]
+    ref = auc_delong(y[at].to_numpy(), prob[at].to_numpy())
+    assert row["n"] == len(at) and row["n_positive"] == int(y[at].sum())
+    assert (row["auc"], row["auc_ci_low"], row["auc_ci_high"]) == pytest.approx(tuple(ref[:3]))
+    cal = calibration_slope_intercept(y[at].to_numpy(), prob[at].to_numpy())
+    assert row["cal_slope"] == pytest.approx(cal["slope"])
+    assert row["cal_intercept"] == pytest.approx(cal["intercept"])
+    assert row["kind"] == "test"
+    assert (table.loc[table["set"] == "train_oof", "kind"] == "out_of_fold").all()

@@ -16,14 +16,17 @@ from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
+from her2study.report.transport import leave_one_site_out_report, transportability_section
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
 from her2study.results import (
+    by_site_table,
     evaluate_signatures,
+    leave_one_site_out,
     overfitting_note,
     paired_delong,
     validation_table,
 )
-from her2study.split import split_from_config
+from her2study.split import site_values, split_from_config
 from her2study.study import fit_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
@@ -53,17 +56,29 @@ def run(cfg) -> float:
     out = output_dir(cfg)
     source = describe_source(cohort)
     y = cohort.labels
-    split = split_from_config(cohort.table, cfg.split, cohort.label_column, int(cfg.seed))
+    site_column = cfg.data.get("site_column")
+    sites = site_values(cohort.table, site_column, "site") if site_column else None
     widths = [float(w) for w in cfg.region.ring_widths_mm]
     clinical = cohort.table[clinical_columns(cfg)]
     bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
-    fits = fit_signatures(fs.table, clinical, y, split, widths, cfg, bands)
+    if str(cfg.split.method) == "leave_one_site_out":
+        sites = site_values(cohort.table, site_column, "leave_one_site_out")
+        return run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands)
+    split = split_from_config(
+        cohort.table, cfg.split, cohort.label_column, int(cfg.seed), site_column
+    )
+    fits = fit_signatures(
+        fs.table, clinical, y, split, widths, cfg, bands, sites=sites, covariates=cohort.table
+    )
     metrics = evaluate_signatures(fits, y, split, cfg)
+    by_site = by_site_table(fits, y, split, sites) if sites is not None else None
     comparison = compare_with_paper(metrics)
     tests = paired_delong(fits, y, split)
 
     validation = validation_table(fits)
     tables = write_tables(out, fits, metrics, comparison, tests, split, source, validation)
+    if by_site is not None:
+        tables += save_table(out, "by_site", by_site, source, True)
     figures = make_figures(fits, y, split, cfg, source)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=120)
@@ -80,6 +95,7 @@ def run(cfg) -> float:
         clinical_columns=clinical_columns(cfg),
         features=fs.table,
         validation=validation,
+        extra_sections=[transportability_section(by_site, cfg)] if by_site is not None else None,
     )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
@@ -116,6 +132,43 @@ def run(cfg) -> float:
                 f"({cfg.tracking.tracking_uri})"
             )
     return training_estimate(metrics)
+
+
+def run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands) -> float:
+    """``split.method=leave_one_site_out``: each site held out in turn (the whole protocol refitted
+    on the others), beside a CV over all sites; ``by_site.csv`` and a transportability report.
+    Returns the best signature's mean out-of-fold AUC over sites from the all-sites CV (a
+    training-side number, never a held-out one)."""
+    y = cohort.labels
+    by_site, _ = leave_one_site_out(
+        fs.table, clinical, y, sites, widths, cfg, bands, covariates=cohort.table
+    )
+    tables = save_table(out, "by_site", by_site, source, True)
+    report = leave_one_site_out_report(out, cfg=cfg, cohort=cohort, by_site=by_site)
+    held = by_site[by_site["set"] == "held_out_site"]
+    log.info(f"\nData: {source}; leave-one-site-out over {sorted(sites.unique())}")
+    log.info(to_text(held[["site", "signature", "n", "auc", "auc_ci_low", "auc_ci_high"]]))
+    log.info(f"report: {report}")
+    tags = run_tags("paper", cfg, cohort, data_digest=data_digest(y, sites.rename("split")))
+    with Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name="paper leave-one-site-out",
+        tags=tags,
+    ) as tracker:
+        if tracker.enabled:
+            log_run_config(tracker, cfg, cohort, len(cohort.ids))
+            flat = {}
+            for _, r in by_site[by_site["set"].isin(["held_out_site", "cv_all_sites"])].iterrows():
+                if pd.notna(r["auc"]):
+                    flat[f"{r['set']}.{r['site']}.{r['signature']}.auc"] = float(r["auc"])
+            tracker.log_metrics(flat)
+            for path in tables:
+                tracker.log_artifact(path, "tables")
+            tracker.log_artifact(report, "report")
+    seen = by_site[by_site["set"] == "cv_all_sites"].groupby("signature")["auc"].mean()
+    return float(seen.max()) if seen.notna().any() else float("nan")
 
 
 def data_digest(y: pd.Series, split: pd.Series) -> str:
