@@ -167,7 +167,7 @@ def test_by_site_table_is_the_subgroup_auc_and_calibration_of_each_site():
     split = pd.Series(np.where(np.arange(60) % 3 == 0, "test", "train"), index=ids)
     fit = SignatureFit("Intra", "radiomics", None, prob, [], oof=prob.where(split == "train"))
     table = by_site_table([fit], y, split, sites)
-    assert set(zip(table["set"], table["site"])) == {
+    assert set(zip(table["set"], table["site"], strict=True)) == {
         (s, d) for s in ("train_oof", "test") for d in "ABC"
     }
     row = table[(table["set"] == "test") & (table["site"] == "B")].iloc[0]

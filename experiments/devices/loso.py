@@ -61,16 +61,26 @@ def run(out: Path, overrides: list[str]) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for harmonise in ("null", "combat"):
-        cfg = compose(BASE + [f"cache_dir={out / 'cache'}", *overrides, f"selection.harmonise={harmonise}"])
+        cfg = compose(
+            BASE + [f"cache_dir={out / 'cache'}", *overrides, f"selection.harmonise={harmonise}"]
+        )
         t0 = time.time()
         cohort, fs = cohort_and_features(cfg)
         sites = site_values(cohort.table, "device", "leave_one_site_out")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             by_site, _ = leave_one_site_out(
-                fs.table, cohort.table[[]], cohort.labels, sites, [1.0], cfg, covariates=cohort.table
+                fs.table,
+                cohort.table[[]],
+                cohort.labels,
+                sites,
+                [1.0],
+                cfg,
+                covariates=cohort.table,
             )
-        by_site.to_csv(out / f"by_site_{'none' if harmonise == 'null' else harmonise}.csv", index=False)
+        by_site.to_csv(
+            out / f"by_site_{'none' if harmonise == 'null' else harmonise}.csv", index=False
+        )
         d = drops(by_site).assign(harmonise=harmonise, seconds=round(time.time() - t0, 1))
         rows.append(d)
     table = pd.concat(rows, ignore_index=True)
