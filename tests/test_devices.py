@@ -180,3 +180,83 @@ def test_by_site_table_is_the_subgroup_auc_and_calibration_of_each_site():
     assert row["cal_intercept"] == pytest.approx(cal["intercept"])
     assert row["kind"] == "test"
     assert (table.loc[table["set"] == "train_oof", "kind"] == "out_of_fold").all()
+
+
+DEVICE_RUN = [
+    "+exp=paper",
+    "extractor=fast",
+    "data.synthetic.n_cases=60",
+    "data.synthetic.devices=3",
+    "data.site_column=device",
+    "region.ring_widths_mm=[1.0]",
+    "evaluation.cv_folds=3",
+    "selection.lasso_cv=5",
+    "evaluation.bootstrap_reps=0",
+    "execution.progress=false",
+    "execution.n_jobs=1",
+]
+
+
+def _run_cli(args, cwd):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "her2study", *args], cwd=cwd, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_paper_task_by_site_and_leave_one_site_out_end_to_end(tmp_path):
+    """+exp=paper on a 3-device synthetic cohort: a site split writes by_site.csv and the
+    report's transportability section; leave_one_site_out holds out every device in turn and
+    logs its per-site AUCs to a real MLflow store (SQLite)."""
+    from mlflow.tracking import MlflowClient
+
+    common = [*DEVICE_RUN, f"cache_dir={tmp_path / 'cache'}"]
+    _run_cli(
+        [
+            *common,
+            "split.method=site",
+            "split.test_sites=[C]",
+            "tracking.enabled=false",
+            "hydra.run.dir=site",
+        ],
+        tmp_path,
+    )
+    by_site = pd.read_csv(tmp_path / "site" / "by_site.csv")
+    assert set(by_site.loc[by_site["set"] == "test", "site"]) == {"C"}
+    assert set(by_site.loc[by_site["set"] == "train_oof", "site"]) == {"A", "B"}
+    split = pd.read_csv(tmp_path / "site" / "split.csv")
+    manifest = pd.read_csv(next((tmp_path / "cache" / "synthetic").glob("*/manifest.csv")))
+    test_ids = set(manifest.loc[manifest["device"] == "C", "case_id"])
+    assert set(split.loc[split["split"] == "test", "case_id"]) == test_ids
+    html = (tmp_path / "site" / "report.html").read_text()
+    assert "Transportability (per site)" in html and "DeLong 95% CI" in html
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _run_cli(
+        [
+            *common,
+            "split.method=leave_one_site_out",
+            "selection.harmonise=combat",
+            f"tracking.tracking_uri={uri}",
+            "hydra.run.dir=loso",
+        ],
+        tmp_path,
+    )
+    loso = pd.read_csv(tmp_path / "loso" / "by_site.csv")
+    held = loso[loso["set"] == "held_out_site"]
+    assert set(held["site"]) == {"A", "B", "C", "all (pooled)"}
+    assert (held.loc[held["site"] != "all (pooled)", "held_out"] == held["site"]).all()
+    assert set(loso.loc[loso["set"] == "cv_all_sites", "site"]) == {"A", "B", "C", "all (pooled)"}
+    html = (tmp_path / "loso" / "report.html").read_text()
+    assert "What an unseen site costs" in html and "combatlearn" in html
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("her2study").experiment_id])
+    metrics = runs[0].data.metrics
+    row = held[(held["site"] == "B") & (held["signature"] == "Intra")].iloc[0]
+    assert metrics["held_out_site.B.Intra.auc"] == pytest.approx(row["auc"])

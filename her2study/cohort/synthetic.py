@@ -351,11 +351,18 @@ def _with_devices(df: pd.DataFrame, spec: SyntheticSpec) -> pd.DataFrame:
 # writing
 
 
-def _spec_record(spec: SyntheticSpec) -> dict:
+def spec_fields(spec: SyntheticSpec) -> dict:
+    """The spec as a dict, without the device fields when devices are off: the record (and so the
+    cached cohort's folder and ``spec.json``) of a device-free spec stays what it was before
+    devices existed."""
     record = dataclasses.asdict(spec)
-    if not spec.devices:  # devices off: the record (and cached cohorts) of before devices existed
+    if not spec.devices:
         record = {k: v for k, v in record.items() if not k.startswith("device")}
-    return {"generator_version": GENERATOR_VERSION, "spec": record}
+    return record
+
+
+def _spec_record(spec: SyntheticSpec) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "spec": spec_fields(spec)}
 
 
 def _validate(spec: SyntheticSpec) -> None:
