@@ -136,3 +136,43 @@ def test_combat_on_all_cases_biases_cv_auc_on_device_confounded_noise_the_fold_s
     assert abs(infold_auc - 0.5) < 0.12, infold
     assert label_auc > infold_auc + 0.1, (leak_label, infold)
     assert plain_auc < infold_auc - 0.1, (leak_plain, infold)
+
+
+def test_selection_harmonise_puts_combat_first_in_every_radiomics_pipeline(compose):
+    from her2study.errors import ConfigError
+    from her2study.study import fit_signatures, signature_pipeline
+
+    X, y, dev = device_cohort(n=60, p=8, prevalence=(0.5, 0.5, 0.5), effect=1.5)
+    X.columns = [c.replace("intra_original", "intra_original_firstorder") for c in X.columns]
+    clinical = pd.DataFrame({"age": np.linspace(30, 80, len(X))}, index=X.index)
+    split = pd.Series(np.where(np.arange(len(X)) % 4 == 0, "test", "train"), index=X.index)
+    cfg = compose(
+        "+exp=paper",
+        "selection.harmonise=combat",
+        "selection.harmonise_covariates=[age]",
+        "evaluation.cv_folds=3",
+        "selection.lasso_cv=3",
+        "evaluation.bootstrap_reps=0",
+        "region.ring_widths_mm=[]",
+        "execution.n_jobs=1",
+    )
+    fits = fit_signatures(X, clinical, y, split, [], cfg, sites=dev, covariates=clinical)
+    intra = next(f for f in fits if f.name == "Intra")
+    step = intra.model.named_steps["harmonise"]
+    assert intra.model.steps[0][0] == "harmonise" and list(step.covariates.columns) == ["age"]
+    assert set(step.batches_) == {"A", "B", "C"}
+    assert len(step.reference_) == (split == "train").sum()  # fitted on training rows only
+    with pytest.raises(ConfigError, match="data.site_column"):
+        signature_pipeline(cfg, None, clinical)
+    bad = compose(
+        "+exp=paper", "selection.harmonise=combat", "selection.harmonise_covariates=[label]"
+    )
+    with pytest.raises(ConfigError, match="must not hold the label"):
+        signature_pipeline(bad, dev, clinical.assign(label=y))
+    missing = compose(
+        "+exp=paper", "selection.harmonise=combat", "selection.harmonise_covariates=[bmi]"
+    )
+    with pytest.raises(ConfigError, match="data.clinical_columns"):
+        signature_pipeline(missing, dev, clinical)
+    plain = compose("+exp=paper")
+    assert "harmonise" not in signature_pipeline(plain, dev, clinical).named_steps

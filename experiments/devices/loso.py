@@ -93,4 +93,6 @@ if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     result = run(Path(sys.argv[1]), sys.argv[2:])
     print(result.to_string(index=False))
-    print(result.groupby(["harmonise", "signature"])["drop"].mean())
+    per_site = result[result["site"] != "all (pooled)"]
+    print("mean over devices:")
+    print(per_site.groupby(["harmonise", "signature"])[result.columns[2:5]].mean())
