@@ -362,6 +362,7 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     kind = "synthetic" if cohort.synthetic else str(cfg.data.source)
     tracker.log_dataset(frame, f"{kind}-features", targets="label")
     widths = [float(w) for w in cfg.region.ring_widths_mm]
+    harmonised = cfg.selection.get("harmonise") is not None
     flat = {}
     for _, r in metrics.iterrows():
         flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
@@ -403,7 +404,13 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
             if fit.coefficients is not None:
                 coef = fit.coefficients.rename_axis("feature").reset_index()
                 tracker.log_table(coef, "selected_features.csv")
-            if cfg.tracking.log_model and fit.kind == "radiomics":
+            if cfg.tracking.log_model and fit.kind == "radiomics" and harmonised:
+                log.info(
+                    "%s: model not logged (its ComBat step holds the cohort's case ids and "
+                    "devices; task=predict does not pass a new case's device yet)",
+                    fit.name,
+                )
+            elif cfg.tracking.log_model and fit.kind == "radiomics":
                 thr = metrics.loc[metrics["signature"] == fit.name, "threshold"].iloc[0]
                 card = {
                     "study": cfg.study,
