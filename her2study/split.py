@@ -62,6 +62,23 @@ def block_split(
     return out
 
 
+def check_site_config(cfg_split, site_column: str | None, harmonise=None) -> None:
+    """What the config alone can tell about site splits and harmonisation, before any work."""
+    method = str(cfg_split.method)
+    if method in ("site", "leave_one_site_out") and not site_column:
+        site_values(pd.DataFrame(), site_column, method)  # raises: needs data.site_column
+    if method == "site" and not cfg_split.test_sites:
+        raise ConfigError(
+            "split.method=site needs split.test_sites (the sites held out) -> fix: e.g. "
+            "split.test_sites=[C]"
+        )
+    if harmonise is not None and not site_column:
+        raise ConfigError(
+            "selection.harmonise=combat needs each case's device or site -> fix: set "
+            "data.site_column (e.g. data.site_column=device)"
+        )
+
+
 def site_values(table: pd.DataFrame, site_column: str | None, method: str) -> pd.Series:
     """The cases' sites as strings; a clear message when ``data.site_column`` is missing."""
     if not site_column:

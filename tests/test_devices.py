@@ -326,3 +326,34 @@ def test_an_unseen_device_costs_auc_and_calibration_and_in_fold_combat_wins_it_b
     assert drop["combat"] < drop["null"] - 0.02, drop
     assert pooled(out["combat"], "held_out_site") > pooled(out["null"], "held_out_site") + 0.05
     assert intercepts(out["combat"]) < 0.5 * intercepts(out["null"])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["split.method=site", "data.site_column=device"], "split.test_sites"),
+        (["selection.harmonise=combat"], "data.site_column"),
+    ],
+)
+def test_a_site_config_without_its_pieces_is_one_message_and_exit_2(tmp_path, args, words):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "her2study",
+            "+exp=paper",
+            "tracking.enabled=false",
+            f"cache_dir={tmp_path / 'cache'}",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert words in res.stderr + res.stdout and "Traceback" not in res.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any work

@@ -26,7 +26,7 @@ from her2study.results import (
     paired_delong,
     validation_table,
 )
-from her2study.split import site_values, split_from_config
+from her2study.split import check_site_config, site_values, split_from_config
 from her2study.study import fit_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
@@ -52,6 +52,7 @@ def run(cfg) -> float:
     maximised the test AUC would tune on the test set."""
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
+    check_site_config(cfg.split, cfg.data.get("site_column"), cfg.selection.get("harmonise"))
     cohort, fs = cohort_and_features(cfg)
     out = output_dir(cfg)
     source = describe_source(cohort)
