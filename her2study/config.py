@@ -92,6 +92,19 @@ class SyntheticSpec:
 
 
 @dataclass
+class PerturbSpec:
+    """Contour perturbations per case (``selection.robustness_threshold``), in millimetres."""
+
+    n: int = 5  # perturbed masks per case
+    grow_mm: float = 0.2  # erosion/dilation drawn uniformly in [-grow_mm, +grow_mm]
+    displace_mm: float = 0.15  # RMS of a smooth random displacement of the boundary
+    displace_corr_mm: float = 2.0  # its correlation length
+    rotate_deg: float = 2.0  # rotation about the centroid, uniform in [-rotate, +rotate]
+    translate_mm: float = 0.2  # translation per axis, uniform in [-translate, +translate]
+    seed: int = 0  # with a digest of the mask file: each case's own perturbations
+
+
+@dataclass
 class DataConfig:
     """Where the cohort comes from and how to read it."""
 
@@ -128,6 +141,8 @@ class RegionConfig:
     ring_exclude_classes: List[str] = field(default_factory=lambda: ["shape2D"])  # feature classes
     # left out of rings and bands (their shape is the tumour's shape: counted twice otherwise)
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
+    perturb: PerturbSpec = field(default_factory=PerturbSpec)  # contour perturbations, used when
+    # selection.robustness_threshold is set (columns perturb<k>__<name>)
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
 
 
@@ -170,6 +185,9 @@ class SelectionConfig:
     max_features: Optional[int] = None  # cap on LASSO-selected features
     icc_threshold: Optional[float] = None  # drop features with reader-1 vs reader-2 ICC below
     icc_kind: ICCKind = ICCKind.ICC2_1  # ICC2_1 absolute agreement | ICC3_1 consistency | ICC1_1
+    robustness_threshold: Optional[float] = None  # drop features whose ICC across contour
+    # perturbations (region.perturb) on the training rows of each fit is below this
+    robustness_kind: ICCKind = ICCKind.ICC2_1  # ICC2_1 absolute agreement | ICC3_1 | ICC1_1
     harmonise: Optional[Harmonise] = None  # combat: ComBat across data.site_column as the first
     # pipeline step, fitted on the training rows of every fit (never on all cases)
     harmonise_covariates: List[str] = field(default_factory=list)  # clinical columns whose

@@ -35,6 +35,7 @@ from her2study.models import (
 )
 from her2study.models.nomogram import NomogramModel, out_of_fold, stratified_folds
 from her2study.regions import band_spec, ring_label, ring_spec
+from her2study.selection.robustness import column_region, robustness_by_region
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def fit_signatures(
         cols = [
             c
             for c in features.columns
-            if c.split("_", 1)[0] in regions and not _excluded(c, outside, cfg)
+            if column_region(c) in regions and not _excluded(c, outside, cfg)
         ]
         if not cols:
             log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
@@ -254,6 +255,8 @@ def fit_signatures(
         fit.details["oof_rad_score"] = score
         fit.details["cv_folds"] = cv
         fit.details["region_kind"] = kind
+        if "robust" in pipe.named_steps:
+            fit.details["robustness"] = robustness_by_region(pipe.named_steps["robust"])
         if len(icc_table):
             fit.details["icc"] = icc_table[icc_table.index.str.split("_", n=1).str[0].isin(regions)]
         log.info("%s: %d features selected of %d", name, len(fit.coefficients), len(cols))
@@ -277,9 +280,14 @@ def signature_pipeline(cfg, sites=None, covariates=None):
     """The configured radiomics pipeline (unfitted); with ``selection.harmonise=combat`` a
     ComBat step across ``sites`` (fitted on each fit's training rows) comes first."""
     from her2study.models.harmonise import ComBatHarmoniser
+    from her2study.selection.robustness import RobustnessFilter
 
     pipe = pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed))
     sel = cfg.selection
+    threshold = getattr(sel, "robustness_threshold", None)
+    if threshold is not None:  # first: it needs the perturbed columns, which it then drops
+        robust = RobustnessFilter(threshold=float(threshold), kind=str(sel.robustness_kind))
+        pipe = Pipeline([("robust", robust), *pipe.steps])
     if getattr(sel, "harmonise", None) is None:
         return pipe
     if sites is None:
@@ -306,7 +314,8 @@ def signature_pipeline(cfg, sites=None, covariates=None):
     step = ComBatHarmoniser(
         batch=sites, covariates=cov, discrete=discrete, unseen=str(sel.harmonise_unseen)
     )
-    return Pipeline([("harmonise", step), *pipe.steps])
+    at = 1 if threshold is not None else 0  # after the robustness filter (raw features' ICC)
+    return Pipeline([*pipe.steps[:at], ("harmonise", step), *pipe.steps[at:]])
 
 
 def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, list[str]]]:
@@ -333,7 +342,7 @@ def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, l
 
 def _excluded(column: str, outside: set[str], cfg) -> bool:
     """A ring/band column of an excluded feature class (e.g. ``peri1mm_original_shape2D_*``)."""
-    region = column.split("_", 1)[0]
+    region = column_region(column)
     if region not in outside:
         return False
     return any(f"_{cls}_" in column for cls in cfg.region.ring_exclude_classes)

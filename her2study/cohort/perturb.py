@@ -14,23 +14,13 @@ on every machine, whatever other cases the cohort holds.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from her2study.config import PerturbSpec
 
-@dataclass(frozen=True)
-class PerturbSpec:
-    """How many perturbed masks per case and how far each may move the contour."""
-
-    n: int = 5  # perturbed masks per case
-    grow_mm: float = 0.2  # erosion/dilation drawn uniformly in [-grow_mm, +grow_mm]
-    displace_mm: float = 0.15  # RMS of a smooth random displacement of the boundary
-    displace_corr_mm: float = 2.0  # its correlation length along the boundary
-    rotate_deg: float = 2.0  # rotation about the centroid, uniform in [-rotate, +rotate]
-    translate_mm: float = 0.2  # translation per axis, uniform in [-translate, +translate]
-    seed: int = 0
+__all__ = ["PerturbSpec", "perturb_mask", "perturbed_masks", "write_perturbed_cohorts"]
 
 
 def _signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
@@ -95,3 +85,45 @@ def perturbed_masks(
         raise ValueError(f"PerturbSpec.n must be at least 1, got {spec.n}")
     rng = case_rng(spec, case_key)
     return [perturb_mask(mask, spacing, rng, spec) for _ in range(spec.n)]
+
+
+def write_perturbed_cohorts(cohort, spec: PerturbSpec, out_dir, mask_label: int | None = None):
+    """``spec.n`` copies of ``cohort`` whose cases' masks are perturbed, written once as NIfTI
+    under ``out_dir`` (named by a digest of the mask file, the spec and k; an existing file is
+    reused), on the image's grid. Returns the list of cohorts (k = 1..n); the images and the
+    manifest's other columns are the originals, user files are only read."""
+    from dataclasses import asdict, replace
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from her2study.cohort.io import read_image, read_mask
+    from her2study.cohort.manifest import Cohort
+    from her2study.digest import canonical_digest, file_digest
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    value = int(mask_label) if mask_label is not None else 1
+    per_k: list[list] = [[] for _ in range(spec.n)]
+    for case in cohort.cases:
+        key = canonical_digest([file_digest(case.mask), asdict(spec), value])[:20]
+        paths = [out_dir / f"{key}_{k + 1}.nii.gz" for k in range(spec.n)]
+        if not all(p.is_file() for p in paths):
+            image, _ = read_image(case.image, case.spacing_mm)
+            mask = read_mask(
+                case.mask, image, mask_label, plain_spacing=case.spacing_mm is not None
+            )
+            sx, sy = image.GetSpacing()[:2]
+            arr = sitk.GetArrayFromImage(mask)
+            for path, m in zip(paths, perturbed_masks(arr, (sy, sx), spec, key), strict=True):
+                out = sitk.GetImageFromArray((m * value).astype(np.uint8))
+                out.CopyInformation(image)
+                tmp = path.with_name(f".{path.name}.partial.nii.gz")
+                sitk.WriteImage(out, str(tmp), useCompression=True)
+                tmp.replace(path)  # atomic: a half-written mask never looks complete
+        for k, path in enumerate(paths):
+            per_k[k].append(replace(case, mask=path, mask_reader2=None))
+    return [
+        Cohort(table=cohort.table, source=cohort.source, synthetic=cohort.synthetic, cases=cases)
+        for cases in per_k
+    ]

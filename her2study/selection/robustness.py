@@ -22,9 +22,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from her2study.selection.icc import _ICC_KINDS, icc_from_ratings
 
-__all__ = ["RobustnessFilter", "perturbed_column"]
+__all__ = ["RobustnessFilter", "column_region", "perturbed_column", "robustness_by_region"]
 
 _PREFIX = re.compile(r"^perturb(\d+)__(.+)$")
+_PREFIX_ANY = re.compile(r"^perturb\d+__")
 
 
 def perturbed_column(k: int, feature: str) -> str:
@@ -129,3 +130,21 @@ class RobustnessFilter(SelectorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         return tags
+
+
+def column_region(column: str) -> str:
+    """The region of a feature column (``intra``, ``peri1mm``, ...), perturbed copies included."""
+    return _PREFIX_ANY.sub("", column).split("_", 1)[0]
+
+
+def robustness_by_region(step) -> pd.DataFrame:
+    """Features kept by the contour-robustness step, per region (on the fit's training rows)."""
+    icc = step.icc_
+    kept = icc >= step.threshold
+    regions = [column_region(c) for c in icc.index]
+    df = pd.DataFrame({"region": regions, "kept": kept.to_numpy()})
+    out = df.groupby("region", sort=False)["kept"].agg(n_features="size", n_kept="sum")
+    out["threshold"] = float(step.threshold)
+    out["icc_kind"] = str(step.kind)
+    out["n_perturbations"] = int(step.n_perturbations_)
+    return out.reset_index()

@@ -88,6 +88,26 @@ def add_reader2_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
     )
 
 
+def add_perturbed_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
+    """Features of each case's contour-perturbed masks (``region.perturb``), every region rebuilt
+    from the perturbed tumour mask, through the same cache: columns ``perturb<k>__<column>``."""
+    from her2study.cohort.perturb import PerturbSpec, write_perturbed_cohorts
+
+    spec = PerturbSpec(**OmegaConf.to_container(cfg.region.perturb, resolve=True))
+    cohorts = write_perturbed_cohorts(
+        cohort, spec, Path(cfg.cache_dir) / "perturbed_masks", cfg.data.mask_label
+    )
+    table, n_cached, n_extracted = fs.table, fs.n_cached, fs.n_extracted
+    for k, sub in enumerate(cohorts, start=1):
+        fk = features_from_config(sub, specs, cfg)
+        table = table.join(fk.table.add_prefix(f"perturb{k}__"))
+        n_cached, n_extracted = n_cached + fk.n_cached, n_extracted + fk.n_extracted
+    log.info("contour perturbations: %d per case (region.perturb), features extracted", spec.n)
+    return FeatureSet(
+        table=table, region_stats=fs.region_stats, n_cached=n_cached, n_extracted=n_extracted
+    )
+
+
 SECRET_KEYS = ("pseudonym_salt",)
 
 
@@ -213,6 +233,8 @@ def cohort_and_features(cfg):
     fs = features_from_config(cohort, specs, cfg)
     if cfg.region.reader2 or cfg.selection.icc_threshold is not None:
         fs = add_reader2_features(cohort, fs, specs, cfg)
+    if cfg.selection.get("robustness_threshold") is not None:
+        fs = add_perturbed_features(cohort, fs, specs, cfg)
     log.info(
         "features: %d cases x %d columns (%s); %d region entries from cache, %d extracted",
         fs.table.shape[0],

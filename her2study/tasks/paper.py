@@ -16,7 +16,12 @@ from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
-from her2study.report.transport import leave_one_site_out_report, transportability_section
+from her2study.report.transport import (
+    leave_one_site_out_report,
+    robustness_section,
+    robustness_table,
+    transportability_section,
+)
 from her2study.reporting import compact_comparison, compare_with_paper, to_text
 from her2study.results import (
     by_site_table,
@@ -80,6 +85,12 @@ def run(cfg) -> float:
     tables = write_tables(out, fits, metrics, comparison, tests, split, source, validation)
     if by_site is not None:
         tables += save_table(out, "by_site", by_site, source, True)
+    robust = robustness_table(fits)
+    if len(robust):
+        tables += save_table(out, "robustness", robust, source, True)
+    extra = [robustness_section(robust, cfg)] if len(robust) else []
+    if by_site is not None:
+        extra.append(transportability_section(by_site, cfg))
     figures = make_figures(fits, y, split, cfg, source)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=120)
@@ -96,7 +107,7 @@ def run(cfg) -> float:
         clinical_columns=clinical_columns(cfg),
         features=fs.table,
         validation=validation,
-        extra_sections=[transportability_section(by_site, cfg)] if by_site is not None else None,
+        extra_sections=extra,
     )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
@@ -363,7 +374,9 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     kind = "synthetic" if cohort.synthetic else str(cfg.data.source)
     tracker.log_dataset(frame, f"{kind}-features", targets="label")
     widths = [float(w) for w in cfg.region.ring_widths_mm]
-    harmonised = cfg.selection.get("harmonise") is not None
+    harmonised = cfg.selection.get("harmonise") is not None or (
+        cfg.selection.get("robustness_threshold") is not None
+    )
     flat = {}
     for _, r in metrics.iterrows():
         flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
@@ -407,8 +420,9 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                 tracker.log_table(coef, "selected_features.csv")
             if cfg.tracking.log_model and fit.kind == "radiomics" and harmonised:
                 log.info(
-                    "%s: model not logged (its ComBat step holds the cohort's case ids and "
-                    "devices; task=predict does not pass a new case's device yet)",
+                    "%s: model not logged (a ComBat step holds the cohort's case ids and "
+                    "devices, a robustness step needs perturbed features: task=predict passes "
+                    "neither yet)",
                     fit.name,
                 )
             elif cfg.tracking.log_model and fit.kind == "radiomics":
