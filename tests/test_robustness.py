@@ -210,7 +210,7 @@ def test_contour_robustness_drops_the_rim_feature_and_keeps_the_band(tmp_path, c
     kept_intra, kept_ring = set(intra.get_feature_names_out()), set(ring.get_feature_names_out())
     assert not set(rim) & kept_intra, intra.icc_[rim]  # every rim feature dropped
     assert {"peri1mm_original_firstorder_Mean", "peri1mm_original_firstorder_Median"} <= kept_ring
-    assert len(set(band) & kept_ring) >= 0.6 * len(band), ring.icc_[band]
+    assert len(set(band) & kept_ring) >= 0.5 * len(band), ring.icc_[band]
     table = by_name["Intra"].details["robustness"]
     assert (
         table["region"].tolist() == ["intra"]
