@@ -257,6 +257,12 @@ def load_design(cfg):
     from her2study.cohort.source import describe_source
     from her2study.search import Design
 
+    for key in ("robustness_threshold", "harmonise"):  # the paper task's steps, not the search's
+        if cfg.selection.get(key) is not None:
+            raise ConfigError(
+                f"selection.{key} is run by task=paper only; the search's pipelines do not "
+                f"have that step yet -> fix: selection.{key}=null"
+            )
     cohort, fs = cohort_and_features(cfg)
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None
