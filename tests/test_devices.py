@@ -260,7 +260,7 @@ def test_paper_task_by_site_and_leave_one_site_out_end_to_end(tmp_path):
     html = (tmp_path / "loso" / "report.html").read_text()
     assert "What an unseen site costs" in html and "combatlearn" in html
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("her2study").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("paper").experiment_id])
     metrics = runs[0].data.metrics
     row = held[(held["site"] == "B") & (held["signature"] == "Intra")].iloc[0]
     assert metrics["held_out_site.B.Intra.auc"] == pytest.approx(row["auc"])
