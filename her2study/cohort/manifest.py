@@ -185,6 +185,29 @@ def check_table(
     return problems
 
 
+def site_problems(
+    df: pd.DataFrame, file: str, case_column: str, site_column: str | None
+) -> list[Problem]:
+    """The device/site column (``data.site_column``): present and filled for every case."""
+    if not site_column:
+        return []
+    if site_column not in df.columns:
+        return [
+            Problem(
+                "",
+                file,
+                f"missing column(s) ['{site_column}'] (data.site_column)",
+                f"add a '{site_column}' column naming each case's device or site, "
+                "or set data.site_column=null",
+            )
+        ]
+    blank = df[site_column].isna() | (df[site_column].astype(str).str.strip() == "")
+    return [
+        Problem(str(cid), file, f"no {site_column} given", f"fill the '{site_column}' column")
+        for cid in df.loc[blank, case_column]
+    ]
+
+
 def _check_shape(df: pd.DataFrame, file: str) -> Problem | None:
     """A manifest read as one column because of another delimiter, or with no rows."""
     if len(df.columns) == 1:
@@ -325,6 +348,7 @@ def load_cohort(
     on_error: str = "raise",
     ignore_columns: tuple[str, ...] | list[str] = (),
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    site_column: str | None = None,
 ) -> Cohort:
     """Read and validate a manifest; raise :class:`CohortError` listing every problem.
 
@@ -357,6 +381,7 @@ def load_cohort(
         raise CohortError([shape_problem], str(manifest))
     clinical = list(clinical_columns)
     problems = check_table(df, file, case_column, label_column, clinical, require_labels)
+    problems += site_problems(df, file, case_column, site_column)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         problems.append(
@@ -422,6 +447,7 @@ def load_cohort(
         ([label_column] if has_label else [])
         + clinical
         + (["split"] if "split" in df.columns else [])
+        + ([site_column] if site_column and site_column not in clinical else [])
     )
     table = df.assign(**{case_column: df[case_column].astype(str).str.strip()})
     table = table.set_index(case_column)[keep]
