@@ -310,8 +310,10 @@ def checkout_state(repo=REPO) -> dict | None:
     ``_GUARD_SKIP`` are left out. None when git cannot tell (not a checkout)."""
     try:
         res = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "-z", "--untracked-files=all"]
-            + ["--ignored=matching", "--no-renames"],
+            # --no-optional-locks: a read-only status (no index refresh written, no lock taken
+            # that a git command of the user's would trip over)
+            ["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain", "-z"]
+            + ["--untracked-files=all", "--ignored=matching", "--no-renames"],
             capture_output=True,
             timeout=60,
         )
@@ -359,7 +361,8 @@ def _checkout_untouched():
     """Fail the test that wrote into the checkout (a new, changed or removed file) or into the
     shared synthetic cache. Writes of a
     module or session fixture are charged to the test that first used it (set-up) or to the
-    next test (tear-down); the session's last ones to the session (pytest_sessionfinish)."""
+    next test (tear-down); the session's last ones to the session (pytest_sessionfinish).
+    Editing the checkout by hand while the suite runs is reported too."""
     yield
     problems = []
     cached = _shared_cache_changes()

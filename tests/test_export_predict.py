@@ -161,8 +161,10 @@ def _new_cases(cache: Path, tmp_path: Path, n_ok=4):
 
 
 def test_predict_writes_the_models_probabilities_and_lists_failures(
-    searched, synthetic_cache, tmp_path, monkeypatch
+    searched, synthetic_cache_copy, tmp_path, monkeypatch
 ):
+    """Predict extracts the new cases into its cache: a private copy of the shared one (the
+    training cohort's features are found there, the broken cases' are new)."""
     from her2study.tasks.common import cohort_and_features
     from her2study.tasks.export import run as export
     from her2study.tasks.predict import run
@@ -172,14 +174,14 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     export(compose_config("task=export", *common, f"search.export_dir={tmp_path}"))
     model_dir = tmp_path / "outputs" / "ep" / "model"
     model, card = load_model(model_dir)
-    manifest, ids = _new_cases(synthetic_cache, tmp_path)
+    manifest, ids = _new_cases(synthetic_cache_copy, tmp_path)
     cfg = with_predict(
         compose_config(
             "execution.progress=false",
             "task=predict",
             "data=manifest",
             f"data.manifest={manifest}",
-            f"cache_dir={synthetic_cache}",
+            f"cache_dir={synthetic_cache_copy}",
             "tracking=off",
             "study=pred",
         ),
@@ -215,7 +217,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
             "task=predict",
             "data=manifest",
             f"data.manifest={manifest}",
-            f"cache_dir={synthetic_cache}",
+            f"cache_dir={synthetic_cache_copy}",
             "study=pred2",
             f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
         ),

@@ -35,7 +35,8 @@ def test_paper_against_a_real_mlflow_server(tmp_path, synthetic_cache, mlflow_se
     assert row["paper AUC (95% CI)"] == "0.868 (0.771-0.965)"
     assert "SYNTHETIC" in (folder / "table3.md").read_text().splitlines()[0]
     split = pd.read_csv(folder / "split.csv")
-    assert split["split"].value_counts().to_dict() == {"train": 44, "test": 16}
+    # split.test_size=0.2584 (54 of 209): round(100 * 0.2584) = 26 test cases
+    assert split["split"].value_counts().to_dict() == {"train": 74, "test": 26}
 
     # through the REST API: parent + five children, metrics, artifacts
     exp = srv.rest("experiments/get-by-name?experiment_name=paper")["experiment"]
