@@ -2,7 +2,7 @@
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import QUICK_FIT, SMALL, run_cli
 
 
 def test_extract_on_small_synthetic_cohort(tmp_path):
@@ -65,19 +65,16 @@ def test_unknown_task(tmp_path, task):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path):
+def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path, synthetic_cache):
     import os
 
     args = [
         "+exp=paper",
-        "evaluation.bootstrap_reps=0",
-        "extractor=fast",
-        "data.synthetic.n_cases=40",
-        "execution.progress=false",
+        *SMALL,  # the shared cohort; its features from the shared cache (read-only)
+        *QUICK_FIT,
+        f"cache_dir={synthetic_cache}",
         "data.pseudonymise=true",
         "tracking.log_model=false",
-        "selection.lasso_cv=5",
-        "evaluation.cv_folds=3",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
     ]
     res = run_cli(args, tmp_path, code=None, timeout=300)
