@@ -1,20 +1,8 @@
 """The entry point as a user runs it: real subprocesses, real files."""
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
-
-
-def run_cli(args, cwd, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "her2study", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from conftest import QUICK_FIT, SMALL, run_cli
 
 
 def test_extract_on_small_synthetic_cohort(tmp_path):
@@ -25,7 +13,7 @@ def test_extract_on_small_synthetic_cohort(tmp_path):
         "region.overlays=2",
         "execution.progress=false",
     ]
-    first = run_cli(args, tmp_path)
+    first = run_cli(args, tmp_path, code=None, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "SYNTHETIC" in first.stdout
     assert "0 region entries from cache, 30 extracted" in first.stdout
@@ -35,12 +23,12 @@ def test_extract_on_small_synthetic_cohort(tmp_path):
     assert {"label", "age", "er_pct"} <= set(table.columns)
     assert any(c.startswith("peri1mm_original_") for c in table.columns)
     assert len(list((tmp_path / "outputs").glob("*/*/overlays/*.png"))) == 2
-    second = run_cli(args, tmp_path)
+    second = run_cli(args, tmp_path, code=None, timeout=300)
     assert "30 region entries from cache, 0 extracted" in second.stdout
 
 
 def test_config_typo_fails_at_compose_time(tmp_path):
-    res = run_cli(["region.ring_widht_mm=1"], tmp_path, timeout=60)
+    res = run_cli(["region.ring_widht_mm=1"], tmp_path, code=None, timeout=60)
     assert res.returncode != 0
     assert "ring_widht_mm" in res.stderr
     assert not (tmp_path / ".her2study_cache").exists()
@@ -56,7 +44,10 @@ def test_bad_manifest_exits_2_with_every_problem(tmp_path):
         }
     ).to_csv(tmp_path / "m.csv", index=False)
     res = run_cli(
-        ["task=extract", "data=manifest", f"data.manifest={tmp_path / 'm.csv'}"], tmp_path, 60
+        ["task=extract", "data=manifest", f"data.manifest={tmp_path / 'm.csv'}"],
+        tmp_path,
+        code=None,
+        timeout=60,
     )
     assert res.returncode == 2
     err = res.stderr + res.stdout
@@ -66,7 +57,7 @@ def test_bad_manifest_exits_2_with_every_problem(tmp_path):
 
 @pytest.mark.parametrize("task", ["nonsense"])
 def test_unknown_task(tmp_path, task):
-    res = run_cli([f"task={task}"], tmp_path, 60)
+    res = run_cli([f"task={task}"], tmp_path, code=None, timeout=60)
     assert res.returncode == 2  # a config that cannot be composed is a user error
     err = res.stderr + res.stdout
     assert "Could not find 'task/nonsense'" in err and "paper" in err and "search" in err
@@ -74,33 +65,22 @@ def test_unknown_task(tmp_path, task):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path):
+def test_pseudonymise_ids_and_keep_the_salt_secret(tmp_path, synthetic_cache):
     import os
 
     args = [
         "+exp=paper",
-        "evaluation.bootstrap_reps=0",
-        "extractor=fast",
-        "data.synthetic.n_cases=40",
-        "execution.progress=false",
+        *SMALL,  # the shared cohort; its features from the shared cache (read-only)
+        *QUICK_FIT,
+        f"cache_dir={synthetic_cache}",
         "data.pseudonymise=true",
         "tracking.log_model=false",
-        "selection.lasso_cv=5",
-        "evaluation.cv_folds=3",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
     ]
-    res = run_cli(args, tmp_path)
+    res = run_cli(args, tmp_path, code=None, timeout=300)
     assert res.returncode == 2 and "HER2STUDY_SALT" in res.stderr + res.stdout
     env = {**os.environ, "HER2STUDY_SALT": "very-secret-salt"}
-    res = subprocess.run(
-        [sys.executable, "-m", "her2study", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_cli(args, tmp_path, env=env)
     split = pd.read_csv(next((tmp_path / "outputs").glob("*/*/split.csv")))
     assert split["case_id"].str.match(r"^anon-[0-9a-f]{12}$").all()
     # the salt is nowhere in the outputs or the tracking store

@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, noise_features, run_cli, write_features_table
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_method
 from omegaconf.errors import ValidationError
 
 from her2study.models import MODEL_FACTORIES
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(args, cwd, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "her2study", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.parametrize(
@@ -52,7 +40,7 @@ def test_a_mistyped_choice_fails_at_compose_time_naming_the_allowed_values(
 
 
 def test_typo_in_a_choice_on_the_command_line_exits_2_before_any_work(tmp_path):
-    res = _cli(["+exp=paper", "evaluation.threshold=Youden"], tmp_path)
+    res = run_cli(["+exp=paper", "evaluation.threshold=Youden"], tmp_path, code=None, timeout=120)
     assert res.returncode == 2
     assert "expected one of [youden, fixed]" in res.stderr + res.stdout
     assert not (tmp_path / ".her2study_cache").exists()
@@ -60,7 +48,7 @@ def test_typo_in_a_choice_on_the_command_line_exits_2_before_any_work(tmp_path):
 
 
 def test_unknown_model_exits_2_listing_the_models(tmp_path):
-    res = _cli(["+exp=paper", "model=ridg"], tmp_path)
+    res = run_cli(["+exp=paper", "model=ridg"], tmp_path, code=None, timeout=120)
     assert res.returncode == 2
     err = res.stderr + res.stdout
     assert "Could not find 'model/ridg'" in err
@@ -99,7 +87,7 @@ def test_each_task_composes_only_its_own_settings(compose):
 
 
 def test_a_search_setting_on_a_paper_run_is_one_clear_error(tmp_path):
-    res = _cli(["+exp=paper", "search.n_trials=3"], tmp_path)
+    res = run_cli(["+exp=paper", "search.n_trials=3"], tmp_path, code=None, timeout=120)
     assert res.returncode == 2
     err = res.stderr + res.stdout
     assert "search.* settings do not apply to task=paper" in err and "Traceback" not in err
@@ -133,12 +121,9 @@ def test_importing_the_schema_imports_no_image_model_or_tracking_library():
 @pytest.mark.e2e
 def test_a_model_sweep_runs_one_job_per_model(tmp_path):
     """``-m model=logistic,ridge`` on a small features table: two real paper jobs."""
-    from conftest import noise_features
-
     X, clinical, y = noise_features(n=80, p=15)
-    table = X.join(clinical).assign(label=y).reset_index()
-    table.to_csv(tmp_path / "features.csv", index=False)
-    res = _cli(
+    write_features_table(tmp_path / "features.csv", X, clinical, y)
+    run_cli(
         [
             "-m",
             "+exp=paper",
@@ -157,7 +142,6 @@ def test_a_model_sweep_runs_one_job_per_model(tmp_path):
         tmp_path,
         timeout=600,
     )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     jobs = sorted((tmp_path / "multirun").glob("*/metrics.csv"))
     assert len(jobs) == 2
     chosen = [yaml.safe_load((j.parent / ".hydra" / "overrides.yaml").read_text()) for j in jobs]

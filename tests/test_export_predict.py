@@ -11,16 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import SMALL, compose_config, run_cli
 from omegaconf import open_dict
 
-from her2study.config import register_configs
 from her2study.errors import ConfigError
 from her2study.model_artifact import load_model
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-register_configs()
 
 SPACE = {
     "ring_width_mm": {"type": "categorical", "choices": [0.5, 1]},
@@ -31,15 +26,6 @@ SPACE = {
 }
 
 
-def make_cfg(*overrides, space=None, searchpath=None):
-    extra = [f"hydra.searchpath=[file://{searchpath}]"] if searchpath else []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["execution.progress=false", *extra, *overrides])
-    if space is not None:
-        cfg.search.space = space
-    return cfg
-
-
 def with_predict(cfg, **values):
     with open_dict(cfg):
         for k, v in values.items():
@@ -48,18 +34,19 @@ def with_predict(cfg, **values):
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """A finished search (nested + final) on 70 synthetic cases, tracked in MLflow."""
+def searched(tmp_path_factory, synthetic_cache):
+    """A finished search (nested + final) on the shared synthetic cohort (conftest.SMALL: 100
+    cases, its cached features), tracked in MLflow."""
+    import os
+
     from her2study.tasks.search import run
 
     root = tmp_path_factory.mktemp("exp")
     common = [
-        "extractor=fast",
-        "data.synthetic.n_cases=70",
-        "data.synthetic.band_strength=7.0",
+        *SMALL,
         "region.ring_widths_mm=[0.5,1]",
         "selection.lasso_cv=3",
-        f"cache_dir={root / 'cache'}",
+        f"cache_dir={synthetic_cache}",
         f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
         "study=ep",
         f"search.storage=sqlite:///{root / 'optuna.db'}",
@@ -69,10 +56,8 @@ def searched(tmp_path_factory):
     ]
     cwd = Path.cwd()
     try:
-        import os
-
         os.chdir(root)
-        run(make_cfg("task=search", *common, space=SPACE))
+        run(compose_config("task=search", *common, space=SPACE))
     finally:
         os.chdir(cwd)
     return root, common
@@ -94,13 +79,13 @@ def test_search_is_tracked_in_mlflow(searched):
     assert "SYNTHETIC" in (out / "outer_folds.md").read_text().splitlines()[0]
 
 
-def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatch):
+def test_export_then_rerun_reproduces_the_metrics(searched, synthetic_cache, tmp_path, monkeypatch):
     from her2study.tasks.export import run
 
     root, common = searched
     monkeypatch.chdir(root)
     (tmp_path / "exp").mkdir()
-    run(make_cfg("task=export", *common, f"search.export_dir={tmp_path / 'exp'}"))
+    run(compose_config("task=export", *common, f"search.export_dir={tmp_path / 'exp'}"))
     out = root / "outputs" / "ep"
     first = json.loads((out / "metrics.json").read_text())
     model, card = load_model(out / "model")
@@ -122,8 +107,12 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
 
     # the experiment file re-runs the configuration: same model, same metrics, same seed
     (out / "metrics.json").unlink()
-    rerun = make_cfg(
-        "+exp=best_ep", f"cache_dir={root / 'cache'}", "tracking=off", searchpath=tmp_path
+    rerun = compose_config(
+        "execution.progress=false",
+        "+exp=best_ep",
+        f"cache_dir={synthetic_cache}",
+        "tracking=off",
+        searchpath=tmp_path,
     )
     assert rerun.search.export_source == "config" and rerun.task.name == "export"
     run(rerun)
@@ -139,19 +128,14 @@ def test_export_then_rerun_reproduces_the_metrics(searched, tmp_path, monkeypatc
     np.testing.assert_array_equal(model.pipeline.predict_proba(X), again.pipeline.predict_proba(X))
 
 
-def _new_cases(root: Path, tmp_path: Path, n_ok=4):
+def _new_cases(cache: Path, tmp_path: Path, n_ok=4):
     """A user's manifest of new cases (no label column) in its own folder, with four broken
     cases: a missing image, a missing clinical value, an empty mask, a 2-pixel tumour."""
     import SimpleITK as sitk
 
     from her2study.cohort.source import ensure_synthetic
 
-    cfg = make_cfg(
-        "data.synthetic.n_cases=70",
-        "data.synthetic.band_strength=7.0",
-        f"cache_dir={root / 'cache'}",
-    )
-    manifest = ensure_synthetic(cfg.data)
+    manifest = ensure_synthetic(compose_config(*SMALL, f"cache_dir={cache}").data)
     src = pd.read_csv(manifest, dtype={"case_id": str})
     rows = src.head(n_ok + 4).copy()
     for col in ("image", "mask"):
@@ -177,24 +161,27 @@ def _new_cases(root: Path, tmp_path: Path, n_ok=4):
 
 
 def test_predict_writes_the_models_probabilities_and_lists_failures(
-    searched, tmp_path, monkeypatch
+    searched, synthetic_cache_copy, tmp_path, monkeypatch
 ):
+    """Predict extracts the new cases into its cache: a private copy of the shared one (the
+    training cohort's features are found there, the broken cases' are new)."""
     from her2study.tasks.common import cohort_and_features
     from her2study.tasks.export import run as export
     from her2study.tasks.predict import run
 
     root, common = searched
     monkeypatch.chdir(tmp_path)
-    export(make_cfg("task=export", *common, f"search.export_dir={tmp_path}"))
+    export(compose_config("task=export", *common, f"search.export_dir={tmp_path}"))
     model_dir = tmp_path / "outputs" / "ep" / "model"
     model, card = load_model(model_dir)
-    manifest, ids = _new_cases(root, tmp_path)
+    manifest, ids = _new_cases(synthetic_cache_copy, tmp_path)
     cfg = with_predict(
-        make_cfg(
+        compose_config(
+            "execution.progress=false",
             "task=predict",
             "data=manifest",
             f"data.manifest={manifest}",
-            f"cache_dir={root / 'cache'}",
+            f"cache_dir={synthetic_cache_copy}",
             "tracking=off",
             "study=pred",
         ),
@@ -213,7 +200,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     assert failed["probability"].isna().all()
     ok = pred[pred["status"] == "ok"].set_index("case_id")
     # the model's own probabilities on the same cases' features (training cohort's table)
-    train_cfg = make_cfg(*common, "task=search")
+    train_cfg = compose_config(*common, "task=search")
     cohort, fs = cohort_and_features(train_cfg)
     X = fs.table.join(cohort.table[card["clinical_columns"]])
     with warnings.catch_warnings():
@@ -225,11 +212,12 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
 
     # the same model from the MLflow store
     cfg = with_predict(
-        make_cfg(
+        compose_config(
+            "execution.progress=false",
             "task=predict",
             "data=manifest",
             f"data.manifest={manifest}",
-            f"cache_dir={root / 'cache'}",
+            f"cache_dir={synthetic_cache_copy}",
             "study=pred2",
             f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
         ),
@@ -251,11 +239,23 @@ def test_predict_needs_a_model(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="predict.model_uri"):
-        run(with_predict(make_cfg("task=predict", "tracking=off")))
+        run(
+            with_predict(compose_config("execution.progress=false", "task=predict", "tracking=off"))
+        )
     with pytest.raises(ConfigError, match="no model at"):
-        run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path / "x")))
+        run(
+            with_predict(
+                compose_config("execution.progress=false", "task=predict", "tracking=off"),
+                model_uri=str(tmp_path / "x"),
+            )
+        )
     with pytest.raises(ConfigError, match="holds no MLmodel file"):
-        run(with_predict(make_cfg("task=predict", "tracking=off"), model_uri=str(tmp_path)))
+        run(
+            with_predict(
+                compose_config("execution.progress=false", "task=predict", "tracking=off"),
+                model_uri=str(tmp_path),
+            )
+        )
 
 
 def test_export_without_a_finished_search_says_so(tmp_path, monkeypatch):
@@ -264,7 +264,8 @@ def test_export_without_a_finished_search_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="run the search first"):
         run(
-            make_cfg(
+            compose_config(
+                "execution.progress=false",
                 "task=export",
                 "study=nothing",
                 "tracking=off",
@@ -383,19 +384,6 @@ class _Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
 
 
-def _run_cli(args, cwd):
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "her2study", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_crafted_joblib_is_refused_before_it_is_read(tmp_path):
     import joblib
 
@@ -414,8 +402,11 @@ def test_crafted_joblib_is_refused_before_it_is_read(tmp_path):
         (old / "model.joblib", "is a file, not a her2study model folder"),
         (old, "model.joblib is the old export format"),
     ):
-        res = _run_cli(
-            ["task=predict", f"predict.model_uri={given}", "tracking=off", "study=p"], tmp_path
+        res = run_cli(
+            ["task=predict", f"predict.model_uri={given}", "tracking=off", "study=p"],
+            tmp_path,
+            code=None,
+            timeout=300,
         )
         err = res.stdout + res.stderr
         assert res.returncode == 2, err[-2000:]

@@ -9,6 +9,7 @@ its editable install of her2study is not seen). Marked slow: CI runs it once (``
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,15 +17,30 @@ import venv
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+
+def source_copy(dest: Path) -> Path:
+    """The checkout's tracked files (as they are in the working tree) copied to ``dest``: what a
+    user's fresh clone holds. Building there keeps setuptools' build/ and *.egg-info/ out of the
+    checkout."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True, timeout=60
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():  # a tracked file deleted in the working tree is not copied
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
 
 
 @pytest.mark.slow
 def test_a_non_editable_install_runs_the_paper_config_from_an_empty_folder(tmp_path):
     wheels = tmp_path / "wheels"
+    source = source_copy(tmp_path / "source")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
         timeout=600,

@@ -2,12 +2,11 @@
 task=compare. Real pyradiomics extraction, real SQLite stores, real subprocesses."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import QUICK_FIT, SMALL, SMALL_N, run_cli
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server  # noqa: F401  (fixture)
 
@@ -15,31 +14,15 @@ from her2study.regions import ring_spec
 
 pytestmark = pytest.mark.e2e
 
-SMALL = [
-    "extractor=fast",
-    "data.synthetic.n_cases=60",
-    "execution.progress=false",
-    "evaluation.cv_folds=3",
-    "selection.lasso_cv=5",
-    "evaluation.bootstrap_reps=2",
-]
+# the shared synthetic cohort (conftest.SMALL, its features cached: pass cache_dir=<it>), the
+# paper protocol's quick inner loops, two bootstrap replicates
+PAPER = [*SMALL, *QUICK_FIT, "evaluation.bootstrap_reps=2"]
 
 
-def run_cli(args, cwd, timeout=600):
-    res = subprocess.run(
-        [sys.executable, "-m", "her2study", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    return res
-
-
-def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
+def test_paper_against_a_real_mlflow_server(tmp_path, synthetic_cache, mlflow_server):  # noqa: F811
     srv = mlflow_server
-    res = run_cli(["+exp=paper", *SMALL, f"tracking.tracking_uri={srv.uri}"], tmp_path)
+    args = ["+exp=paper", *PAPER, f"cache_dir={synthetic_cache}"]
+    res = run_cli([*args, f"tracking.tracking_uri={srv.uri}"], tmp_path)
     out = res.stdout
     assert "Data: SYNTHETIC cohort" in out
     for name in ("Clinic", "Intra", "IntraPeri 1 mm", "IntraPeri 2 mm", "Nomogram"):
@@ -52,7 +35,8 @@ def test_paper_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F
     assert row["paper AUC (95% CI)"] == "0.868 (0.771-0.965)"
     assert "SYNTHETIC" in (folder / "table3.md").read_text().splitlines()[0]
     split = pd.read_csv(folder / "split.csv")
-    assert split["split"].value_counts().to_dict() == {"train": 44, "test": 16}
+    # split.test_size=0.2584 (54 of 209): round(100 * 0.2584) = 26 test cases
+    assert split["split"].value_counts().to_dict() == {"train": 74, "test": 26}
 
     # through the REST API: parent + five children, metrics, artifacts
     exp = srv.rest("experiments/get-by-name?experiment_name=paper")["experiment"]
@@ -98,13 +82,14 @@ def row_auc(table3):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_margin_sweep_and_compare(tmp_path):
+def test_margin_sweep_and_compare(tmp_path, synthetic_cache):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_cli(
         [
             "-m",
             "+exp=paper",
-            *SMALL,
+            *PAPER,
+            f"cache_dir={synthetic_cache}",
             "tracking.log_model=false",
             "study=sweep",
             f"tracking.tracking_uri={store}",
@@ -122,7 +107,7 @@ def test_margin_sweep_and_compare(tmp_path):
     assert len(parents) == 3
     sweep_dir = "sweep/" + next((tmp_path / "multirun" / "sweep").iterdir()).name
     case_ids = pd.read_csv(jobs[0].parent / "split.csv").iloc[:, 0]
-    assert len(case_ids) == 60
+    assert len(case_ids) == SMALL_N
     for p in parents:
         params, m = p.data.params, p.data.metrics
         assert params["sweep_id"] == p.data.tags["sweep_id"] == sweep_dir
@@ -138,7 +123,7 @@ def test_margin_sweep_and_compare(tmp_path):
         (inp,) = p.inputs.dataset_inputs  # the features + label: digest, schema, no rows
         ds = inp.dataset
         assert ds.name == f"synthetic-features-{ds.digest}" and len(ds.digest) >= 8
-        assert json.loads(ds.profile)["num_rows"] == 60
+        assert json.loads(ds.profile)["num_rows"] == SMALL_N
         cols = {c["name"] for c in json.loads(ds.schema)["mlflow_colspec"]}
         ring = ring_spec(width).name + "_"
         assert "label" in cols and any(c.startswith(ring) for c in cols)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, noise_features
+from conftest import QUICK_FIT, compose_config, noise_features
 from scipy import stats
 
 from her2study import __version__
@@ -35,12 +35,7 @@ from her2study.study import fit_signatures
 
 EVIL = "<script>alert('x')</script>&"
 EVIL_FEATURE = f"intra_{EVIL}"  # keeps the region prefix, so the Intra signature sees it
-QUICK = [
-    "selection.lasso_cv=5",
-    "evaluation.cv_folds=3",
-    "selection.lasso_n_lambdas=12",
-    "evaluation.bootstrap_reps=0",
-]
+QUICK = [*QUICK_FIT, "selection.lasso_n_lambdas=12"]
 SECTIONS = ["Cohort", "Design", "Selected features", "Results", "Figures", "Reviewer checklist"]
 
 
@@ -129,14 +124,9 @@ def test_cohort_summary_class_names_and_format_p(clinical_table):
 @pytest.fixture(scope="module")
 def study():
     """A small real study: the real fitting, evaluation and figure functions on noise."""
-    from hydra import compose, initialize_config_dir
-
-    from her2study.config import register_configs
     from her2study.tasks.paper import make_figures
 
-    register_configs()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["+exp=paper", *QUICK])
+    cfg = compose_config("+exp=paper", *QUICK)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # weak clinical signal, layout notes
         return _fit_study(cfg, make_figures)

@@ -2,15 +2,13 @@
 would be a secret in plain text (``.hydra/*.yaml``, shell history); such a run stops first."""
 
 import logging
-import subprocess
-import sys
 
+from conftest import CONF, run_cli
 from omegaconf import OmegaConf, open_dict
 
 from her2study.__main__ import run
 from her2study.privacy import salt_override, salt_problem
 
-REPO_CONF = __import__("conftest").REPO / "conf"
 SALT = "s3cret-salt-4711"
 
 
@@ -37,7 +35,7 @@ def test_salt_in_hydra_overrides_is_refused_and_redacted(tmp_path, monkeypatch, 
     monkeypatch.delenv("HER2STUDY_SALT", raising=False)
     monkeypatch.chdir(tmp_path)
     overrides = ["tracking=off", "data.pseudonymise=true", f"data.pseudonym_salt={SALT}"]
-    with initialize_config_dir(str(REPO_CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     hydra_dir = tmp_path / "run" / ".hydra"
     hydra_dir.mkdir(parents=True)
@@ -62,25 +60,20 @@ def test_salt_in_hydra_overrides_is_refused_and_redacted(tmp_path, monkeypatch, 
 
 def test_salt_on_the_command_line_stops_before_hydra_writes(tmp_path, monkeypatch):
     env = {k: v for k, v in __import__("os").environ.items() if k != "HER2STUDY_SALT"}
-    res = subprocess.run(
+    res = run_cli(
         [
-            sys.executable,
-            "-m",
-            "her2study",
             "task=extract",
             "tracking=off",
             "data.pseudonymise=true",
             f"data.pseudonym_salt={SALT}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        tmp_path,
+        code=2,
         timeout=300,
         env=env,
     )
     out = res.stderr + res.stdout
-    assert res.returncode == 2, out
     assert "export HER2STUDY_SALT=... instead" in out and "Traceback" not in out
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
     assert SALT not in out

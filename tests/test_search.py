@@ -14,15 +14,13 @@ import sys
 import textwrap
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import CONF, SHARED_RINGS, SMALL, compose_config
 
-from her2study.config import register_configs
 from her2study.errors import ConfigError
 from her2study.search import (
     Candidate,
@@ -36,30 +34,8 @@ from her2study.search import (
     suggest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-register_configs()
-
-
-def make_cfg(*overrides, space=None):
-    """The composed config; ``space`` replaces search.space (a command-line dict would be merged
-    into the default space)."""
-    task = [] if any(o.startswith("task=") for o in overrides) else ["task=search"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                *task,
-                "search=default",
-                "tracking=off",
-                "execution.progress=false",
-                *overrides,
-            ],
-        )
-    if space is not None:
-        cfg.search.space = space
-    return cfg
-
+# every config of this file: the search task, no tracking, no progress bar
+SEARCH = ["task=search", "tracking=off", "execution.progress=false"]
 
 NOISE_SPACE = {
     "ring_width_mm": {"type": "categorical", "choices": [0, 1]},
@@ -159,7 +135,7 @@ def test_bad_specs_name_the_key(space, message):
 
 
 def test_default_space_is_conditional_and_maps_to_optuna():
-    cfg = make_cfg()
+    cfg = compose_config(*SEARCH)
     defaults = search_defaults(cfg)
     dims = parse_space(cfg.search.space, defaults)
     names = [d.name for d in dims]
@@ -188,17 +164,18 @@ def test_default_space_is_conditional_and_maps_to_optuna():
     assert {p["model"] for p in seen} == {"logistic", "ridge", "svm", "random_forest"}
 
 
-def test_space_widths_must_be_extracted(noise_table, tmp_path):
+def test_space_widths_must_be_extracted(noise_table, tmp_path, monkeypatch):
     from her2study.tasks.search import run
 
-    cfg = make_cfg("task=search", "study=w", "search.storage=sqlite:///" + str(tmp_path / "w.db"))
+    monkeypatch.chdir(tmp_path)  # the default cache_dir and outputs/ are relative to the cwd
+    cfg = compose_config(*SEARCH, "study=w", "search.storage=sqlite:///" + str(tmp_path / "w.db"))
     with pytest.raises(ConfigError, match=r"width\(s\) \[0.5, 1.5, 3\] mm whose features are"):
         run(cfg)  # region.ring_widths_mm=[1, 2] by default; fails before any extraction
     assert not (tmp_path / ".her2study_cache").exists()
     over = noise_overrides(noise_table, "sqlite:///" + str(tmp_path / "n.db"))
     space = {"ring_width_mm": {"type": "categorical", "choices": [0, 2]}}
     with pytest.raises(ConfigError, match=r"no features for width\(s\) \[2\] mm"):
-        run(make_cfg(*over, space=space))
+        run(compose_config(*SEARCH, *over, space=space))
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,13 +204,14 @@ def test_bad_storage_fails_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="cannot be opened"):
-        run(make_cfg("task=search", "search.storage=nosuchdialect://x"))
+        run(compose_config(*SEARCH, "search.storage=nosuchdialect://x"))
     assert not (tmp_path / ".her2study_cache").exists()
 
 
 def test_journal_storage_runs_and_resumes(tmp_path):
     url = f"journal:///{tmp_path / 'journal.log'}"
-    cfg = make_cfg(
+    cfg = compose_config(
+        *SEARCH,
         "study=j",
         "search.n_trials=3",
         "search.sampler=random",
@@ -246,7 +224,8 @@ def test_journal_storage_runs_and_resumes(tmp_path):
     assert len(res.folds) == 2
     study = optuna.load_study(study_name="j/outer0_0", storage=storage)
     assert len(study.trials) == 3
-    cfg2 = make_cfg(
+    cfg2 = compose_config(
+        *SEARCH,
         "study=j",
         "search.n_trials=4",
         "search.sampler=random",
@@ -260,13 +239,15 @@ def test_journal_storage_runs_and_resumes(tmp_path):
 def test_changed_space_is_not_resumed(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     design = _noise_design(60, 30)
-    cfg = make_cfg(
+    cfg = compose_config(
+        *SEARCH,
         "search.n_trials=1",
         "search.outer_folds=2",
         space={"model": {"type": "categorical", "choices": ["logistic"]}},
     )
     nested_search(cfg, design, open_storage(url), "s", final=False, progress=lambda s: None)
-    cfg2 = make_cfg(
+    cfg2 = compose_config(
+        *SEARCH,
         "search.n_trials=1",
         "search.outer_folds=2",
         space={"model": {"type": "categorical", "choices": ["ridge"]}},
@@ -295,7 +276,7 @@ def _noise_design(n=80, p=60, seed=3):
 
 
 def test_reuse_gives_the_same_predictions_as_refitting():
-    cfg = make_cfg()
+    cfg = compose_config(*SEARCH)
     design = _noise_design()
     sel = dict(search_defaults(cfg))
     sel.pop("model"), sel.pop("use_clinical")
@@ -337,7 +318,8 @@ def test_nested_auc_on_shuffled_noise_is_chance(noise_table, tmp_path, monkeypat
     from her2study.tasks.search import run
 
     monkeypatch.chdir(tmp_path)
-    cfg = make_cfg(
+    cfg = compose_config(
+        *SEARCH,
         *noise_overrides(noise_table, f"sqlite:///{tmp_path / 'noise.db'}"),
         "search.n_trials=5",
         "search.outer_folds=4",
@@ -471,28 +453,16 @@ def test_two_workers_share_one_sqlite_study(noise_table, tmp_path):
 # the planted band (real pyradiomics features of a small synthetic cohort)
 # ------------------------------------------------------------------------------------------
 
-SMALL = [
-    "extractor=fast",
-    "data.synthetic.n_cases=100",
-    "data.synthetic.band_strength=7.0",
-    "data.synthetic.intra_strength=0.3",
-    "region.ring_widths_mm=[0.5,1,1.5,2,3]",
+# the shared cohort (conftest.SMALL: 100 cases, signal 0-1 mm outside the lesion) and its
+# features for the search space's five ring widths
+BAND = [
+    *SMALL,
+    f"region.ring_widths_mm=[{','.join(map(str, SHARED_RINGS))}]",
     "selection.lasso_cv=3",
 ]
 
 
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    """Features of 100 synthetic cases (signal 0-1 mm outside the lesion) for 5 ring widths."""
-    from her2study.tasks.common import cohort_and_features
-
-    root = tmp_path_factory.mktemp("small")
-    cfg = make_cfg(*SMALL, f"cache_dir={root / 'cache'}")
-    cohort_and_features(cfg)
-    return root / "cache"
-
-
-def test_search_prefers_rings_covering_the_band(small_cache, tmp_path, monkeypatch):
+def test_search_prefers_rings_covering_the_band(synthetic_cache, tmp_path, monkeypatch):
     from her2study.tasks.search import run
 
     monkeypatch.chdir(tmp_path)
@@ -500,10 +470,10 @@ def test_search_prefers_rings_covering_the_band(small_cache, tmp_path, monkeypat
         "ring_width_mm": {"type": "categorical", "choices": [0, 0.5, 1, 1.5, 2, 3]},
         "mw_alpha": {"type": "categorical", "choices": [0.05, 0.1]},
     }
-    cfg = make_cfg(
-        *SMALL,
-        f"cache_dir={small_cache}",
-        "task=search",
+    cfg = compose_config(
+        *SEARCH,
+        *BAND,
+        f"cache_dir={synthetic_cache}",
         "study=band",
         "search.n_trials=10",
         "search.outer_folds=5",
@@ -544,7 +514,7 @@ def test_nested_estimate_agrees_with_a_fresh_cohort(tmp_path, monkeypatch):
         "search.inner_folds=3",
         "search.n_trials=15",
     ]
-    cfg = make_cfg(*dev)
+    cfg = compose_config(*SEARCH, *dev)
     pooled = run(cfg)
     est = json.loads((tmp_path / "outputs" / "fresh" / "nested_estimate.json").read_text())
     storage = open_storage(f"sqlite:///{tmp_path / 'outputs' / 'optuna_fresh.db'}")
@@ -552,7 +522,9 @@ def test_nested_estimate_agrees_with_a_fresh_cohort(tmp_path, monkeypatch):
     cand = candidate_from_params(chosen, cfg)
     design, _ = load_design(cfg)
     pipe, metrics, _ = fit_candidate(cand, design, int(cfg.seed), 3)
-    fresh_cfg = make_cfg(*dev, "data.synthetic.n_cases=600", "data.synthetic.seed=77")
+    fresh_cfg = compose_config(
+        *SEARCH, *dev, "data.synthetic.n_cases=600", "data.synthetic.seed=77"
+    )
     cohort, fs = cohort_and_features(fresh_cfg)
     X = fs.table.join(cohort.table[list(design.clinical)])[design.columns(cand)]
     with warnings.catch_warnings():

@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose_config
 
-from her2study.config import register_configs
 from her2study.errors import ConfigError
 from her2study.search import (
     NADEAU_BENGIO,
@@ -36,9 +34,6 @@ from her2study.search import (
     search_defaults,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
-register_configs()
 QUIET = {"progress": lambda s: None}
 
 SPACE = {
@@ -49,25 +44,19 @@ SPACE = {
 TINY = {"model": {"type": "categorical", "choices": ["logistic"]}}
 
 
-def make_cfg(*overrides, space=SPACE):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "task=search",
-                "tracking=off",
-                "execution.progress=false",
-                "search.inner_folds=3",
-                "search.outer_folds=3",
-                "search.final=false",
-                "selection.lasso_cv=3",
-                "selection.lasso_n_lambdas=8",
-                "data.clinical_columns=[]",
-                *overrides,
-            ],
-        )
-    cfg.search.space = space
-    return cfg
+# every config of this file: a quick search task (3 x 3 folds, no final fit), no tracking; the
+# space is SPACE unless a test passes another
+QUICK_SEARCH = [
+    "task=search",
+    "tracking=off",
+    "execution.progress=false",
+    "search.inner_folds=3",
+    "search.outer_folds=3",
+    "search.final=false",
+    "selection.lasso_cv=3",
+    "selection.lasso_n_lambdas=8",
+    "data.clinical_columns=[]",
+]
 
 
 def features(n=60, p=10, seed=0, delta=1.2, shuffle=False):
@@ -145,13 +134,15 @@ def searched(tmp_path_factory):
     root = tmp_path_factory.mktemp("est")
     X, y = features(n=72, seed=1)
     X.assign(label=y).reset_index().to_csv(root / "features.csv", index=False)
-    cfg = make_cfg(
+    cfg = compose_config(
+        *QUICK_SEARCH,
         "study=est",
         "data=features",
         f"data.features_table={root / 'features.csv'}",
         f"search.storage=sqlite:///{root / 'est.db'}",
         "search.n_trials=4",
         "search.outer_repeats=2",
+        space=SPACE,
     )
     cwd = os.getcwd()
     os.chdir(root)  # outside Hydra the outputs go to ./outputs/<study>
@@ -238,7 +229,7 @@ def test_region_estimates_are_the_best_trial_of_each_width_scored_once(searched)
 def test_permutation_runs_are_whole_nested_searches_in_their_own_studies(tmp_path):
     X, y = features(n=60, p=6, seed=2, delta=2.0)
     design = design_of(X, y)
-    cfg = make_cfg("search.n_trials=2", "search.permutations=3", space=TINY)
+    cfg = compose_config(*QUICK_SEARCH, "search.n_trials=2", "search.permutations=3", space=TINY)
     storage = open_storage(f"sqlite:///{tmp_path / 'p.db'}")
     res = nested_search(cfg, design, storage, "pt", **QUIET)
     e = res.estimate
@@ -264,7 +255,7 @@ def test_permutation_p_small_on_a_planted_signal_not_on_shuffled_labels(tmp_path
     """P = 20 permuted nested searches (the smallest p is 1/21): a planted signal gives p < 0.05;
     the same table with shuffled labels does not. Recorded in experiments/search/README.md."""
     X, y = features(n=60, p=6, seed=4, delta=1.0, shuffle=shuffle)
-    cfg = make_cfg("search.n_trials=2", "search.permutations=20", space=TINY)
+    cfg = compose_config(*QUICK_SEARCH, "search.n_trials=2", "search.permutations=20", space=TINY)
     storage = open_storage(f"sqlite:///{tmp_path / 'p.db'}")
     res = nested_search(cfg, design_of(X, y), storage, "ps", **QUIET)
     e = res.estimate
@@ -284,7 +275,7 @@ def test_permutation_p_small_on_a_planted_signal_not_on_shuffled_labels(tmp_path
 def test_a_resumed_study_on_changed_feature_values_is_refused(tmp_path):
     X, y = features(n=48, p=5, seed=3)
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    cfg = make_cfg("search.n_trials=1", "search.outer_folds=2", space=TINY)
+    cfg = compose_config(*QUICK_SEARCH, "search.n_trials=1", "search.outer_folds=2", space=TINY)
     nested_search(cfg, design_of(X, y), open_storage(url), "r", **QUIET)
     nested_search(cfg, design_of(X, y), open_storage(url), "r", **QUIET)  # same data: resumes
     X2 = X.copy()
@@ -302,11 +293,13 @@ def test_a_resumed_study_on_changed_feature_values_is_refused(tmp_path):
 def test_extractor_settings_enter_the_data_digest():
     X, y = features(n=40, p=3)
     design = design_of(X, y)
-    fast = make_cfg("extractor=fast")
-    paper = make_cfg("extractor=paper")
+    fast = compose_config(*QUICK_SEARCH, "extractor=fast", space=SPACE)
+    paper = compose_config(*QUICK_SEARCH, "extractor=paper", space=SPACE)
     assert data_digest(design, fast) != data_digest(design, paper)
-    table = make_cfg("extractor=fast", "data=features")
-    assert data_digest(design, table) == data_digest(design, make_cfg("data=features"))
+    table = compose_config(*QUICK_SEARCH, "extractor=fast", "data=features", space=SPACE)
+    assert data_digest(design, table) == data_digest(
+        design, compose_config(*QUICK_SEARCH, "data=features", space=SPACE)
+    )
 
 
 def test_a_study_with_trials_but_no_data_digest_is_refused(tmp_path):
@@ -332,8 +325,12 @@ def test_sampler_seed_comes_from_the_study_name_and_the_data(tmp_path):
         "model": {"type": "categorical", "choices": ["ridge"]},
         "ridge": {"C": {"type": "float", "low": 0.01, "high": 10, "log": True}},
     }
-    cfg = make_cfg(
-        "search.n_trials=3", "search.outer_folds=2", "search.sampler=random", space=space
+    cfg = compose_config(
+        *QUICK_SEARCH,
+        "search.n_trials=3",
+        "search.outer_folds=2",
+        "search.sampler=random",
+        space=space,
     )
     X, y = features(n=40, p=4, seed=5)
     a = _first_params(design_of(X, y), cfg, f"sqlite:///{tmp_path / 'a.db'}", "s")
@@ -353,11 +350,12 @@ def test_reader2_columns_are_never_predictors(tmp_path):
     design = Design.from_tables(X.join(r2), y, None)
     assert not [c for c in design.X.columns if c.startswith("reader2__")]
     assert "reader2" not in design.regions
-    sel = dict(search_defaults(make_cfg()))
+    sel = dict(search_defaults(compose_config(*QUICK_SEARCH, space=SPACE)))
     sel.pop("model"), sel.pop("use_clinical")
     every = Candidate(None, False, sel, "logistic", {})  # every region of the table
     assert design.columns(every) == list(X.columns)
-    cfg = make_cfg("search.n_trials=1", "search.outer_folds=2", space=TINY)  # no ring dimension
+    # no ring dimension
+    cfg = compose_config(*QUICK_SEARCH, "search.n_trials=1", "search.outer_folds=2", space=TINY)
     res = nested_search(cfg, design, open_storage(f"sqlite:///{tmp_path / 'r2.db'}"), "r2", **QUIET)
     assert res.regions["region"].tolist() == ["all"]
     assert not res.features["feature"].str.startswith("reader2__").any()
@@ -367,7 +365,12 @@ def test_icc_threshold_is_refused_before_any_work(tmp_path, monkeypatch):
     from her2study.tasks.search import run
 
     monkeypatch.chdir(tmp_path)
-    cfg = make_cfg("selection.icc_threshold=0.75", f"search.storage=sqlite:///{tmp_path / 'i.db'}")
+    cfg = compose_config(
+        *QUICK_SEARCH,
+        "selection.icc_threshold=0.75",
+        f"search.storage=sqlite:///{tmp_path / 'i.db'}",
+        space=SPACE,
+    )
     with pytest.raises(ConfigError) as err:
         run(cfg)
     assert "selection.icc_threshold=0.75 is not supported by task=search" in str(err.value)
@@ -377,7 +380,13 @@ def test_icc_threshold_is_refused_before_any_work(tmp_path, monkeypatch):
 
 def test_a_study_cut_by_the_timeout_is_warned(tmp_path):
     X, y = features(n=60, p=8, seed=8)
-    cfg = make_cfg("search.n_trials=500", "search.outer_folds=2", "search.timeout_s=2", space=SPACE)
+    cfg = compose_config(
+        *QUICK_SEARCH,
+        "search.n_trials=500",
+        "search.outer_folds=2",
+        "search.timeout_s=2",
+        space=SPACE,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = nested_search(

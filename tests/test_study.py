@@ -1,19 +1,14 @@
 """The paper protocol on a split: training-only fitting, thresholds, ICC, features-table input."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import noise_features
+from conftest import QUICK_FIT, noise_features, run_cli, write_features_table
 
 from her2study.evaluation import choose_threshold
 from her2study.results import evaluate_signatures, paired_delong
 from her2study.split import block_split
 from her2study.study import fit_signatures, icc_filter
-
-QUICK = ["selection.lasso_cv=5", "evaluation.cv_folds=3", "evaluation.bootstrap_reps=0"]
 
 
 @pytest.fixture
@@ -26,7 +21,7 @@ def data():
 
 def test_signatures_never_see_test_labels(compose, data):
     X, clinical, y, split = data
-    cfg = compose("+exp=paper", *QUICK)
+    cfg = compose("+exp=paper", *QUICK_FIT)
     fits = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
     assert [f.name for f in fits] == [
         "Clinic",
@@ -50,7 +45,7 @@ def test_signatures_never_see_test_labels(compose, data):
 
 def test_threshold_from_out_of_fold_training_predictions_applied_to_test(compose, data, caplog):
     X, clinical, y, split = data
-    cfg = compose("+exp=paper", *QUICK, "evaluation.bootstrap_reps=4")
+    cfg = compose("+exp=paper", *QUICK_FIT, "evaluation.bootstrap_reps=4")
     with caplog.at_level("INFO"):
         fits = fit_signatures(X, clinical, y, split, [1.0], cfg)
     assert "the only ring signature: no choice made" in caplog.text and "nan" not in caplog.text
@@ -90,7 +85,7 @@ def test_the_paper_way_stays_available(compose, data):
     X, clinical, y, split = data
     cfg = compose(
         "+exp=paper",
-        *QUICK,
+        *QUICK_FIT,
         "model.nomogram.rad_score=in_sample",
         "evaluation.threshold_on=apparent",
     )
@@ -112,11 +107,11 @@ def test_the_paper_way_stays_available(compose, data):
 
 def test_fixed_signature_for_nomogram_and_unknown_name(compose, data):
     X, clinical, y, split = data
-    cfg = compose("+exp=paper", *QUICK, "model.nomogram.signature=IntraPeri 2 mm")
+    cfg = compose("+exp=paper", *QUICK_FIT, "model.nomogram.signature=IntraPeri 2 mm")
     fits = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
     assert fits[-1].details["base_signature"] == "IntraPeri 2 mm"
     assert fits[-1].details["vif"].max() < 5
-    cfg = compose("+exp=paper", *QUICK, "model.nomogram.signature=IntraPeri 9 mm")
+    cfg = compose("+exp=paper", *QUICK_FIT, "model.nomogram.signature=IntraPeri 9 mm")
     with pytest.raises(ValueError, match="model.nomogram.signature='IntraPeri 9 mm'"):
         fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
 
@@ -142,26 +137,19 @@ def test_icc_filter_drops_unreliable_features(compose, data):
 
 def test_paper_on_a_features_table(tmp_path, data):
     X, clinical, y, _ = data
-    table = X.join(clinical).assign(label=y).reset_index()
-    table.to_csv(tmp_path / "features.csv", index=False)
-    res = subprocess.run(
+    write_features_table(tmp_path / "features.csv", X, clinical, y)
+    res = run_cli(
         [
-            sys.executable,
-            "-m",
-            "her2study",
             "+exp=paper",
             "data=features",
             f"data.features_table={tmp_path / 'features.csv'}",
             "data.clinical_columns=[age,er_pct]",
             "tracking=off",
-            *QUICK,
+            *QUICK_FIT,
         ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        tmp_path,
         timeout=300,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     assert f"Data: cohort from {tmp_path / 'features.csv'}" in res.stdout
     assert "SYNTHETIC" not in res.stdout
     assert "IntraPeri 2 mm" in res.stdout
