@@ -89,22 +89,8 @@ def read_header(path: str | Path) -> ImageHeader:
     if not path.is_file():
         raise ImageReadError("file not found", "check the path (relative to the manifest)")
     if _is_dicom(path):
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-            rows, cols = int(ds.Rows), int(ds.Columns)
-        except Exception as exc:  # pydicom raises many types for corrupt files
-            raise ImageReadError(
-                f"unreadable DICOM ({type(exc).__name__}: {exc})",
-                "re-export the image from the PACS, or convert it to NIfTI/PNG",
-            ) from None
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise ImageReadError(
-                f"multi-frame DICOM ({frames} frames); one 2D image per lesion is expected",
-                "export the single frame on which the lesion was segmented",
-            )
+        ds = _dicom_dataset(path, pixels=False)
+        rows, cols = int(ds.Rows), int(ds.Columns)
         _check_dicom_decoder(ds)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         return ImageHeader((cols, rows), _dicom_us_spacing(ds), None, samples, False, "dicom")
@@ -150,6 +136,31 @@ def _check_dicom_decoder(ds) -> None:
         )
 
 
+def _dicom_dataset(path: Path, pixels: bool):
+    """The DICOM dataset (header only unless ``pixels``); ImageReadError for unreadable or
+    multi-frame files."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels)
+        if pixels:
+            ds.pixel_array  # noqa: B018 (decode now: a failure is the file's, reported here)
+        else:
+            int(ds.Rows), int(ds.Columns)
+    except Exception as exc:  # pydicom raises many types for corrupt files
+        raise ImageReadError(
+            f"unreadable DICOM ({type(exc).__name__}: {exc})",
+            "re-export the image from the PACS, or convert it to NIfTI/PNG",
+        ) from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(
+            f"multi-frame DICOM ({frames} frames); one 2D image per lesion is expected",
+            "export the single frame on which the lesion was segmented",
+        )
+    return ds
+
+
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in {".dcm", ".dicom"}:
         return True
@@ -185,22 +196,8 @@ def _dicom_us_spacing(ds) -> tuple[float, float] | None:
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, str]:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for corrupt files
-        raise ImageReadError(
-            f"unreadable DICOM ({type(exc).__name__}: {exc})",
-            "re-export the image from the PACS, or convert it to NIfTI/PNG",
-        ) from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageReadError(
-            f"multi-frame DICOM ({frames} frames); one 2D image per lesion is expected",
-            "export the single frame on which the lesion was segmented",
-        )
+    ds = _dicom_dataset(path, pixels=True)
+    arr = ds.pixel_array
     converted = ""
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
