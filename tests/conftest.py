@@ -241,10 +241,11 @@ def tree_digest(root) -> dict:
     }
 
 
-# The image-QA results (burned-in annotations, derived-image bins) are kept under qa/ per set of
-# regions a run analyses: a run with other widths adds its own entries, which changes no other
-# entry and no feature. Those additions are allowed; a changed or removed entry is not.
-_ADDITIVE = ("qa/",)
+# Content-addressed results kept beside the features: the image QA (qa/, per set of regions a
+# run analyses) and the fit cache (fits/, per data, estimator, seed and code). A run with other
+# settings adds its own entries, which changes no other entry and no feature: additions there are
+# allowed; a changed or removed entry is not.
+_ADDITIVE = ("qa/", "fits/")
 
 
 def _changes(before: dict, after: dict) -> list[str]:
