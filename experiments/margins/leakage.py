@@ -20,8 +20,14 @@ from scipy import ndimage
 from her2study.cohort.synthetic import band_phantom_spec, synthesize_case
 from her2study.config import SyntheticSpec
 
-SHELLS = [("tumour mask", None, 0.0), ("0-0.5", 0.0, 0.5), ("0.5-1", 0.5, 1.0),
-          ("1-1.5", 1.0, 1.5), ("1.5-2.5", 1.5, 2.5), ("2.5-3", 2.5, 3.0)]
+SHELLS = [
+    ("tumour mask", None, 0.0),
+    ("0-0.5", 0.0, 0.5),
+    ("0.5-1", 0.5, 1.0),
+    ("1-1.5", 1.0, 1.5),
+    ("1.5-2.5", 1.5, 2.5),
+    ("2.5-3", 2.5, 3.0),
+]
 
 
 def leakage(spec: SyntheticSpec, n: int) -> dict:
@@ -48,8 +54,10 @@ def main() -> None:
         "default band 0-1 mm (intra off)": SyntheticSpec(intra_strength=0.0),
         "band phantom 1.5-2.5 mm": band_phantom_spec(),
     }
-    print(f"mean grey-level change label 1 - label 0 [fraction of pixels changed], "
-          f"{args.cases} cases, regions by distance (mm) outside the reader-1 mask")
+    print(
+        f"mean grey-level change label 1 - label 0 [fraction of pixels changed], "
+        f"{args.cases} cases, regions by distance (mm) outside the reader-1 mask"
+    )
     print(f"{'':34s}" + "".join(f"{name:>20s}" for name, _, _ in SHELLS))
     for title, spec in specs.items():
         res = leakage(spec, args.cases)

@@ -145,7 +145,7 @@ class InnerCV:
         """Predicted probabilities of each inner validation fold."""
         seed = self.seed if seed is None else int(seed)
         cols = tuple(self.design.columns(cand))
-        cols_key = (cand.ring_width_mm, cand.use_clinical)
+        cols_key = (cand.region()[0], cand.use_clinical)  # region choice: its columns
         pipe = build_pipeline(cand, seed)
         out = []
         for i in range(len(self.splits)):
