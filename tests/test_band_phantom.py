@@ -77,7 +77,7 @@ def _cfg(tmp: Path, *overrides):
                 f"region.bands_mm=[[{BAND[0]},{BAND[1]}]]",
                 f"region.signature_kinds={KINDS}",
                 f"cache_dir={tmp / 'cache'}",
-                "execution.n_jobs=1",
+                "execution.n_jobs=2",
                 "execution.progress=false",
                 "selection.lasso_cv=3",
                 "selection.lasso_n_lambdas=8",
@@ -144,8 +144,10 @@ def _training_side(ph) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.timeout(3600)  # the phantom's extraction: ~2 min idle, ~10 min at load 20
 def test_training_side_comparison_finds_the_band(phantom):
     margins, paired = _training_side(phantom)
+    print(margins.round(3).to_string(), paired.round(3).to_string(), sep="\n")  # -rP shows it
     assert set(margins.index) == set(REACH + SHORT)
     reach, short = margins.loc[REACH, "cv_auc"], margins.loc[SHORT, "cv_auc"]
     assert reach.min() > short.max(), margins[["cv_auc", "cv_auc_ci_low", "cv_auc_ci_high"]]
@@ -164,10 +166,19 @@ def _nested(ph, name: str, design=None, permutations: int = 20):
     )
 
 
+def _show(res) -> None:
+    keys = ("mean_outer_auc", "ci_low", "ci_high", "ci_method", "naive_t_ci_low", "naive_t_ci_high")
+    keys += ("permutations", "permutation_trials", "permutation_p", "region_counts")
+    print(res.regions.round(3).to_string(), res.region_differences.round(3).to_string(), sep="\n")
+    print({k: res.estimate.get(k) for k in keys}, res.warnings)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.timeout(3600)
 def test_nested_estimate_and_permutation_test_find_the_band(phantom):
     res = _nested(phantom, "phantom")
+    _show(res)
     regions = res.regions.set_index("region")
     assert list(res.regions.columns[:5]) == REGION_COLUMNS
     assert set(regions.index) == set(NESTED_REGIONS), res.warnings
@@ -186,11 +197,13 @@ def test_nested_estimate_and_permutation_test_find_the_band(phantom):
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.timeout(3600)  # the phantom's extraction: ~2 min idle, ~10 min at load 20
 def test_permutation_test_does_not_reject_shuffled_labels(phantom):
     design = phantom["design"]
     rng = np.random.default_rng(20261202)
     y = pd.Series(rng.permutation(design.y.to_numpy()), index=design.y.index, name=design.y.name)
     res = _nested(phantom, "shuffled", dataclasses.replace(design, y=y))
+    _show(res)
     est = res.estimate
     assert abs(est["mean_outer_auc"] - 0.5) < 0.15
     assert est["permutation_p"] >= 0.05, (est["mean_outer_auc"], est["permutation_aucs"])
