@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--permutations", type=int, default=20)
     ap.add_argument("--permutation-trials", type=int, default=None)
+    ap.add_argument("--set", nargs="*", default=[], help="more Hydra overrides")
     ap.add_argument("--shuffle", action="store_true", help="labels shuffled once (no signal)")
     args = ap.parse_args()
     out = Path(args.out)
@@ -97,6 +98,7 @@ def main() -> None:
                 f"search.permutations={args.permutations}",
                 "search.final=false",
                 *overrides,
+                *args.set,
             ],
         )
     cfg.search.space = spec["space"]

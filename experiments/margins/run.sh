@@ -21,7 +21,8 @@ stamp
 
 # 2. synthetic default, nested per-width estimates + permutation test (small budget)
 timeout 3000 $PY experiments/margins/nested_margins.py default --out $OUT/nested_default \
-  --cache $OUT/cache --outer 3 --inner 3 --trials 40 --permutations 19 --permutation-trials 20
+  --cache $OUT/cache --outer 3 --inner 3 --trials 40 --permutations 19 --permutation-trials 10 \
+  --set selection.lasso_cv=5 selection.lasso_n_lambdas=10
 stamp
 
 # 3. band phantom (the configuration of tests/test_band_phantom.py): nested + permutation
