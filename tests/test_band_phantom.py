@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import warnings
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def _cfg(tmp: Path, *overrides):
                 "evaluation.cv_repeats=5",
                 "evaluation.bootstrap_reps=0",
                 "search.inner_folds=3",
-                "search.outer_folds=3",
+                "search.outer_folds=5",  # 3 folds: t on 2 df, intervals too wide to say much
                 "search.sampler=random",
                 "search.n_trials=24",  # 4 region choices (duplicates: memoised fits)
                 "search.permutation_trials=8",  # cheaper permuted runs (approximate p, warned)
@@ -105,6 +106,12 @@ def phantom(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("band_phantom")
     (tmp / "params.yaml").write_text(yaml.safe_dump(PARAMS))  # a user's pyradiomics file
     cfg = _cfg(tmp)
+    # the cohort and features cache may be kept between runs (content-addressed, so reuse is
+    # exact): HER2STUDY_BAND_PHANTOM_CACHE=/some/dir
+    keep = os.environ.get("HER2STUDY_BAND_PHANTOM_CACHE")
+    if keep:
+        cfg.cache_dir = keep
+        cfg.data.synthetic_dir = f"{keep}/synthetic"
     cohort, fs = cohort_and_features(cfg)
     design, _ = load_design(cfg)  # features from the cache just written
     return {"cfg": cfg, "tmp": tmp, "cohort": cohort, "features": fs.table, "design": design}

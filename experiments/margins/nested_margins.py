@@ -47,12 +47,13 @@ COHORTS = {
             "region.bands_mm=[[1.5,2.5]]",
             "selection.lasso_cv=3",
             "selection.lasso_n_lambdas=8",
+            "search.permutation_trials=8",
         ],
         "space": {
             "region_kind": {"type": "categorical", "choices": ["tumour", "ring", "band"]},
             "ring_width_mm": {
                 "type": "categorical",
-                "choices": [0.5, 1.0, 2.5],
+                "choices": [1.0, 2.5],
                 "when": {"region_kind": "ring"},
             },
         },
