@@ -6,11 +6,12 @@ The search space is the region choice only (the paper's selection and logistic m
 that the budget goes to the question "which margin?":
 
 - ``default``: tumour only and tumour + ring of 0.5 ... 3 mm (``ring_width_mm``);
-- ``phantom``: tumour, ring only of 0.5 / 1 / 2.5 mm, band 1.5-2.5 mm (``region_kind``), the
-  configuration of ``tests/test_band_phantom.py``.
+- ``phantom``: tumour, ring only of 1 / 2.5 mm, band 1.5-2.5 mm (``region_kind``), the
+  configuration of ``tests/test_band_phantom.py`` with ``--outer 5 --trials 24``.
 
     PYTHONPATH=. python experiments/margins/nested_margins.py default --out /tmp/m/default
-    PYTHONPATH=. python experiments/margins/nested_margins.py phantom --out /tmp/m/phantom
+    PYTHONPATH=. python experiments/margins/nested_margins.py phantom --out /tmp/m/phantom \
+        --outer 5 --trials 24
 """
 
 from __future__ import annotations
