@@ -59,6 +59,7 @@ class SyntheticSpec:
     image_format: ImageFormat = ImageFormat.nifti  # nifti (spacing in header) | png (in manifest)
     # --- class signal (the known right answer) ---
     band_inner_mm: float = 0.0  # signal band starts this far outside the lesion boundary, mm
+    # (the band phantom, data=band_phantom: 1.5-2.5 mm, intra_strength 0, er_signal false)
     band_outer_mm: float = 1.0  # ... and ends here (band = inner < d <= outer), mm
     band_strength: float = 3.0  # mean echogenicity rise in the band of label-1 cases, dB (moderate:
     # no signature separates the training set perfectly)

@@ -301,7 +301,12 @@ def load_design(cfg):
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None
     design = Design.from_tables(
-        fs.table, cohort.labels, clinical, cohort.synthetic, describe_source(cohort)
+        fs.table,
+        cohort.labels,
+        clinical,
+        cohort.synthetic,
+        describe_source(cohort),
+        outside_exclude=tuple(cfg.region.ring_exclude_classes or ()),
     )
     return design, cohort
 

@@ -79,6 +79,12 @@ def export_dir(cfg) -> Path:
 
 def _with_regions(cfg, cand: Candidate):
     """The run's config with the regions this candidate needs (features come from the cache)."""
+    if cand.region_kind != "tumour+ring":
+        raise ConfigError(
+            f"task=export supports tumour (+ ring) candidates; this one is {cand.region()[0]} "
+            f"(region_kind {cand.region_kind}); ring-only and band candidates cannot be "
+            "exported yet: search with search.space.region_kind=tumour+ring to export a model"
+        )
     if cand.ring_width_mm is None:
         return cfg
     widths = [] if cand.ring_width_mm == 0 else [float(cand.ring_width_mm)]
