@@ -13,8 +13,9 @@ import pickle
 import numpy as np
 import optuna
 import pytest
+from conftest import compose_config
 from optuna.trial import TrialState
-from test_search import MODELS_ONLY, _noise_design, make_cfg
+from test_search import MODELS_ONLY, SEARCH, _noise_design
 
 from her2study.errors import ConfigError
 from her2study.search import (
@@ -84,7 +85,7 @@ class _verbosity:
 
 @pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG, logging.ERROR])
 def test_search_leaves_optuna_verbosity_as_found(tmp_path, level):
-    cfg = make_cfg("search.n_trials=2", "search.outer_folds=2", space=MODELS_ONLY)
+    cfg = compose_config(*SEARCH, "search.n_trials=2", "search.outer_folds=2", space=MODELS_ONLY)
     seen = []
     score = InnerCV.score
 
@@ -112,7 +113,9 @@ def test_search_leaves_optuna_verbosity_as_found(tmp_path, level):
 
 
 def test_max_trials_callback_counts_earlier_runs(tmp_path):
-    cfg = make_cfg("search.sampler=random", "search.inner_folds=3", space=SMALL_SPACE)
+    cfg = compose_config(
+        *SEARCH, "search.sampler=random", "search.inner_folds=3", space=SMALL_SPACE
+    )
     study, objective, _ = _study_and_objective(tmp_path, cfg, _noise_design(60, 20))
     assert run_study(study, objective, 3) == 3
     assert run_study(study, objective, 5) == 5  # resumes: 2 more, not 5 more
@@ -128,8 +131,12 @@ def test_max_trials_callback_counts_earlier_runs(tmp_path):
 def test_config_error_inside_a_trial_is_raised_not_a_failed_trial(tmp_path):
     """search.use_clinical=true on a design without clinical columns (not a dimension, so the
     space check does not see it): the first trial raises the config error with its fix."""
-    cfg = make_cfg(
-        "search.use_clinical=true", "search.n_trials=4", "search.outer_folds=2", space=MODELS_ONLY
+    cfg = compose_config(
+        *SEARCH,
+        "search.use_clinical=true",
+        "search.n_trials=4",
+        "search.outer_folds=2",
+        space=MODELS_ONLY,
     )
     design = _noise_design(40, 10)
     design.clinical.clear()
@@ -145,7 +152,9 @@ def test_fit_errors_fail_the_trial_and_the_search_goes_on(tmp_path):
     refuses constant features): FAILED trials, and the study still reaches n_trials COMPLETE."""
     design = _noise_design(60, 20)
     design.X[[c for c in design.X.columns if c.startswith("intra_")]] = 1.0
-    cfg = make_cfg("search.sampler=random", "search.inner_folds=3", space=SMALL_SPACE)
+    cfg = compose_config(
+        *SEARCH, "search.sampler=random", "search.inner_folds=3", space=SMALL_SPACE
+    )
     study, objective, _ = _study_and_objective(tmp_path, cfg, design)
     assert run_study(study, objective, 4) == 4
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
@@ -163,14 +172,15 @@ def test_fit_errors_fail_the_trial_and_the_search_goes_on(tmp_path):
 
 
 def test_default_search_does_not_prune_or_report():
-    cfg = make_cfg()
+    cfg = compose_config(*SEARCH)
     assert str(cfg.search.pruner) == "none"
     assert counted_states("none") == (TrialState.COMPLETE,)
 
 
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
 def test_pruner_stops_trials_between_inner_folds(tmp_path, pruner):
-    cfg = make_cfg(
+    cfg = compose_config(
+        *SEARCH,
         "search.sampler=random",
         "search.inner_folds=4",
         f"search.pruner={pruner}",
@@ -197,7 +207,8 @@ def test_pruner_stops_trials_between_inner_folds(tmp_path, pruner):
 def test_pruned_search_is_a_nested_search_all_the_same(tmp_path):
     """With the pruner on, the best trial is still a COMPLETE one, refitted and scored on the
     outer test fold; outer_folds.csv counts COMPLETE + PRUNED trials."""
-    cfg = make_cfg(
+    cfg = compose_config(
+        *SEARCH,
         "search.pruner=median",
         "search.sampler=random",
         "search.n_trials=8",
@@ -226,7 +237,8 @@ def test_pruned_search_is_a_nested_search_all_the_same(tmp_path):
 def searched(tmp_path_factory):
     """A small finished search (2 outer folds + final, median pruner) in a SQLite file."""
     url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'optuna_d.db'}"
-    cfg = make_cfg(
+    cfg = compose_config(
+        *SEARCH,
         "search.n_trials=4",
         "search.n_startup_trials=2",
         "search.pruner=median",
