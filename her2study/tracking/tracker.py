@@ -18,13 +18,21 @@ from typing import Any
 
 from her2study.tracking.keys import (
     _finite_float,
-    _limits,
     _param_str,
     _tag_values,
     _to_markdown,
     _to_plain,
-    _truncate,
     _unique_keys,
+)
+from her2study.tracking.lifecycle import (
+    ENDED_BY,
+    ERROR_CLASS,
+    ERROR_TAG,
+    STUDY_TAG,
+    one_line,
+    owner_tags,
+    reap_dead_runs,
+    store_lock,
 )
 from her2study.tracking.probe import (
     DEFAULT_TIMEOUT_S,
@@ -52,6 +60,17 @@ def _raise_terminated(signum, frame):
     raise RunTerminated(f"signal {signum} (SIGTERM)")
 
 
+def _ended_by(exc_type) -> tuple[str, str]:
+    """(MLflow status, ``her2study.ended_by``) for a run left with ``exc_type`` (None: normally)."""
+    if exc_type is None:
+        return "FINISHED", "finished"
+    if issubclass(exc_type, RunTerminated):
+        return "KILLED", "SIGTERM"
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "KILLED", "SIGINT"  # Ctrl-C shows as killed, not as a failure of the study
+    return "FAILED", "error"
+
+
 # --------------------------------------------------------------------------------------------
 # The tracker
 # --------------------------------------------------------------------------------------------
@@ -69,6 +88,13 @@ class Tracker:
         artifact_location: artifact root for a *new* experiment. Default: ``mlartifacts/`` beside
             a SQLite database; the server's choice for http(s) stores.
         timeout: seconds for the reachability check of http(s) stores.
+        study: the study the runs belong to (default: the experiment name). Runs of the same
+            study left RUNNING by a dead process of this host are marked FAILED on entry
+            (:func:`~her2study.tracking.lifecycle.reap_dead_runs`).
+
+    Every run (parent and children) carries its owner (pid, host, start time) and study as
+    tags, and ``her2study.ended_by`` when it ends; a failed run names the error class and one
+    line of its message (no traceback).
     """
 
     def __init__(
@@ -80,6 +106,7 @@ class Tracker:
         tags: dict | None = None,
         artifact_location: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        study: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -88,12 +115,13 @@ class Tracker:
         self.tags = dict(tags or {})
         self.artifact_location = artifact_location
         self.timeout = timeout
+        self.study = str(study or experiment)
+        self.reaped: list[str] = []
         self._run_id: str | None = None
         self._experiment_id: str | None = None
         self._last_child_run_id: str | None = None
         self._client = None
         self._uri_ctx: contextlib.AbstractContextManager | None = None
-        self._local = threading.local()
         self._lock = threading.Lock()
         self._skipped: dict[str, set[str]] = {}
         self._state = "new"
@@ -116,14 +144,10 @@ class Tracker:
 
     @property
     def current_run_id(self) -> str | None:
-        """The run this thread's ``log_*`` calls go to: the innermost child, else the parent."""
-        stack = self._stack()
-        return stack[-1] if stack else self._run_id
-
-    def _stack(self) -> list[str]:
-        if not hasattr(self._local, "stack"):
-            self._local.stack = []
-        return self._local.stack
+        """The run this thread's ``log_*`` calls go to: the innermost child, else the parent
+        (MLflow's own per-thread active run; a worker thread without a child has none)."""
+        active = _mlflow().active_run() if self.enabled and self._state == "active" else None
+        return active.info.run_id if active is not None else self._run_id
 
     def _target(self) -> str | None:
         if not self.enabled:
@@ -182,12 +206,16 @@ class Tracker:
         self._uri_ctx = _using_tracking_uri(self.tracking_uri)
         self._uri_ctx.__enter__()
         try:
-            self._client = mlflow.MlflowClient(self.tracking_uri)
-            self._experiment_id = self._get_or_create_experiment()
+            with store_lock(self.tracking_uri):  # a new SQLite store is made by one process
+                self._client = mlflow.MlflowClient(self.tracking_uri)
+                self._experiment_id = self._get_or_create_experiment()
             run = mlflow.start_run(
                 experiment_id=self._experiment_id,
                 run_name=self.run_name,
-                tags=_tag_values(self.tags),
+                tags={**_tag_values(self.tags), **self._own_tags()},
+            )
+            self.reaped = reap_dead_runs(
+                self._client, self._experiment_id, self.study, run.info.run_id
             )
         except BaseException as e:
             self._uri_ctx.__exit__(None, None, None)
@@ -208,6 +236,28 @@ class Tracker:
             self.tracking_uri,
         )
         return self
+
+    def _own_tags(self) -> dict[str, str]:
+        return {**owner_tags(), STUDY_TAG: self.study}
+
+    def _close(self, run_id: str, exc_type, exc) -> None:
+        """End ``run_id`` (this thread's active run, else through the client) with the status
+        and ``ended_by`` of ``exc_type``; a failure names its class and one line of message."""
+        mlflow = _mlflow()
+        status, ended_by = _ended_by(exc_type)
+        tags = {ENDED_BY: ended_by}
+        if exc_type is not None:
+            tags[ERROR_CLASS] = exc_type.__name__
+            tags[ERROR_TAG] = one_line(exc) if exc is not None else exc_type.__name__
+        with contextlib.suppress(Exception):  # the status matters more than the tags
+            self._client.log_batch(
+                run_id, tags=[_run_tag(k, v) for k, v in _tag_values(tags).items()]
+            )
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+        else:
+            self._client.set_terminated(run_id, status=status)
 
     def _catch_sigterm(self) -> None:
         """SIGTERM -> :class:`RunTerminated` while open: only in the main thread, and only when
@@ -231,21 +281,8 @@ class Tracker:
         if not self.enabled:
             return False
         self._release_sigterm()
-        mlflow = _mlflow()
-        status = "FINISHED" if exc_type is None else "FAILED"
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            status = "KILLED"  # Ctrl-C shows as killed, not as a failure of the study
         try:
-            if exc_type is not None:
-                with contextlib.suppress(Exception):
-                    self._client.set_tag(
-                        self._run_id, "error", _truncate(f"{exc_type.__name__}: {exc}", 5000)
-                    )
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == self._run_id:
-                mlflow.end_run(status=status)
-            else:
-                self._client.set_terminated(self._run_id, status=status)
+            self._close(self._run_id, exc_type, exc)
         finally:
             self._uri_ctx.__exit__(None, None, None)
         return False  # never swallow the exception
@@ -261,41 +298,29 @@ class Tracker:
             yield None
             return
         parent = self._target()
-        mlflow = _mlflow()
-        stack = self._stack()
-        # The fluent API checks parent_run_id against this thread's active run; a worker thread
-        # has none, the tracker's thread has the parent or this thread's open child.
-        run = mlflow.start_run(
+        # MLflow's fluent API keeps the active run per thread: in the tracker's thread it is the
+        # parent or an open child; a worker thread has none and names the parent explicitly.
+        run = _mlflow().start_run(
             experiment_id=self._experiment_id,
             run_name=name,
             nested=True,
             parent_run_id=parent,
-            tags=_tag_values(tags),
+            tags={**_tag_values(tags), **self._own_tags()},
         )
         run_id = run.info.run_id
         with self._lock:
             self._last_child_run_id = run_id
-        stack.append(run_id)
-        status = "FINISHED"
         try:
             yield run_id
-        except KeyboardInterrupt:
-            status = "KILLED"
+        except BaseException as e:
+            self._close(run_id, type(e), e)
             raise
-        except BaseException:
-            status = "FAILED"
-            raise
-        finally:
-            stack.pop()
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == run_id:
-                mlflow.end_run(status=status)
-            else:  # pragma: no cover - only if the body ended the run itself
-                self._client.set_terminated(run_id, status=status)
+        self._close(run_id, None, None)
 
     # -- logging -------------------------------------------------------------------------------
     def log_params(self, flat: Mapping[str, Any]) -> None:
-        """Log params: values stringified and truncated to MLflow's limit, sent in batches.
+        """Log params: keys sanitised, values stringified; MLflow's client splits them into
+        batches and truncates values over its limit (``MLFLOW_TRUNCATE_LONG_VALUES``).
 
         MLflow refuses to change a param already logged on the same run with another value.
         """
@@ -304,14 +329,11 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        lim = _limits()
         params = [
-            Param(k, _truncate(_param_str(v), lim["param_val"]))
+            Param(k, _param_str(v))
             for k, v in zip(_unique_keys(flat.keys()), flat.values(), strict=True)
         ]
-        n = lim["params_per_batch"]
-        for i in range(0, len(params), n):
-            self._client.log_batch(run_id, params=params[i : i + n])
+        self._client.log_batch(run_id, params=params)
 
     def log_metrics(self, d: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric metrics; None/NaN/inf/non-numbers are skipped and named in the run's
@@ -329,32 +351,29 @@ class Tracker:
                 skipped.append(key)
                 continue
             metrics.append(Metric(key, val, ts, int(step or 0)))
-        n = _limits()["metrics_per_batch"]
-        for i in range(0, len(metrics), n):
-            self._client.log_batch(run_id, metrics=metrics[i : i + n])
+        self._client.log_batch(run_id, metrics=metrics)  # batched by MLflow's client
         if skipped:
             with self._lock:
                 names = self._skipped.setdefault(run_id, set())
                 names.update(skipped)
                 value = ",".join(sorted(names))
             log.info("metrics not logged (None/NaN/inf/not a number): %s", ", ".join(skipped))
-            value = _truncate(value, _limits()["tag_val"])
             self._client.set_tag(run_id, SKIPPED_METRICS_TAG, value)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         run_id = self._target()
         if run_id is None or not tags:
             return
-        from mlflow.entities import RunTag
-
-        lim = _limits()
         items = [
-            RunTag(k, _truncate(_param_str(v), lim["tag_val"]))
+            _run_tag(k, _param_str(v))
             for k, v in zip(_unique_keys(tags.keys()), tags.values(), strict=True)
         ]
-        n = lim["params_per_batch"]
-        for i in range(0, len(items), n):
-            self._client.log_batch(run_id, tags=items[i : i + n])
+        self._client.log_batch(run_id, tags=items)  # batched and truncated by MLflow's client
+
+    def rename(self, name: str) -> None:
+        """Rename the parent run (e.g. once the task knows what it is about)."""
+        if self.enabled and self._state == "active":
+            self._client.update_run(self._run_id, name=name)
 
     def log_dataset(
         self,
@@ -447,3 +466,9 @@ class Tracker:
         if run_id is None:
             return
         self._client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def _run_tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
