@@ -33,12 +33,12 @@ from her2study.tasks.common import (
     extraction_settings,
     extractor_params,
     log_run_config,
+    open_run,
     output_dir,
     run_tags,
     save_table,
     signature_role,
 )
-from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,14 @@ def run(cfg) -> float:
     """Run the study; return a training-side estimate for sweepers: the best optimism-corrected
     (else out-of-fold) training AUC among the signatures. Never a test-set number: a sweep that
     maximised the test AUC would tune on the test set."""
-    if cfg.tracking.enabled:
-        check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
+    widths = [float(w) for w in cfg.region.ring_widths_mm]
+    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
+    with open_run(cfg, "paper", run_name) as tracker:  # opened first: Duration = the study's
+        return study(cfg, tracker)
+
+
+def study(cfg, tracker) -> float:
+    """The paper protocol inside the open parent run ``tracker``."""
     cohort, fs = cohort_and_features(cfg)
     out = output_dir(cfg)
     source = describe_source(cohort)
@@ -101,20 +107,13 @@ def run(cfg) -> float:
         data_digest=data_digest(y, split),
         extractor_digest=canonical_digest(extractor_params(cfg))[:16],
     )
-    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=run_name,
-        tags=tags,
-    ) as tracker:
-        log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
-        if tracker.run_id:
-            log.info(
-                f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
-                f"({cfg.tracking.tracking_uri})"
-            )
+    tracker.set_tags(tags)
+    log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
+    if tracker.run_id:
+        log.info(
+            f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
+            f"({cfg.tracking.tracking_uri})"
+        )
     return training_estimate(metrics)
 
 
