@@ -6,6 +6,7 @@ Keys and values are made acceptable to MLflow by :mod:`her2study.tracking.keys`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -56,8 +57,16 @@ class RunTerminated(KeyboardInterrupt):
     the main thread so the runs end KILLED, like Ctrl-C, instead of staying RUNNING forever."""
 
 
-def _raise_terminated(signum, frame):
-    raise RunTerminated(f"signal {signum} (SIGTERM)")
+def _guarded(method):
+    """Run a Tracker method as one MLflow operation: a SIGTERM arriving meanwhile is held until
+    it returns (an exception in the middle of a database write could leave the store locked)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.mlflow_operation():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _ended_by(exc_type) -> tuple[str, str]:
@@ -126,6 +135,8 @@ class Tracker:
         self._skipped: dict[str, set[str]] = {}
         self._state = "new"
         self._prev_sigterm = None
+        self._busy = 0  # MLflow operations in progress in the main thread
+        self._pending_signal: int | None = None
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -205,29 +216,35 @@ class Tracker:
 
         self._uri_ctx = _using_tracking_uri(self.tracking_uri)
         self._uri_ctx.__enter__()
+        self._catch_sigterm()  # before the run exists: a SIGTERM from now on ends it KILLED
         try:
-            with store_lock(self.tracking_uri):  # a new SQLite store is made by one process
-                self._client = mlflow.MlflowClient(self.tracking_uri)
-                self._experiment_id = self._get_or_create_experiment()
-            run = mlflow.start_run(
-                experiment_id=self._experiment_id,
-                run_name=self.run_name,
-                tags={**_tag_values(self.tags), **self._own_tags()},
-            )
-            self.reaped = reap_dead_runs(
-                self._client, self._experiment_id, self.study, run.info.run_id
-            )
+            with self.mlflow_operation():
+                with store_lock(self.tracking_uri):  # a new SQLite store: one process makes it
+                    self._client = mlflow.MlflowClient(self.tracking_uri)
+                    self._experiment_id = self._get_or_create_experiment()
+                run = mlflow.start_run(
+                    experiment_id=self._experiment_id,
+                    run_name=self.run_name,
+                    tags={**_tag_values(self.tags), **self._own_tags()},
+                )
+                self._run_id = run.info.run_id
+                self.reaped = reap_dead_runs(
+                    self._client, self._experiment_id, self.study, self._run_id
+                )
         except BaseException as e:
-            self._uri_ctx.__exit__(None, None, None)
+            self._release_sigterm()
+            try:
+                if self._run_id is not None:
+                    self._close(self._run_id, type(e), e)
+            finally:
+                self._uri_ctx.__exit__(None, None, None)
             if isinstance(e, MlflowException):
                 raise TrackingError(
                     f"Could not open MLflow experiment {self.experiment!r} at "
                     f"{self.tracking_uri}: {e.message}"
                 ) from e
             raise
-        self._run_id = run.info.run_id
         self._state = "active"
-        self._catch_sigterm()
         log.info(
             "MLflow run %s (experiment %r, id %s) at %s",
             self._run_id,
@@ -243,6 +260,16 @@ class Tracker:
     def _close(self, run_id: str, exc_type, exc) -> None:
         """End ``run_id`` (this thread's active run, else through the client) with the status
         and ``ended_by`` of ``exc_type``; a failure names its class and one line of message."""
+        main = threading.current_thread() is threading.main_thread()
+        self._busy += main  # a second signal does not interrupt the closing
+        try:
+            self._end(run_id, exc_type, exc)
+        finally:
+            self._busy -= main
+            if main and not self._busy:
+                self._pending_signal = None  # the run ended KILLED or is ending anyway
+
+    def _end(self, run_id: str, exc_type, exc) -> None:
         mlflow = _mlflow()
         status, ended_by = _ended_by(exc_type)
         tags = {ENDED_BY: ended_by}
@@ -259,6 +286,28 @@ class Tracker:
         else:
             self._client.set_terminated(run_id, status=status)
 
+    @contextlib.contextmanager
+    def mlflow_operation(self) -> Iterator[None]:
+        """Hold a SIGTERM until the MLflow calls inside are done, then end the runs KILLED.
+        Used by every method; wrap other direct MLflow calls (model logging) in it too."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            if main:
+                self._busy -= 1
+                if self._busy == 0 and self._pending_signal is not None:
+                    signum, self._pending_signal = self._pending_signal, None
+                    raise RunTerminated(f"signal {signum} (SIGTERM)")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self._busy:
+            self._pending_signal = signum  # raised when the MLflow operation is done
+            return
+        raise RunTerminated(f"signal {signum} (SIGTERM)")
+
     def _catch_sigterm(self) -> None:
         """SIGTERM -> :class:`RunTerminated` while open: only in the main thread, and only when
         nobody else handles SIGTERM (a launcher's own handler is left alone)."""
@@ -266,7 +315,7 @@ class Tracker:
             return
         with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                self._prev_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+                self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _release_sigterm(self) -> None:
         if self._prev_sigterm is not None:
@@ -300,13 +349,14 @@ class Tracker:
         parent = self._target()
         # MLflow's fluent API keeps the active run per thread: in the tracker's thread it is the
         # parent or an open child; a worker thread has none and names the parent explicitly.
-        run = _mlflow().start_run(
-            experiment_id=self._experiment_id,
-            run_name=name,
-            nested=True,
-            parent_run_id=parent,
-            tags={**_tag_values(tags), **self._own_tags()},
-        )
+        with self.mlflow_operation():
+            run = _mlflow().start_run(
+                experiment_id=self._experiment_id,
+                run_name=name,
+                nested=True,
+                parent_run_id=parent,
+                tags={**_tag_values(tags), **self._own_tags()},
+            )
         run_id = run.info.run_id
         with self._lock:
             self._last_child_run_id = run_id
@@ -318,6 +368,7 @@ class Tracker:
         self._close(run_id, None, None)
 
     # -- logging -------------------------------------------------------------------------------
+    @_guarded
     def log_params(self, flat: Mapping[str, Any]) -> None:
         """Log params: keys sanitised, values stringified; MLflow's client splits them into
         batches and truncates values over its limit (``MLFLOW_TRUNCATE_LONG_VALUES``).
@@ -335,6 +386,7 @@ class Tracker:
         ]
         self._client.log_batch(run_id, params=params)
 
+    @_guarded
     def log_metrics(self, d: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric metrics; None/NaN/inf/non-numbers are skipped and named in the run's
         ``skipped_metrics`` tag. Keys are sanitised (:func:`sanitize_key`)."""
@@ -360,6 +412,7 @@ class Tracker:
             log.info("metrics not logged (None/NaN/inf/not a number): %s", ", ".join(skipped))
             self._client.set_tag(run_id, SKIPPED_METRICS_TAG, value)
 
+    @_guarded
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         run_id = self._target()
         if run_id is None or not tags:
@@ -370,11 +423,13 @@ class Tracker:
         ]
         self._client.log_batch(run_id, tags=items)  # batched and truncated by MLflow's client
 
+    @_guarded
     def rename(self, name: str) -> None:
         """Rename the parent run (e.g. once the task knows what it is about)."""
         if self.enabled and self._state == "active":
             self._client.update_run(self._run_id, name=name)
 
+    @_guarded
     def log_dataset(
         self,
         df,
@@ -410,6 +465,7 @@ class Tracker:
         self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
         return digest
 
+    @_guarded
     def log_figure(self, fig, artifact_file: str) -> None:
         """A matplotlib (or plotly) figure as an image artifact (format from the extension)."""
         run_id = self._target()
@@ -417,6 +473,7 @@ class Tracker:
             return
         self._client.log_figure(run_id, fig, artifact_file)
 
+    @_guarded
     def log_table(self, df, artifact_file: str) -> None:
         """A DataFrame as ``.csv`` or ``.md`` (Markdown) artifact; a named or non-range index is
         written as column(s)."""
@@ -435,12 +492,14 @@ class Tracker:
             raise ValueError(f"log_table writes .csv or .md files, not {artifact_file!r}")
         self._client.log_text(run_id, text, artifact_file)
 
+    @_guarded
     def log_text(self, text: str, artifact_file: str) -> None:
         run_id = self._target()
         if run_id is None:
             return
         self._client.log_text(run_id, str(text), artifact_file)
 
+    @_guarded
     def log_dict(self, d: Any, artifact_file: str) -> None:
         """A mapping (or OmegaConf config, resolved) as ``.yaml``/``.yml`` or JSON artifact."""
         run_id = self._target()
@@ -455,12 +514,14 @@ class Tracker:
             text = json.dumps(plain, indent=2, default=str, allow_nan=True) + "\n"
         self._client.log_text(run_id, text, artifact_file)
 
+    @_guarded
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         run_id = self._target()
         if run_id is None:
             return
         self._client.log_artifact(run_id, str(local_path), artifact_path)
 
+    @_guarded
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         run_id = self._target()
         if run_id is None:
