@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from her2study.privacy import looks_identifying, pseudonymise
 from her2study.tracking.keys import flatten_config, sanitize_key
+from her2study.tracking.lifecycle import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from her2study.tracking.probe import (
     DEFAULT_TIMEOUT_S,
     TrackingError,
@@ -52,12 +53,7 @@ from her2study.tracking.probe import (
 )
 from her2study.tracking.probe import _using_tracking_uri as _using_tracking_uri
 from her2study.tracking.runs import child_runs, runs_table
-from her2study.tracking.tracker import (
-    EXPERIMENT_KIND,
-    EXPERIMENT_KIND_TAG,
-    SKIPPED_METRICS_TAG,
-    Tracker,
-)
+from her2study.tracking.tracker import SKIPPED_METRICS_TAG, Tracker
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

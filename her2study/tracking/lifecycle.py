@@ -24,7 +24,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from her2study.tracking.probe import _mlflow, _sqlite_path
+from her2study.tracking.probe import TrackingError, _mlflow, _sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,26 @@ ENDED_BY = "her2study.ended_by"
 ERROR_CLASS = "her2study.error_class"
 ERROR_TAG = "error"
 MAX_ERROR_CHARS = 300
+# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI view).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM while a :class:`~her2study.tracking.Tracker` is open (``kill``, a scheduler's
+    time limit): raised in the main thread so the runs end KILLED, like Ctrl-C, instead of
+    staying RUNNING forever."""
+
+
+def _ended_by(exc_type) -> tuple[str, str]:
+    """(MLflow status, ``her2study.ended_by``) for a run left with ``exc_type`` (None: normally)."""
+    if exc_type is None:
+        return "FINISHED", "finished"
+    if issubclass(exc_type, RunTerminated):
+        return "KILLED", "SIGTERM"
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "KILLED", "SIGINT"  # Ctrl-C shows as killed, not as a failure of the study
+    return "FAILED", "error"
 
 
 def _proc_start(pid: int) -> str | None:
@@ -155,3 +175,42 @@ def prepared_store(tracking_uri: str):
     process, so the lock is taken once."""
     with store_lock(tracking_uri):
         return _mlflow().MlflowClient(tracking_uri)
+
+
+def default_artifact_location(tracking_uri: str, given: str | None = None) -> str | None:
+    """``given``, else ``mlartifacts/`` beside a SQLite database, else the server's choice."""
+    if given:
+        return given
+    if tracking_uri.strip().lower().startswith("sqlite:"):
+        path = _sqlite_path(tracking_uri.strip())
+        if path is not None:
+            return str((Path(path).resolve().parent / "mlartifacts").resolve())
+    return None
+
+
+def experiment_id(client, name: str, tracking_uri: str, artifact_location=None) -> str:
+    """The ID of experiment ``name``, created (of kind ``custom_model_development``) when
+    missing; a deleted experiment is a :class:`TrackingError` saying how to restore it."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(
+                name,
+                artifact_location=default_artifact_location(tracking_uri, artifact_location),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except MlflowException:  # created meanwhile by a parallel job (Hydra multirun)
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} at {tracking_uri} is deleted. Restore it "
+            f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`), or use another "
+            f"study name."
+        )
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older version or by hand
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id

@@ -30,6 +30,9 @@ from her2study.tracking.lifecycle import (
     ERROR_CLASS,
     ERROR_TAG,
     STUDY_TAG,
+    RunTerminated,
+    _ended_by,
+    experiment_id,
     one_line,
     owner_tags,
     reap_dead_runs,
@@ -39,7 +42,6 @@ from her2study.tracking.probe import (
     DEFAULT_TIMEOUT_S,
     TrackingError,
     _mlflow,
-    _sqlite_path,
     _using_tracking_uri,
     check_tracking_uri,
 )
@@ -47,14 +49,6 @@ from her2study.tracking.probe import (
 log = logging.getLogger(__name__)
 
 SKIPPED_METRICS_TAG = "skipped_metrics"
-# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI view).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-
-
-class RunTerminated(KeyboardInterrupt):
-    """SIGTERM while a :class:`Tracker` is open (``kill``, a scheduler's time limit): raised in
-    the main thread so the runs end KILLED, like Ctrl-C, instead of staying RUNNING forever."""
 
 
 def _guarded(method):
@@ -67,17 +61,6 @@ def _guarded(method):
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-def _ended_by(exc_type) -> tuple[str, str]:
-    """(MLflow status, ``her2study.ended_by``) for a run left with ``exc_type`` (None: normally)."""
-    if exc_type is None:
-        return "FINISHED", "finished"
-    if issubclass(exc_type, RunTerminated):
-        return "KILLED", "SIGTERM"
-    if issubclass(exc_type, KeyboardInterrupt):
-        return "KILLED", "SIGINT"  # Ctrl-C shows as killed, not as a failure of the study
-    return "FAILED", "error"
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,40 +151,6 @@ class Tracker:
         return self.current_run_id
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def _default_artifact_location(self) -> str | None:
-        if self.artifact_location:
-            return self.artifact_location
-        if self.tracking_uri.strip().lower().startswith("sqlite:"):
-            path = _sqlite_path(self.tracking_uri.strip())
-            if path is not None:
-                return str((Path(path).resolve().parent / "mlartifacts").resolve())
-        return None
-
-    def _get_or_create_experiment(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        client = self._client
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            try:
-                return client.create_experiment(
-                    self.experiment,
-                    artifact_location=self._default_artifact_location(),
-                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
-                )
-            except MlflowException:  # created meanwhile by a parallel job (Hydra multirun)
-                exp = client.get_experiment_by_name(self.experiment)
-                if exp is None:
-                    raise
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {self.experiment!r} at {self.tracking_uri} is deleted. "
-                f"Restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
-                f"or use another study name."
-            )
-        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older version or by hand
-            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return exp.experiment_id
 
     def __enter__(self) -> Tracker:
         if self._state != "new":
@@ -221,7 +170,9 @@ class Tracker:
             with self.mlflow_operation():
                 with store_lock(self.tracking_uri):  # a new SQLite store: one process makes it
                     self._client = mlflow.MlflowClient(self.tracking_uri)
-                    self._experiment_id = self._get_or_create_experiment()
+                    self._experiment_id = experiment_id(
+                        self._client, self.experiment, self.tracking_uri, self.artifact_location
+                    )
                 run = mlflow.start_run(
                     experiment_id=self._experiment_id,
                     run_name=self.run_name,
