@@ -341,3 +341,47 @@ def test_paper_run_exists_from_the_start_and_ends_killed_on_sigterm(tmp_path):
     assert run.info.status == "KILLED", err[-2000:]
     assert run.data.tags[ENDED_BY] == "SIGTERM" and run.data.tags["task"] == "paper"
     assert not list(tmp_path.rglob("table3.csv"))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_two_paper_studies_started_at_once_in_a_fresh_folder(tmp_path):
+    """The issue's case: two ``+exp=paper`` at once where no ``mlflow.db`` exists yet (the
+    default store ``sqlite:///mlflow.db`` of the folder). Without the store lock one of them
+    died inside MLflow's migration. (Separate feature caches: only the store is shared.)"""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "her2study",
+                "+exp=paper",
+                "extractor=fast",
+                "data.synthetic.n_cases=40",
+                "execution.progress=false",
+                "execution.n_jobs=1",
+                "evaluation.cv_folds=3",
+                "selection.lasso_cv=5",
+                "evaluation.bootstrap_reps=2",
+                "tracking.log_model=false",
+                f"region.ring_widths_mm=[{k + 1}]",
+                f"cache_dir=cache{k}",
+                f"hydra.run.dir=outputs/job{k}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for k in range(2)
+    ]
+    results = [p.communicate(timeout=1500) for p in procs]
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, out[-1500:] + err[-3000:]
+        assert "Traceback" not in err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("paper")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("task")]
+    assert sorted(r.info.run_name for r in parents) == ["paper rings=1mm", "paper rings=2mm"]
+    assert {r.info.status for r in parents} == {"FINISHED"}

@@ -121,8 +121,8 @@ def _check_http(uri: str, timeout: float) -> None:
                 f"MLflow tracking server {uri} is not reachable ({reason}). " + _fix_hint(uri)
             ) from None
         raise TrackingError(
-            f"{uri} did not answer as an MLflow tracking server (HTTP {status}: "
-            f"{_reason(text)}). " + _fix_hint(uri)
+            f"{uri} answered HTTP {status} to MLflow's REST API (experiments/search): is it an "
+            f"MLflow tracking server? " + _fix_hint(uri)
         ) from None
 
 
