@@ -23,7 +23,13 @@ from mlflow_server import running_mlflow_server
 
 from her2study.report.browser import dump_dom, find_chromium, screenshot
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.server, pytest.mark.browser]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.e2e,
+    pytest.mark.server,
+    pytest.mark.browser,
+    pytest.mark.timeout(2400),  # two paper jobs + a server + four page renders on 2 cores
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [

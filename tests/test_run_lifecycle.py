@@ -345,6 +345,7 @@ def test_paper_run_exists_from_the_start_and_ends_killed_on_sigterm(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.timeout(1800)
 def test_two_paper_studies_started_at_once_in_a_fresh_folder(tmp_path):
     """The issue's case: two ``+exp=paper`` at once where no ``mlflow.db`` exists yet (the
     default store ``sqlite:///mlflow.db`` of the folder). Without the store lock one of them
