@@ -380,9 +380,7 @@ def log_model(target, name: str, pipeline, card: dict, threshold: float, **kwarg
             return None
     from mlflow.models import Model
 
-    # a Tracker holds a SIGTERM until the model is written (then ends its runs KILLED)
-    hold = getattr(target, "mlflow_operation", contextlib.nullcontext)
-    with hold(), _quiet(), _staged(pipeline, card, threshold, kwargs.get("pip_requirements")) as kw:
+    with _quiet(), _staged(pipeline, card, threshold, kwargs.get("pip_requirements")) as kw:
         info = Model.log(None, mlflow.pyfunc, name=name, run_id=run_id, **kw)
     return info.model_uri
 

@@ -327,7 +327,8 @@ def run(cfg) -> float:
         if exp_path is not None:
             tracker.log_artifact(exp_path, "config")
         if cfg.tracking.log_model:
-            model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
+            with tracker.mlflow_operation():  # a SIGTERM waits until it is written
+                model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
             if model_uri:
                 card["mlflow_model_uri"] = model_uri
                 save_model(folder, pipe, card, metrics["threshold"])

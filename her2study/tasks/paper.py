@@ -359,4 +359,5 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                     "estimate_kind": "fitted on the training split; its estimates are the "
                     "parent run's metrics (apparent, out-of-fold, test)",
                 }
-                log_model(tracker, "model", fit.model, card, float(thr))
+                with tracker.mlflow_operation():  # a SIGTERM waits until it is written
+                    log_model(tracker, "model", fit.model, card, float(thr))
