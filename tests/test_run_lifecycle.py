@@ -190,6 +190,7 @@ def run_cli(args, cwd, timeout=600):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_compare_says_which_runs_it_skipped_and_why(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -299,6 +300,7 @@ def _first_run(db: Path) -> str | None:
     return row[0] if row else None
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_paper_run_exists_from_the_start_and_ends_killed_on_sigterm(tmp_path):
     """The parent run opens before extraction: SIGTERM during the work leaves a KILLED run
