@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from her2study.cohort.manifest import Cohort, CohortError, Problem, check_table
+from her2study.cohort.manifest import Cohort, CohortError, Problem, check_table, site_problems
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -23,6 +23,7 @@ def load_features_table(
     case_column: str = "case_id",
     label_column: str = "label",
     clinical_columns: list[str] | tuple[str, ...] = (),
+    site_column: str | None = None,
 ) -> tuple[Cohort, pd.DataFrame]:
     """Validate a features table; return the cohort (labels + clinical) and the feature columns.
 
@@ -44,7 +45,14 @@ def load_features_table(
         ) from None
     clinical = list(clinical_columns)
     problems = check_table(df, path.name, case_column, label_column, clinical)
-    reserved = {case_column, label_column, "split", *clinical}
+    problems += site_problems(df, path.name, case_column, site_column)
+    reserved = {
+        case_column,
+        label_column,
+        "split",
+        *clinical,
+        *([site_column] if site_column else []),
+    }
     feature_cols = [c for c in df.columns if c not in reserved]
     if not feature_cols:
         problems.append(Problem("", path.name, "no feature columns", "add feature columns"))
@@ -63,6 +71,7 @@ def load_features_table(
     df = df.assign(**{case_column: df[case_column].astype(str).str.strip()}).set_index(case_column)
     df.index.name = "case_id"
     keep = [label_column] + clinical + (["split"] if "split" in df.columns else [])
+    keep += [site_column] if site_column and site_column not in clinical else []
     table = df[keep].copy()
     table[label_column] = pd.to_numeric(table[label_column]).astype(int)
     features = df[feature_cols].astype(np.float64)

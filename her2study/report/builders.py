@@ -348,8 +348,11 @@ def paper_report(
     checklist: dict | None = None,
     date: str | None = None,
     validation: pd.DataFrame | None = None,
+    extra_sections: list | None = None,
 ) -> Path:
     """The ``task=paper`` report: ``out_dir/report.html``.
+
+    ``extra_sections`` (e.g. transportability per site) come after the results.
 
     ``features`` (optional) is only used to count missing values; ``checklist`` adds to or
     replaces items of the generated reviewer checklist.
@@ -444,6 +447,7 @@ def paper_report(
         Section("Design", design_blocks),
         Section("Selected features", _feature_blocks(fits, cfg)),
         Section("Results", results_blocks),
+        *(extra_sections or []),
         Section("Figures", figure_blocks(figures) or ["No figures."]),
         Section("Reviewer checklist", [items]),
     ]
