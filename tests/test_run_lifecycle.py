@@ -53,19 +53,27 @@ JOB = textwrap.dedent(
 )
 
 
-def start_job(tmp_path, uri, study, sweep="s/1", name="job"):
+def launch_job(tmp_path, uri, study, sweep="s/1", name="job"):
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(script), uri, study, sweep, name],
         stdout=subprocess.PIPE,
         text=True,
         env=ENV,
         cwd=tmp_path,
     )
+
+
+def job_ids(proc):
+    """(process, parent run ID, child run ID) once the job's runs are open."""
     line = proc.stdout.readline().split()
     assert len(line) == 2, f"job did not start (exit {proc.poll()})"
     return proc, line[0], line[1]
+
+
+def start_job(tmp_path, uri, study, sweep="s/1", name="job"):
+    return job_ids(launch_job(tmp_path, uri, study, sweep, name))
 
 
 def end(proc, sig=signal.SIGKILL):
@@ -111,11 +119,37 @@ def test_failed_run_names_the_error_in_one_line(tmp_path):
     assert client.get_run(ok.run_id).data.tags[ENDED_BY] == "finished"
 
 
+def test_a_run_whose_owner_is_gone_is_marked_failed(tmp_path):
+    """In process: a RUNNING run whose owner tags name a process that has exited (a real PID,
+    its process gone) is marked FAILED by the next run of its study; one of a live owner is not."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("lifecycle")
+    mine = owner_tags()
+    dead = client.create_run(
+        exp_id, tags={**mine, OWNER_PID: gone, OWNER_PROC_START: "1", "her2study.study": "s"}
+    ).info.run_id
+    live = client.create_run(exp_id, tags={**mine, "her2study.study": "s"}).info.run_id
+    with Tracker(uri, "lifecycle", study="s") as tr:
+        assert tr.reaped == [dead]
+    assert client.get_run(dead).info.status == "FAILED"
+    assert client.get_run(dead).data.tags[ENDED_BY].startswith(f"dead owner: process {gone}")
+    assert client.get_run(live).info.status == "RUNNING"  # this process: alive
+
+
+@pytest.mark.slow
 def test_runs_of_a_dead_process_are_marked_failed_by_the_next_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    dead, dead_parent, dead_child = start_job(tmp_path, uri, "s")
-    other, other_parent, _ = start_job(tmp_path, uri, "other-study")
-    alive, alive_parent, alive_child = start_job(tmp_path, uri, "s")
+    MlflowClient(uri)  # the store exists before the three jobs start side by side
+    procs = [launch_job(tmp_path, uri, study) for study in ("s", "other-study", "s")]
+    (dead, dead_parent, dead_child), (other, other_parent, _), alive_ids = map(job_ids, procs)
+    alive, alive_parent, alive_child = alive_ids
     try:
         end(dead)  # SIGKILL: no handler runs, its runs stay RUNNING
         end(other)
@@ -226,7 +260,8 @@ def test_compare_says_which_runs_it_skipped_and_why(tmp_path):
     assert list(margins["region"]) == ["intra", "intra+ring1mm"]  # from the finished run only
 
 
-def test_fresh_store_opened_by_two_processes_at_once(tmp_path):
+@pytest.mark.slow
+def test_fresh_store_opened_by_three_processes_at_once(tmp_path):
     """Both succeed: the SQLite store is created and migrated under a file lock by one."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     go = tmp_path / "go"
@@ -236,9 +271,11 @@ def test_fresh_store_opened_by_two_processes_at_once(tmp_path):
             """
             import os, sys, time
             from pathlib import Path
+            from her2study.tracking import Tracker
+            import mlflow  # everything imported: the race is on the store only
+            print("ready", flush=True)
             while not Path(sys.argv[2]).exists():
                 time.sleep(0.01)
-            from her2study.tracking import Tracker
             with Tracker(sys.argv[1], "race", study="race") as tr:
                 tr.log_metrics({"auc": 0.5})
             print(tr.run_id)
@@ -256,12 +293,12 @@ def test_fresh_store_opened_by_two_processes_at_once(tmp_path):
         )
         for _ in range(3)
     ]
-    time.sleep(8)  # all three imported Python and wait at the same line
-    go.touch()
+    assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 3
+    go.touch()  # all three open the store at the same moment
     results = [p.communicate(timeout=300) for p in procs]
     for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
-    ids = [out.strip() for out, _ in results]
+    ids = [out.strip().splitlines()[-1] for out, _ in results]
     client = MlflowClient(uri)
     assert {client.get_run(i).info.status for i in ids} == {"FINISHED"}
     assert len(set(ids)) == 3
