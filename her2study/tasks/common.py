@@ -127,29 +127,32 @@ def public_config(cfg) -> dict:
     return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
-def code_version() -> str:
-    """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
-    from her2study.provenance import git_head
-
-    head = git_head(short=True)
-    if head is None:
-        return "unknown"
-    sha, dirty = head
-    return sha + ("+dirty" if dirty else "")
-
-
-def run_tags(task: str, cfg, cohort, **extra) -> dict:
-    """Tags of a task's MLflow parent run: task, data source, code version."""
+def run_tags(task: str, cfg, cohort=None, **extra) -> dict:
+    """Tags of a task's MLflow parent run: task, her2study version, sweep id, and with ``cohort``
+    the data source. (The code's git commit is MLflow's own ``mlflow.source.git.commit``.)"""
     from her2study import __version__
 
-    return {
-        "task": task,
-        "data_source": "synthetic" if cohort.synthetic else str(cfg.data.source),
-        "her2study_version": __version__,
-        "git_commit": code_version(),
-        "sweep_id": sweep_id(cfg),
-        **extra,
-    }
+    tags = {"task": task, "her2study_version": __version__, "sweep_id": sweep_id(cfg), **extra}
+    if cohort is not None:
+        tags["data_source"] = "synthetic" if cohort.synthetic else str(cfg.data.source)
+    return tags
+
+
+def open_run(cfg, task: str, run_name: str, **tags):
+    """The task's MLflow parent run, to enter when the task starts (before extraction, search or
+    fit), so that its Duration is the study's and an error or a signal ends it FAILED or KILLED
+    instead of leaving no run; runs of the study left RUNNING by a dead process are marked
+    FAILED on entry. A no-op tracker with ``tracking=off``."""
+    from her2study.tracking import Tracker
+
+    return Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name=run_name,
+        tags=run_tags(task, cfg, **tags),
+        study=cfg.study,
+    )
 
 
 def sweep_id(cfg) -> str:

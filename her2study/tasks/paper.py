@@ -43,12 +43,12 @@ from her2study.tasks.common import (
     extraction_settings,
     extractor_params,
     log_run_config,
+    open_run,
     output_dir,
     run_tags,
     save_table,
     signature_role,
 )
-from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,18 @@ def run(cfg) -> float:
     """Run the study; return a training-side estimate for sweepers: the best optimism-corrected
     (else out-of-fold) training AUC among the signatures. Never a test-set number: a sweep that
     maximised the test AUC would tune on the test set."""
-    if cfg.tracking.enabled:
-        check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
     check_site_config(cfg.split, cfg.data.get("site_column"), cfg.selection.get("harmonise"))
+    widths = [float(w) for w in cfg.region.ring_widths_mm]
+    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
+    if str(cfg.split.method) == "leave_one_site_out":
+        run_name = "paper leave-one-site-out"
+    # config checked; the run opens before any work (its Duration is the study's)
+    with open_run(cfg, "paper", run_name) as tracker:
+        return study(cfg, tracker)
+
+
+def study(cfg, tracker) -> float:
+    """The paper protocol inside the open parent run ``tracker``."""
     cohort, fs = cohort_and_features(cfg)
     out = output_dir(cfg)
     source = describe_source(cohort)
@@ -71,7 +80,9 @@ def run(cfg) -> float:
     bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
     if str(cfg.split.method) == "leave_one_site_out":
         sites = site_values(cohort.table, site_column, "leave_one_site_out")
-        return run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands)
+        return run_leave_one_site_out(
+            cfg, tracker, cohort, fs, out, source, sites, clinical, widths, bands
+        )
     split = split_from_config(
         cohort.table, cfg.split, cohort.label_column, int(cfg.seed), site_column
     )
@@ -133,24 +144,19 @@ def run(cfg) -> float:
         data_digest=data_digest(y, split),
         extractor_digest=canonical_digest(extractor_params(cfg))[:16],
     )
-    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=run_name,
-        tags=tags,
-    ) as tracker:
-        log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
-        if tracker.run_id:
-            log.info(
-                f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
-                f"({cfg.tracking.tracking_uri})"
-            )
+    tracker.set_tags(tags)
+    log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
+    if tracker.run_id:
+        log.info(
+            f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
+            f"({cfg.tracking.tracking_uri})"
+        )
     return training_estimate(metrics)
 
 
-def run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands) -> float:
+def run_leave_one_site_out(
+    cfg, tracker, cohort, fs, out, source, sites, clinical, widths, bands
+) -> float:
     """``split.method=leave_one_site_out``: each site held out in turn (the whole protocol refitted
     on the others), beside a CV over all sites; ``by_site.csv`` and a transportability report.
     Returns the best signature's mean out-of-fold AUC over sites from the all-sites CV (a
@@ -166,23 +172,17 @@ def run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths
     log.info(to_text(held[["site", "signature", "n", "auc", "auc_ci_low", "auc_ci_high"]]))
     log.info(f"report: {report}")
     tags = run_tags("paper", cfg, cohort, data_digest=data_digest(y, sites.rename("split")))
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name="paper leave-one-site-out",
-        tags=tags,
-    ) as tracker:
-        if tracker.enabled:
-            log_run_config(tracker, cfg, cohort, len(cohort.ids))
-            flat = {}
-            for _, r in by_site[by_site["set"].isin(["held_out_site", "cv_all_sites"])].iterrows():
-                if pd.notna(r["auc"]):
-                    flat[f"{r['set']}.{r['site']}.{r['signature']}.auc"] = float(r["auc"])
-            tracker.log_metrics(flat)
-            for path in tables:
-                tracker.log_artifact(path, "tables")
-            tracker.log_artifact(report, "report")
+    tracker.set_tags(tags)  # the run opened when the task started
+    if tracker.enabled:
+        log_run_config(tracker, cfg, cohort, len(cohort.ids))
+        flat = {}
+        for _, r in by_site[by_site["set"].isin(["held_out_site", "cv_all_sites"])].iterrows():
+            if pd.notna(r["auc"]):
+                flat[f"{r['set']}.{r['site']}.{r['signature']}.auc"] = float(r["auc"])
+        tracker.log_metrics(flat)
+        for path in tables:
+            tracker.log_artifact(path, "tables")
+        tracker.log_artifact(report, "report")
     seen = by_site[by_site["set"] == "cv_all_sites"].groupby("signature")["auc"].mean()
     return float(seen.max()) if seen.notna().any() else float("nan")
 
@@ -439,4 +439,5 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                     "estimate_kind": "fitted on the training split; its estimates are the "
                     "parent run's metrics (apparent, out-of-fold, test)",
                 }
-                log_model(tracker, "model", fit.model, card, float(thr))
+                with tracker.mlflow_operation():  # a SIGTERM waits until it is written
+                    log_model(tracker, "model", fit.model, card, float(thr))

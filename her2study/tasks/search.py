@@ -35,11 +35,12 @@ from her2study.search import (
 from her2study.tasks.common import (
     load_design,
     log_run_config,
+    open_run,
     output_dir,
     run_tags,
     save_table,
 )
-from her2study.tracking import Tracker, check_tracking_uri
+from her2study.tracking import check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,14 @@ def run(cfg) -> float:
         )
     check_widths(cfg, dims)
     check_search_config(cfg)  # before any extraction (its warnings are logged by the search)
-    design, cohort = load_design(cfg)
-    out = output_dir(cfg)
-    source = design.source
-    note = source if cohort.synthetic else None
-    log.info(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
-    tags = run_tags("search", cfg, cohort, optuna_storage=url)
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=f"search {cfg.study}",
-        tags=tags,
-    ) as tracker:
+    # config and space checked (a config error leaves no run); the run opens before extraction
+    with open_run(cfg, "search", f"search {cfg.study}", optuna_storage=url) as tracker:
+        design, cohort = load_design(cfg)
+        out = output_dir(cfg)
+        source = design.source
+        note = source if cohort.synthetic else None
+        log.info(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
+        tracker.set_tags(run_tags("search", cfg, cohort, optuna_storage=url))
         log_run_config(tracker, cfg, cohort, len(design.y))
         result = nested_search(cfg, design, storage, cfg.study, tracker, progress=_progress)
         est = result.estimate
