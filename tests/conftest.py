@@ -47,6 +47,9 @@ SMALL = [
     "data.synthetic.band_strength=7.0",
     "data.synthetic.intra_strength=0.3",
     "execution.progress=false",
+    # the burned-in annotation QA caches per (case, widest ring): off here, so that tests with
+    # other widths do not add entries to the shared cache (tests/test_us_inputs.py checks it)
+    "region.annotation_check=false",
 ]
 SHARED_RINGS = (0.5, 1.0, 1.5, 2.0, 3.0)  # the search space's widths; the paper's are 1 and 2
 # Fewer folds for the paper protocol's inner loops (LASSO lambda, CV AUC), no bootstrap; a
