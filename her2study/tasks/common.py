@@ -203,9 +203,16 @@ def protect_ids(cohort, table, data_cfg):
 
 
 def cohort_and_features(cfg):
-    """Load the configured cohort and its features (extracted and cached, or the given table)."""
-    cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs)
-    cohort, table = protect_ids(cohort, table, cfg.data)
+    """Load the configured cohort and its features (extracted and cached, or the given table),
+    after every check of the config and the data (:func:`her2study.preflight.preflight`)."""
+    from her2study.preflight import preflight
+
+    def load():
+        keep = [cfg.split.balance_on] if cfg.split.method == "block" else []
+        cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs, keep_columns=keep)
+        return protect_ids(cohort, table, cfg.data)
+
+    cohort, table = preflight(cfg, load)
     log.info("cohort: %d cases (%s)", len(cohort.ids), cohort.source)
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)

@@ -25,7 +25,6 @@ from her2study.errors import ConfigError
 from her2study.report import search_design_items, search_report
 from her2study.search import (
     REGION_COLUMNS,
-    check_search_config,
     nested_search,
     open_storage,
     parse_space,
@@ -44,25 +43,6 @@ from her2study.tracking import Tracker, check_tracking_uri
 log = logging.getLogger(__name__)
 
 
-def check_widths(cfg, dims) -> None:
-    """Ring widths of the space must be among the extracted ones (before extracting)."""
-    if cfg.data.source == "features":
-        return  # checked against the table's columns
-    have = {float(w) for w in cfg.region.ring_widths_mm}
-    for dim in dims:
-        if dim.name == "ring_width_mm":
-            values = dim.choices if dim.kind == "categorical" else (dim.value,)
-            missing = [w for w in values if w and float(w) not in have]
-            if missing:
-                raise ConfigError(
-                    f"search.space.ring_width_mm has width(s) {missing} mm whose features are "
-                    f"not extracted (region.ring_widths_mm={sorted(have)}); add them, e.g. "
-                    "'region.ring_widths_mm=[0.5,1,1.5,2,3]', or use +exp=search"
-                )
-            if 0 in values and not cfg.region.include_intra:
-                raise ConfigError("search.space.ring_width_mm needs region.include_intra=true")
-
-
 def run(cfg) -> float:
     """Run (or resume) the search; return the pooled out-of-fold AUC."""
     url = storage_url(cfg.search, cfg.study)
@@ -76,9 +56,7 @@ def run(cfg) -> float:
             "give dimensions, e.g. 'search.space.model={type: categorical, "
             "choices: [logistic, svm]}'"
         )
-    check_widths(cfg, dims)
-    check_search_config(cfg)  # before any extraction (its warnings are logged by the search)
-    design, cohort = load_design(cfg)
+    design, cohort = load_design(cfg)  # every check (her2study.preflight) before extracting
     out = output_dir(cfg)
     source = design.source
     note = source if cohort.synthetic else None
