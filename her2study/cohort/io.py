@@ -229,6 +229,13 @@ def read_mask(
         binary = arr == label
     elif len(nonzero) <= 1:
         binary = arr != 0
+    elif not all(float(v).is_integer() for v in nonzero):
+        raise ImageReadError(
+            f"mask holds non-integer values ({len(nonzero)} distinct, e.g. "
+            f"{', '.join(f'{v:.3g}' for v in nonzero[:4])}): an interpolated (resampled) mask",
+            "re-save the segmentation with nearest-neighbour interpolation, or threshold it at "
+            "0.5 to a 0/1 mask (data.mask_label cannot pick a lesion from interpolated values)",
+        )
     else:
         shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in nonzero[:6])
         raise ImageReadError(

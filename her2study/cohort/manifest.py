@@ -54,7 +54,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"case {self.case_id}" if self.case_id else "manifest"
-        file = f" [{self.file}]" if self.file else ""
+        if self.file == "config" and not self.case_id:
+            where = "config"
+        file = f" [{self.file}]" if self.file and where != "config" else ""
         fix = f" -> fix: {self.fix}" if self.fix else ""
         return f"{self.severity.upper()} {where}{file}: {self.message}{fix}"
 

@@ -16,7 +16,12 @@ from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
-from her2study.reporting import compact_comparison, compare_with_paper, to_text
+from her2study.reporting import (
+    compact_comparison,
+    compare_with_paper,
+    paper_reference_on,
+    to_text,
+)
 from her2study.results import (
     evaluate_signatures,
     overfitting_note,
@@ -24,7 +29,7 @@ from her2study.results import (
     validation_table,
 )
 from her2study.split import split_from_config
-from her2study.study import fit_signatures
+from her2study.study import fit_signatures, planned_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
     clinical_columns,
@@ -59,7 +64,10 @@ def run(cfg) -> float:
     bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
     fits = fit_signatures(fs.table, clinical, y, split, widths, cfg, bands)
     metrics = evaluate_signatures(fits, y, split, cfg)
-    comparison = compare_with_paper(metrics)
+    with_paper = paper_reference_on(cfg, cohort.synthetic)
+    comparison = compare_with_paper(metrics, with_paper)
+    regions = {str(c).split("_", 1)[0] for c in fs.table.columns}
+    missing = planned_signatures(cfg, regions, bool(clinical.shape[1]))[1]
     tests = paired_delong(fits, y, split)
 
     validation = validation_table(fits)
@@ -80,6 +88,7 @@ def run(cfg) -> float:
         clinical_columns=clinical_columns(cfg),
         features=fs.table,
         validation=validation,
+        missing=missing,
     )
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
@@ -88,10 +97,8 @@ def run(cfg) -> float:
     for note in overfitting_note(metrics):
         log.warning(note)
     log.info(to_text(compact_comparison(comparison)))
-    log.info(
-        f"(thresholds: {threshold_words(cfg)}; full table with the paper's figures: "
-        f"{out}/table3.md)"
-    )
+    paper_words = " with the paper's figures" if with_paper else ""
+    log.info(f"(thresholds: {threshold_words(cfg)}; full table{paper_words}: {out}/table3.md)")
     log.info(f"report: {report}")
 
     tags = run_tags(
