@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -26,6 +29,50 @@ def output_dir(cfg) -> Path:
         out = Path("outputs") / cfg.study
         out.mkdir(parents=True, exist_ok=True)
         return out
+
+
+@contextmanager
+def result_set(out: Path):
+    """Write a task's results into the yielded temporary folder beside ``out``; they are moved
+    into ``out`` when the block ends without error (the report last), so a failed run leaves
+    no partial result set. A write error with no file name (a full disk) names the file that
+    was being written. Log MLflow artifacts from ``out`` afterwards (:func:`final_paths`)."""
+    out = Path(out)
+    stage = out.parent / f".{out.name}.results.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except OSError as err:
+        newest = _newest(stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        if err.filename is None and newest is not None:
+            raise OSError(err.errno, err.strerror, str(out / newest)) from None
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    entries = sorted(stage.iterdir(), key=lambda p: (p.name == "report.html", p.name))
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    stage.rmdir()
+
+
+def _newest(folder: Path) -> Path | None:
+    """The most recently written file under ``folder``, relative to it (the one a full disk
+    stopped)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        return None
+    return max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(folder)
+
+
+def final_paths(paths, stage: Path, out: Path) -> list[Path]:
+    """Paths written under ``stage`` as they are after :func:`result_set` moved them."""
+    return [Path(out) / Path(p).relative_to(stage) for p in paths]
 
 
 def save_table(out: Path, name: str, df, source: str, md: bool = True) -> list[Path]:

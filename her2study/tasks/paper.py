@@ -37,8 +37,10 @@ from her2study.tasks.common import (
     dashboard_params,
     extraction_settings,
     extractor_params,
+    final_paths,
     log_run_config,
     output_dir,
+    result_set,
     run_tags,
     save_table,
     signature_role,
@@ -71,25 +73,27 @@ def run(cfg) -> float:
     tests = paired_delong(fits, y, split)
 
     validation = validation_table(fits)
-    tables = write_tables(out, fits, metrics, comparison, tests, split, source, validation)
     figures = make_figures(fits, y, split, cfg, source)
-    for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=120)
-    report = paper_report(
-        out,
-        cfg=cfg,
-        cohort=cohort,
-        split=split,
-        fits=fits,
-        metrics=metrics,
-        comparison=comparison,
-        tests=tests,
-        figures=figures,
-        clinical_columns=clinical_columns(cfg),
-        features=fs.table,
-        validation=validation,
-        missing=missing,
-    )
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        tables = write_tables(stage, fits, metrics, comparison, tests, split, source, validation)
+        for name, fig in figures.items():
+            fig.savefig(stage / f"{name}.png", dpi=120)
+        report = paper_report(
+            stage,
+            cfg=cfg,
+            cohort=cohort,
+            split=split,
+            fits=fits,
+            metrics=metrics,
+            comparison=comparison,
+            tests=tests,
+            figures=figures,
+            clinical_columns=clinical_columns(cfg),
+            features=fs.table,
+            validation=validation,
+            missing=missing,
+        )
+    tables, report = final_paths(tables, stage, out), out / report.name
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
     log.info(f"\nData: {source}; training {n_train}, test {n_test} cases")

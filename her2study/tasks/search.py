@@ -32,9 +32,11 @@ from her2study.search import (
     storage_url,
 )
 from her2study.tasks.common import (
+    final_paths,
     load_design,
     log_run_config,
     output_dir,
+    result_set,
     run_tags,
     save_table,
 )
@@ -72,12 +74,34 @@ def run(cfg) -> float:
         log_run_config(tracker, cfg, cohort, len(design.y))
         result = nested_search(cfg, design, storage, cfg.study, tracker, progress=_progress)
         est = result.estimate
-        tables = write_tables(out, result, source, cfg)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # tight_layout notes of the figures
             figures = make_figures(result, cfg, note)
-        for name, fig in figures.items():
-            fig.savefig(out / f"{name}.png", dpi=120)
+        with result_set(out) as stage:  # moved into out at the end: no partial result set
+            tables = write_tables(stage, result, source, cfg)
+            for name, fig in figures.items():
+                fig.savefig(stage / f"{name}.png", dpi=120)
+            report = search_report(
+                stage,
+                title=f"{cfg.study}: nested search",
+                source=source,
+                synthetic=cohort.synthetic,
+                design=search_design_items(cfg, len(design.y)),
+                tables={
+                    "nested estimate": {
+                        k: v
+                        for k, v in est.items()
+                        if not isinstance(v, dict) and k not in NOT_SHOWN
+                    },
+                    "per ring width (nested; Nadeau-Bengio 95% CI)": result.regions,
+                    "per ring width minus tumour only (paired)": result.region_differences,
+                    "outer folds": result.folds,
+                    "feature selection frequency": result.features.head(50),
+                },
+                figures=figures,
+                notes=result.warnings,
+            )
+        tables, report = final_paths(tables, stage, out), out / report.name
         metrics = {k: v for k, v in est.items() if isinstance(v, (int, float))}
         if result.final_inner_auc is not None:
             metrics["final_inner_auc"] = result.final_inner_auc
@@ -87,24 +111,6 @@ def run(cfg) -> float:
             tracker.log_artifact(path, "tables")
         for name, fig in figures.items():
             tracker.log_figure(fig, f"figures/{name}.png")
-        report = search_report(
-            out,
-            title=f"{cfg.study}: nested search",
-            source=source,
-            synthetic=cohort.synthetic,
-            design=search_design_items(cfg, len(design.y)),
-            tables={
-                "nested estimate": {
-                    k: v for k, v in est.items() if not isinstance(v, dict) and k not in NOT_SHOWN
-                },
-                "per ring width (nested; Nadeau-Bengio 95% CI)": result.regions,
-                "per ring width minus tumour only (paired)": result.region_differences,
-                "outer folds": result.folds,
-                "feature selection frequency": result.features.head(50),
-            },
-            figures=figures,
-            notes=result.warnings,
-        )
         tracker.log_artifact(report, "report")
         if result.chosen is not None:
             tracker.set_tags({"chosen": result.chosen_candidate.label()})
