@@ -160,6 +160,13 @@ def manifest_without_age(make_cohort, tmp_path):
     return ["+exp=paper", "data=manifest", f"data.manifest={m}", "data.clinical_columns=[]"]
 
 
+def with_args(setup, *extra):
+    def wrapped(make_cohort, tmp_path):
+        return [*setup(make_cohort, tmp_path), *extra]
+
+    return wrapped
+
+
 def split_all_train(t):
     return t.assign(split="train")
 
@@ -284,11 +291,16 @@ BAD = [
     ("balance_on column missing", manifest_without_age, "or split.balance_on=null", 2),
     (
         "split column all train",
-        features_case(split_all_train),
+        with_args(features_case(split_all_train), "split.method=column"),
         "the 'split' column has no test cases",
         2,
     ),
-    ("split column unknown value", features_case(split_unknown), "'valid' is not train/test", 2),
+    (
+        "split column unknown value",
+        with_args(features_case(split_unknown), "split.method=column"),
+        "'valid' is not train/test",
+        2,
+    ),
     ("clinical column all NaN", features_case(age_all_missing), "'age' is empty", 2),
     ("feature NaN", features_case(feature_nan), "feature 'intra_f1' is missing (NaN)", 2),
     ("feature inf", features_case(feature_inf), "feature 'peri1mm_f2' is infinite", 2),
@@ -483,3 +495,56 @@ def test_full_or_read_only_cache(
     assert not list(cache.rglob("*.tmp"))  # no partial cache entry left behind
     for entry in cache.rglob("*.json"):
         json.loads(entry.read_text())
+
+
+@pytest.mark.parametrize("kind", ["under /proc", "under a file", "read-only"])
+def test_output_folder_that_cannot_be_written(kind, tmp_path, tiny_mount):
+    """Hydra makes the run folder before any handler of ours runs: the entry point checks it
+    first. One line, exit 3, no traceback, the input untouched and nothing written."""
+    import subprocess
+    import sys
+
+    args = features_file(tmp_path)
+    inputs = _hashes(tmp_path)
+    if kind == "under /proc":
+        run_dir = "/proc/her2study_out/run"
+    elif kind == "under a file":
+        (tmp_path / "afile").write_text("a file, not a folder")
+        inputs = _hashes(tmp_path)
+        run_dir = str(tmp_path / "afile" / "run")
+    else:
+        run_dir = str(tiny_mount("ro", "ro,size=64k") / "run")
+    res = subprocess.run(
+        [sys.executable, "-m", "her2study", *args, "tracking=off", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, errors
+    assert "cannot write the output folder" in errors[0] and "hydra.run.dir=" in errors[0]
+    assert _hashes(tmp_path) == inputs  # nothing written, input untouched
+
+
+@pytest.mark.slow
+def test_full_disk_names_the_file_and_leaves_no_partial_result_set(
+    tmp_path, tiny_mount, monkeypatch, compose, caplog
+):
+    """The results fill a tiny disk: exit 3 naming the file being written; the result set is
+    all or nothing (nothing here), the input untouched."""
+    args = features_file(tmp_path)
+    inputs = _hashes(tmp_path)
+    out = tiny_mount("out", "size=48k")
+    monkeypatch.chdir(out)
+    cfg = compose(*QUICK, *args)
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "No space left" in errors[0], errors
+    assert re.search(r"cannot write \S*outputs/paper/\S+\.(csv|md|png|html):", errors[0]), errors
+    assert not list(out.rglob("table3.csv")) and not list(out.rglob("*.tmp"))
+    digest = hashlib.sha256((tmp_path / "f.csv").read_bytes()).hexdigest()
+    assert digest == inputs[tmp_path / "f.csv"]
