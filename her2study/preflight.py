@@ -11,9 +11,10 @@ One place for them, called by each task through :func:`her2study.tasks.common.co
   inside each of its folds and the nomogram's cross-fitting; the search's outer, inner and LASSO
   folds), the search space against the regions and columns the data have.
 
-Every problem is collected and raised at once as one :class:`CohortError`, each with its fix.
-Search dimensions the data cannot have (a ring width a features table has no columns for,
-``use_clinical`` without clinical columns) are dropped with one info line instead.
+Every problem is collected and raised at once as one :class:`PreflightError`, each with its fix.
+Dimensions of the default search space the data cannot have (a ring width a features table has
+no columns for, ``use_clinical`` without clinical columns) are dropped with one info line
+instead; a space the user set is checked against the data.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ CONFIG = "config"
 FITTING_TASKS = ("paper", "search", "export")
 
 
+class PreflightError(CohortError, ConfigError):
+    """Every problem found before the work (a :class:`CohortError`, and a :class:`ConfigError`
+    since many are the config's)."""
+
+
 def preflight(cfg, load):
     """``load()`` -> ``(cohort, features_or_None)``; run every check around it, raise all
     problems at once; return what ``load`` returned."""
@@ -41,10 +47,12 @@ def preflight(cfg, load):
     try:
         cohort, table = load()
     except CohortError as err:
-        raise CohortError(problems + err.problems, err_source(err)) from None
+        if not problems:
+            raise
+        raise PreflightError(problems + err.problems, err_source(err)) from None
     problems += check_data(cfg, cohort, table)
     if any(p.severity == "error" for p in problems):
-        raise CohortError(problems, Path(str(cohort.source)).name or cohort.source)
+        raise PreflightError(problems, Path(str(cohort.source)).name or cohort.source)
     return cohort, table
 
 
@@ -398,10 +406,21 @@ def adapt_search_space(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]
             or (float(w) > 0 and "intra" in regions and ring_spec(float(w)).name in regions)
         ]
         gone = [w for w in ring.choices if w not in keep]
-        if gone:
+        have = sorted(r for r in regions if r.startswith(("intra", "peri")))
+        if gone and not _is_default(space, "ring_width_mm"):  # a space the user set: checked
+            problems.append(
+                _problem(
+                    f"search.space.ring_width_mm: no features for width(s) {list(gone)} mm "
+                    f"(regions in the features table: {have}; a width needs intra_ and "
+                    "peri<w>mm_ columns, 0 needs intra_)",
+                    "drop them from search.space.ring_width_mm, or add those columns",
+                )
+            )
+        elif gone and keep:
             dropped.append(f"ring_width_mm {list(gone)} (no such region in the features table)")
-        if not keep:
-            have = sorted(r for r in regions if r.startswith(("intra", "peri")))
+            with open_dict(space):
+                space.ring_width_mm.choices = keep
+        elif gone:
             problems.append(
                 _problem(
                     "no search.space.ring_width_mm choice has features (regions in the table: "
@@ -410,15 +429,22 @@ def adapt_search_space(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]
                     "search.space.ring_width_mm=null",
                 )
             )
-        else:
-            with open_dict(space):
-                space.ring_width_mm.choices = keep
     clin = space.get("use_clinical") if space is not None else None
-    if not has_clinical and OmegaConf.is_dict(clin) and True in list(clin.get("choices", [])):
+    default_clin = _is_default(space, "use_clinical")
+    if (
+        not has_clinical
+        and OmegaConf.is_dict(clin)
+        and True in list(clin.get("choices", []))
+        and default_clin
+    ):
         with open_dict(space):
             space.use_clinical = False  # a fixed value, not a dimension
         dropped.append("use_clinical (no clinical columns: data.clinical_columns is empty)")
-    elif not has_clinical and (clin is True or (clin is None and cfg.search.use_clinical)):
+    elif not has_clinical and (
+        clin is True
+        or (clin is None and cfg.search.use_clinical)
+        or (OmegaConf.is_dict(clin) and True in list(clin.get("choices", [])))
+    ):
         problems.append(
             _problem(
                 "use_clinical=true, but there are no clinical columns",
@@ -428,6 +454,18 @@ def adapt_search_space(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]
     if dropped:
         log.info("search space adapted to the data: dropped %s", "; ".join(dropped))
     return problems
+
+
+def _is_default(space, key: str) -> bool:
+    """``space[key]`` is as in the shipped default space (conf/search/default.yaml): such a
+    dimension adapts to the data; one the user set is checked against it."""
+    from importlib import resources
+
+    with resources.files("her2study.conf").joinpath("search/default.yaml").open() as fh:
+        default = OmegaConf.load(fh).space.get(key)
+    value = space.get(key)
+    plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return plain == (OmegaConf.to_container(default) if OmegaConf.is_config(default) else default)
 
 
 def _clinical(cfg) -> list[str]:

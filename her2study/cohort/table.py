@@ -169,6 +169,7 @@ def load_features_table(
         raise CohortError(problems, str(path))
     for warning in problems:
         log.warning("%s", warning)
+    all_columns = [str(c) for c in df.columns]
     df = df.assign(**{case_column: df[case_column].astype(str).str.strip()}).set_index(case_column)
     df.index.name = "case_id"
     keep = [label_column] + clinical + (["split"] if "split" in df.columns else []) + kept
@@ -179,6 +180,6 @@ def load_features_table(
         table=table,
         source=str(path),
         label_column=label_column,
-        columns=[str(c) for c in df.reset_index().columns],
+        columns=all_columns,
     )
     return cohort, features
