@@ -140,12 +140,18 @@ def design_items(cfg, fits=None, missing: dict | None = None) -> dict[str, str]:
         if fit.kind == "nomogram":
             base = fit.details.get("base_signature", "-")
     ci = sel(cfg, "evaluation.ci", "delong")
+    gone = set(missing or {})
     items = {
         "Split": split,
         "Regions": ", ".join(
-            ["tumour"] * bool(sel(cfg, "region.include_intra", True))
-            + [f"tumour + {float(w):g} mm ring" for w in sel(cfg, "region.ring_widths_mm", [])]
-        ),
+            ["tumour"] * bool(sel(cfg, "region.include_intra", True) and "Intra" not in gone)
+            + [
+                f"tumour + {float(w):g} mm ring"
+                for w in sel(cfg, "region.ring_widths_mm", [])
+                if f"IntraPeri {float(w):g} mm" not in gone
+            ]
+        )
+        or "-",
         "Feature selection (inside the training fit)": selection,
         "Radiomics model": model,
         "Clinical model": _clinical_words(cfg),
