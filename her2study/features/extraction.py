@@ -198,7 +198,7 @@ def _too_small(case, spec, stats, maker, min_size: int) -> str:
     """Why a region has too few pixels, with the fix that applies: a tiny tumour mask, a ring
     lying outside the image's non-zero field of view, or a ring thinner than a pixel."""
     where = f"case {case.case_id} [{case.mask.name}] region {spec.name}: only {stats.n_pixels} "
-    where += f"pixel(s) (pyradiomics minimumROISize {min_size})"
+    where += f"pixels (pyradiomics minimumROISize {min_size})"
     if spec.is_intra:
         return where + (
             ": the tumour mask is too small for texture features -> fix: check the mask and "
