@@ -78,7 +78,7 @@ def check_config(cfg) -> list[Problem]:
     extracts = str(cfg.data.source) != "features" and _task(cfg) in ("extract", *FITTING_TASKS)
     if extracts:
         problems += check_params_file(OmegaConf.select(cfg, "extractor.params_file"))
-    if cfg.get("search") is not None and _task(cfg) in ("search", "export"):
+    if cfg.get("search") is not None and _task(cfg) == "search":  # export searches no space
         problems += _check_search_settings(cfg, extracts)
     return problems
 
@@ -174,7 +174,7 @@ def check_data(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]:
         problems += _check_signatures(cfg, cohort, table, file)
     else:
         problems += check_search_folds(cfg, y, names, task)
-        if cfg.get("search") is not None:
+        if cfg.get("search") is not None and task == "search":
             problems += adapt_search_space(cfg, cohort, table)
     return problems
 
