@@ -25,6 +25,7 @@ from her2study.choices import (
     CorrRule,
     DataSource,
     Fov,
+    Harmonise,
     ICCKind,
     ImageFormat,
     LassoRule,
@@ -37,6 +38,7 @@ from her2study.choices import (
     TaskName,
     ThresholdData,
     ThresholdRule,
+    UnseenSite,
 )
 from her2study.search_schema import PredictConfig, SearchConfig
 
@@ -82,6 +84,24 @@ class SyntheticSpec:
     dynamic_range_db: float = 50.0  # log-compression display range, dB
     gain_jitter_db: float = 1.5  # per-case overall gain SD, dB (machine/operator variation)
     noise_floor_db: float = -50.0  # electronic noise relative to glandular tissue, dB
+    # --- devices (off by default: 0 keeps the cohort bit-identical, no device column) ---
+    devices: int = 0  # scanners A, B, ... (at most 4): each its own speckle size, gain and blur
+    device_strength: float = 1.0  # scales every device's departure from device A (0 = none)
+    device_label_shift: float = 0.0  # share of each class moved to one device (0 = balanced;
+    # > 0 confounds device and label: label 1 to device A, label 0 to the last device)
+
+
+@dataclass
+class PerturbSpec:
+    """Contour perturbations per case (``selection.robustness_threshold``), in millimetres."""
+
+    n: int = 5  # perturbed masks per case
+    grow_mm: float = 0.2  # erosion/dilation drawn uniformly in [-grow_mm, +grow_mm]
+    displace_mm: float = 0.15  # RMS of a smooth random displacement of the boundary
+    displace_corr_mm: float = 2.0  # its correlation length
+    rotate_deg: float = 2.0  # rotation about the centroid, uniform in [-rotate, +rotate]
+    translate_mm: float = 0.2  # translation per axis, uniform in [-translate, +translate]
+    seed: int = 0  # with a digest of the mask file: each case's own perturbations
 
 
 @dataclass
@@ -97,7 +117,11 @@ class DataConfig:
     negative_class: str = "negative"  # what label 0 means (synthetic cohort: HER2-low/HER2-zero)
     spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
     mask_label: Optional[int] = None  # label value to use in multi-label masks
+    max_image_pixels: Optional[int] = 25_000_000  # larger images are refused from their header,
+    # before any pixel is read (25 M = 5000 x 5000; analysing needs ~20 bytes/pixel); null = none
     clinical_columns: List[str] = field(default_factory=list)  # manifest columns used as clinical
+    site_column: Optional[str] = None  # manifest column naming each case's device or site
+    # (e.g. device): per-site tables, site splits (split.method=site | leave_one_site_out), ComBat
     pseudonymise: bool = False  # replace case ids by salted hashes before anything is written
     pseudonym_salt: Optional[str] = "${oc.env:HER2STUDY_SALT,null}"  # secret; env HER2STUDY_SALT
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
@@ -119,7 +143,11 @@ class RegionConfig:
     ring_exclude_classes: List[str] = field(default_factory=lambda: ["shape2D"])  # feature classes
     # left out of rings and bands (their shape is the tumour's shape: counted twice otherwise)
     reader2: bool = False  # also extract from mask_reader2 (columns reader2__<name>) for ICC
+    perturb: PerturbSpec = field(default_factory=PerturbSpec)  # contour perturbations, used when
+    # selection.robustness_threshold is set (columns perturb<k>__<name>)
     overlays: int = 0  # write this many QA overlay PNGs (task=extract)
+    annotation_check: bool = True  # flag burned-in calipers/text/colour marks inside the regions
+    # (columns annotation_px/_fraction/_flagged of region_stats; a warning per flagged case)
 
 
 @dataclass
@@ -129,6 +157,7 @@ class ExtractorConfig:
     name: str = "custom"
     params_file: Optional[str] = None  # a pyradiomics params YAML; overrides `params`
     params: Dict[str, Any] = field(default_factory=dict)  # setting / imageType / featureClass
+    check_bins: bool = True  # warn when an image type keeps <= 2 grey-level bins in most regions
 
 
 @dataclass
@@ -139,6 +168,9 @@ class SplitConfig:
     test_size: float = 0.2584  # 54 of 209
     block_size: int = 10
     balance_on: Optional[str] = "age"  # order by this within class before blocking; null = none
+    train_sites: Optional[List[str]] = None  # method=site: sites (data.site_column) to train on;
+    # null = every site not in test_sites
+    test_sites: Optional[List[str]] = None  # method=site: sites held out as the test set
 
 
 @dataclass
@@ -158,6 +190,16 @@ class SelectionConfig:
     max_features: Optional[int] = None  # cap on LASSO-selected features
     icc_threshold: Optional[float] = None  # drop features with reader-1 vs reader-2 ICC below
     icc_kind: ICCKind = ICCKind.ICC2_1  # ICC2_1 absolute agreement | ICC3_1 consistency | ICC1_1
+    robustness_threshold: Optional[float] = None  # drop features whose ICC across contour
+    # perturbations (region.perturb) on the training rows of each fit is below this
+    robustness_kind: ICCKind = ICCKind.ICC2_1  # ICC2_1 absolute agreement | ICC3_1 | ICC1_1
+    harmonise: Optional[Harmonise] = None  # combat: ComBat across data.site_column as the first
+    # pipeline step, fitted on the training rows of every fit (never on all cases)
+    harmonise_covariates: List[str] = field(default_factory=list)  # clinical columns whose
+    # effect ComBat protects (data.clinical_columns; never the label); [] = no covariates
+    harmonise_discrete: List[str] = field(default_factory=list)  # which of them are categorical
+    harmonise_unseen: UnseenSite = UnseenSite.reference  # a site absent from training: reference
+    # (harmonised to the training data from its own cases' features, no labels) | error
 
 
 @dataclass

@@ -163,7 +163,9 @@ def check_data(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]:
         return problems
     y = cohort.labels
     names = {0: str(cfg.data.negative_class), 1: str(cfg.data.positive_class)}
-    if task == "paper":
+    if task == "paper" and str(cfg.split.method) not in ("block", "column"):
+        problems += _check_signatures(cfg, cohort, table, file)  # sites: checked by the split
+    elif task == "paper":
         split_problems = check_split(cfg, cohort, file)
         problems += split_problems
         if not split_problems:

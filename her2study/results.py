@@ -19,6 +19,7 @@ Holm-adjusted p-values within each set.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -201,3 +202,126 @@ def validation_table(fits) -> pd.DataFrame:
         v.insert(0, "signature", fit.name)
         parts.append(v)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------------------------
+# per-site (per-device) results: transportability
+
+SITE_SETS = {"train_oof": "out_of_fold", "test": "test"}
+POOLED = "all (pooled)"  # the site value of rows over every case together
+
+
+def site_rows(name: str, set_name: str, y, prob, sites, kind: str | None = None) -> list[dict]:
+    """Per-site rows of one signature's predictions on one set: n, events, AUC with its DeLong
+    95% CI, calibration intercept and slope with Wald CIs (NaN where a site has one class)."""
+    from her2study.evaluation import auc_delong
+    from her2study.evaluation.calibration import calibration_slope_intercept
+
+    y, prob, sites = (pd.Series(v).reset_index(drop=True) for v in (y, prob, sites))
+    rows = []
+    for site in sorted(sites.unique()):
+        at = (sites == site).to_numpy()
+        yy, pp = y[at].to_numpy(dtype=int), prob[at].to_numpy(dtype=float)
+        row = {
+            "signature": name,
+            "set": set_name,
+            "kind": kind or SITE_SETS.get(set_name, set_name),
+        }
+        row.update(site=str(site), n=int(at.sum()), n_positive=int(yy.sum()))
+        if len(np.unique(yy)) == 2:
+            a = auc_delong(yy, pp)
+            row.update(auc=a.auc, auc_ci_low=a.ci_low, auc_ci_high=a.ci_high)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    cal = calibration_slope_intercept(yy, pp)
+                except Exception:  # perfect separation within a small site
+                    cal = {}
+            for key in ("intercept", "slope"):
+                for suffix in ("", "_ci_low", "_ci_high"):
+                    row[f"cal_{key}{suffix}"] = cal.get(f"{key}{suffix}", np.nan)
+        rows.append(row)
+    return rows
+
+
+def by_site_table(fits, y: pd.Series, split: pd.Series, sites: pd.Series) -> pd.DataFrame:
+    """``by_site.csv``: every signature's out-of-fold training and test predictions, by site.
+
+    Each row is one (signature, set, site): the out-of-fold rows judge the sites seen in training
+    (each case predicted by a fit that did not see it), the test rows the held-out sites (or the
+    held-out cases of each site with a random split).
+    """
+    rows = []
+    train, test = y.index[split == "train"], y.index[split == "test"]
+    for fit in fits:
+        if fit.oof is not None:
+            rows += site_rows(fit.name, "train_oof", y[train], fit.oof.loc[train], sites[train])
+        rows += site_rows(fit.name, "test", y[test], fit.prob.loc[test], sites[test])
+    return _site_frame(rows)
+
+
+def _site_frame(rows) -> pd.DataFrame:
+    cols = ["signature", "set", "kind", "site", "n", "n_positive", "auc", "auc_ci_low"]
+    cols += ["auc_ci_high"] + [
+        f"cal_{k}{s}" for k in ("intercept", "slope") for s in ("", "_ci_low", "_ci_high")
+    ]
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def leave_one_site_out(features, clinical, y, sites, widths, cfg, bands=(), covariates=None):
+    """Each site held out in turn: the signatures fitted on the other sites (the whole protocol,
+    selection included), the held-out site predicted once.
+
+    Returns ``(by_site, predictions)``: per held-out site and signature the test-set rows of
+    :func:`site_rows` (kind ``test``, set ``held_out_site``) plus, for comparison, the
+    out-of-fold rows of the sites seen in training (set ``train_oof``, within-site CV); and the
+    held-out predictions of every case (``case_id``, ``site``, ``signature``, ``prob``).
+
+    The reference for each site is a cross-validation over all sites together (every site seen in
+    training; set ``cv_all_sites``, out-of-fold, ``held_out`` = ``-``): the drop from it to the
+    ``held_out_site`` AUC is what a device the model never saw costs.
+    """
+    from her2study.split import site_splits
+    from her2study.study import fit_signatures
+
+    rows, preds = [], []
+    everyone = pd.Series("train", index=y.index, name="split")
+    pooled = pd.Series(POOLED, index=y.index)
+    for fit in fit_signatures(
+        features, clinical, y, everyone, widths, cfg, bands, sites=sites, covariates=covariates
+    ):
+        if fit.oof is not None:
+            for where in (sites, pooled):
+                for r in site_rows(fit.name, "cv_all_sites", y, fit.oof.loc[y.index], where):
+                    rows.append({**r, "held_out": "-"})
+    for site, split in site_splits(sites).items():
+        log.info(
+            "leave-one-site-out: holding out site %s (%d cases)", site, (split == "test").sum()
+        )
+        fits = fit_signatures(
+            features, clinical, y, split, widths, cfg, bands, sites=sites, covariates=covariates
+        )
+        test = y.index[split == "test"]
+        train = y.index[split == "train"]
+        for fit in fits:
+            rows += site_rows(
+                fit.name, "held_out_site", y[test], fit.prob.loc[test], sites[test], "test"
+            )
+            if fit.oof is not None:
+                for r in site_rows(
+                    fit.name, "train_oof", y[train], fit.oof.loc[train], sites[train]
+                ):
+                    rows.append({**r, "held_out": site})
+            preds.append(
+                pd.DataFrame({"site": site, "signature": fit.name, "prob": fit.prob.loc[test]})
+            )
+        for r in rows:
+            r.setdefault("held_out", site)
+    predictions = pd.concat(preds).rename_axis("case_id").reset_index()
+    for name, p in predictions.groupby("signature", sort=False):  # every case from its LOSO fit
+        ids = p["case_id"].to_numpy()
+        for r in site_rows(name, "held_out_site", y.loc[ids], p["prob"], pooled.loc[ids], "test"):
+            rows.append({**r, "held_out": "each"})
+    by_site = _site_frame(rows)
+    by_site.insert(0, "held_out", [r["held_out"] for r in rows])
+    return by_site, predictions

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from her2study.choices import ExportSource, Sampler
+from her2study.choices import ExportSource, Pruner, Sampler
 
 
 @dataclass
@@ -38,6 +38,7 @@ class SearchConfig:
     timeout_s: Optional[float] = None  # stop each study's trials after this many seconds
     sampler: Sampler = Sampler.tpe  # tpe | random
     n_startup_trials: int = 10  # TPE: random trials before modelling
+    pruner: Pruner = Pruner.none  # none | median | successive_halving: stop trials between folds
     storage: Optional[str] = None  # null = sqlite:///<output_root>/optuna_<study>.db
     output_root: str = "outputs"  # relative to the cwd (not Hydra's run folder): resumable
     n_jobs: int = 1  # parallel trials (threads) within this process

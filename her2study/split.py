@@ -5,6 +5,11 @@ Within each class, cases are ordered by the balancing variable (age) and cut int
 fractional shares carried from block to block so that the totals match ``test_size`` exactly.
 Neighbouring ages thus land on both sides, which balances age between the sets. A manifest's own
 ``split`` column is used instead when asked for.
+
+Device / site-aware validation (``data.site_column``): ``site`` trains on some sites and tests on
+others (``split.train_sites``, ``split.test_sites``; cases of sites in neither are ``unused``);
+``leave_one_site_out`` gives one such split per site (:func:`site_splits`), each site held out in
+turn -- what a model meets on a scanner it has never seen.
 """
 
 from __future__ import annotations
@@ -57,8 +62,85 @@ def block_split(
     return out
 
 
-def split_from_config(table: pd.DataFrame, cfg_split, label_column: str, seed: int) -> pd.Series:
-    """The configured split: ``block`` randomisation or the manifest's ``column``."""
+def check_site_config(cfg_split, site_column: str | None, harmonise=None) -> None:
+    """What the config alone can tell about site splits and harmonisation, before any work."""
+    method = str(cfg_split.method)
+    if method in ("site", "leave_one_site_out") and not site_column:
+        site_values(pd.DataFrame(), site_column, method)  # raises: needs data.site_column
+    if method == "site" and not cfg_split.test_sites:
+        raise ConfigError(
+            "split.method=site needs split.test_sites (the sites held out) -> fix: e.g. "
+            "split.test_sites=[C]"
+        )
+    if harmonise is not None and not site_column:
+        raise ConfigError(
+            "selection.harmonise=combat needs each case's device or site -> fix: set "
+            "data.site_column (e.g. data.site_column=device)"
+        )
+
+
+def site_values(table: pd.DataFrame, site_column: str | None, method: str) -> pd.Series:
+    """The cases' sites as strings; a clear message when ``data.site_column`` is missing."""
+    if not site_column:
+        raise ConfigError(
+            f"split.method={method} needs data.site_column (the manifest column naming each "
+            "case's device or site) -> fix: e.g. data.site_column=device"
+        )
+    if site_column not in table.columns:
+        raise ConfigError(
+            f"data.site_column={site_column!r} is not a cohort column -> fix: add it to the "
+            "manifest / features table, or name the right column"
+        )
+    return table[site_column].astype(str).str.strip()
+
+
+def site_split(sites: pd.Series, train_sites=None, test_sites=None) -> pd.Series:
+    """Train on ``train_sites`` (default: every other site), test on ``test_sites``; the cases of
+    sites in neither are ``unused``."""
+    present = sorted(sites.unique())
+    if not test_sites:
+        raise ConfigError(
+            f"split.method=site needs split.test_sites (one or more of {present}) -> fix: e.g. "
+            f"split.test_sites=[{present[-1]}]"
+        )
+    test = [str(s) for s in test_sites]
+    train = [str(s) for s in train_sites] if train_sites else [s for s in present if s not in test]
+    unknown = [s for s in train + test if s not in present]
+    if unknown:
+        raise ConfigError(f"split sites {unknown} do not occur in the cohort's sites {present}")
+    both = sorted(set(train) & set(test))
+    if both:
+        raise ConfigError(f"sites {both} are in both split.train_sites and split.test_sites")
+    if not train:
+        raise ConfigError("split.method=site leaves no site to train on: set split.train_sites")
+    out = pd.Series("unused", index=sites.index, name="split")
+    out[sites.isin(train)] = "train"
+    out[sites.isin(test)] = "test"
+    return out
+
+
+def site_splits(sites: pd.Series) -> dict[str, pd.Series]:
+    """Leave-one-site-out: for each site, the split that tests on it and trains on the rest."""
+    present = sorted(sites.unique())
+    if len(present) < 2:
+        raise ConfigError(
+            f"split.method=leave_one_site_out needs at least 2 sites, the cohort has {present}"
+        )
+    return {s: site_split(sites, test_sites=[s]) for s in present}
+
+
+def split_from_config(
+    table: pd.DataFrame, cfg_split, label_column: str, seed: int, site_column: str | None = None
+) -> pd.Series:
+    """The configured split: ``block`` randomisation, the manifest's ``column``, or ``site``
+    (``leave_one_site_out`` has one split per site: :func:`site_splits`)."""
+    if cfg_split.method == "site":
+        sites = site_values(table, site_column, "site")
+        return site_split(sites, cfg_split.train_sites, cfg_split.test_sites)
+    if cfg_split.method == "leave_one_site_out":
+        raise ConfigError(
+            "split.method=leave_one_site_out has one split per site: use site_splits()"
+        )
     if cfg_split.method == "column":
         if "split" not in table.columns or table["split"].isna().any():
             raise ConfigError(
@@ -75,4 +157,6 @@ def split_from_config(table: pd.DataFrame, cfg_split, label_column: str, seed: i
             cfg_split.balance_on,
             seed,
         )
-    raise ConfigError(f"unknown split.method {cfg_split.method!r}: use block or column")
+    raise ConfigError(
+        f"unknown split.method {cfg_split.method!r}: use block, column, site or leave_one_site_out"
+    )

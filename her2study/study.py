@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 
 from her2study.errors import ConfigError
 from her2study.evaluation import auc_delong
@@ -34,6 +35,7 @@ from her2study.models import (
 )
 from her2study.models.nomogram import NomogramModel, out_of_fold, stratified_folds
 from her2study.regions import band_spec, ring_label, ring_spec
+from her2study.selection.robustness import column_region, robustness_by_region
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +159,15 @@ def fit_signatures(
     ring_widths_mm: list[float],
     cfg,
     bands_mm=(),
+    sites: pd.Series | None = None,
+    covariates: pd.DataFrame | None = None,
 ) -> list[SignatureFit]:
     """Fit the paper's signatures on the training cases; predict every case; out-of-fold
     training predictions on shared folds; optimism-corrected validation when configured.
+
+    ``sites`` (the device/site of every case) and ``covariates`` feed the ComBat step that
+    ``selection.harmonise=combat`` puts first in every radiomics pipeline
+    (:func:`signature_pipeline`).
 
     Signatures per region kind (``region.signature_kinds``): ``tumour`` (Intra), ``tumour+ring``
     (IntraPeri w mm, the paper's), ``ring`` (Peri w mm), ``tumour+band`` (IntraBand a-b mm) and
@@ -222,14 +230,14 @@ def fit_signatures(
         cols = [
             c
             for c in features.columns
-            if c.split("_", 1)[0] in regions and not _excluded(c, outside, cfg)
+            if column_region(c) in regions and not _excluded(c, outside, cfg)
         ]
         if {c.split("_", 1)[0] for c in cols} != set(regions):
             cols = []  # a tumour + ring signature needs both regions (not the tumour's alone)
         if not cols:  # said once, before the work (planned_signatures, her2study.preflight)
             log.debug("signature %s: no feature columns for regions %s; skipped", name, regions)
             continue
-        est = pipeline_from_config(cfg.selection, cfg.model, seed)
+        est = signature_pipeline(cfg, sites, covariates)
         pipe = clone_fit(est, features.loc[train, cols], ytr)
         prob = pd.Series(pipe.predict_proba(features[cols])[:, 1], index=features.index)
         oof, score = out_of_fold(est, features.loc[train, cols], ytr, folds, n_jobs=n_jobs)
@@ -249,6 +257,8 @@ def fit_signatures(
         fit.details["oof_rad_score"] = score
         fit.details["cv_folds"] = cv
         fit.details["region_kind"] = kind
+        if "robust" in pipe.named_steps:
+            fit.details["robustness"] = robustness_by_region(pipe.named_steps["robust"])
         if len(icc_table):
             fit.details["icc"] = icc_table[icc_table.index.str.split("_", n=1).str[0].isin(regions)]
         log.info("%s: %d features selected of %d", name, len(fit.coefficients), len(cols))
@@ -257,7 +267,10 @@ def fit_signatures(
     rings = [f for f in fits if f.details.get("region_kind") == "tumour+ring"]
     clinic = next((f for f in fits if f.kind == "clinical"), None)
     if rings and clinic is not None:
-        fits.append(_fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg))
+        signature = signature_pipeline(cfg, sites, covariates)
+        fits.append(
+            _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg, signature)
+        )
     if not fits:
         raise ConfigError(
             "no signature could be fitted: no feature columns of the configured regions and no "
@@ -267,6 +280,48 @@ def fit_signatures(
     if int(cfg.evaluation.bootstrap_reps) > 0:
         validate_fits(fits, ytr, train, cfg)
     return fits
+
+
+def signature_pipeline(cfg, sites=None, covariates=None):
+    """The configured radiomics pipeline (unfitted); with ``selection.harmonise=combat`` a
+    ComBat step across ``sites`` (fitted on each fit's training rows) comes first."""
+    from her2study.models.harmonise import ComBatHarmoniser
+    from her2study.selection.robustness import RobustnessFilter
+
+    pipe = pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed))
+    sel = cfg.selection
+    threshold = getattr(sel, "robustness_threshold", None)
+    if threshold is not None:  # first: it needs the perturbed columns, which it then drops
+        robust = RobustnessFilter(threshold=float(threshold), kind=str(sel.robustness_kind))
+        pipe = Pipeline([("robust", robust), *pipe.steps])
+    if getattr(sel, "harmonise", None) is None:
+        return pipe
+    if sites is None:
+        raise ConfigError(
+            "selection.harmonise=combat needs each case's device or site -> fix: set "
+            "data.site_column (e.g. data.site_column=device)"
+        )
+    names = list(sel.harmonise_covariates or [])
+    if cfg.data.label_column in names:
+        raise ConfigError(
+            f"selection.harmonise_covariates must not hold the label ({cfg.data.label_column}): "
+            "it is unknown when a new case is predicted, and protecting it on all cases leaks"
+        )
+    cov = None
+    if names:
+        missing = [c for c in names if covariates is None or c not in covariates.columns]
+        if missing:
+            raise ConfigError(
+                f"selection.harmonise_covariates {missing} are not clinical columns -> fix: "
+                "add them to data.clinical_columns"
+            )
+        cov = covariates[names]
+    discrete = [c for c in (sel.harmonise_discrete or []) if c in names]
+    step = ComBatHarmoniser(
+        batch=sites, covariates=cov, discrete=discrete, unseen=str(sel.harmonise_unseen)
+    )
+    at = 1 if threshold is not None else 0  # after the robustness filter (raw features' ICC)
+    return Pipeline([*pipe.steps[:at], ("harmonise", step), *pipe.steps[at:]])
 
 
 def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, list[str]]]:
@@ -321,7 +376,7 @@ def planned_signatures(cfg, regions, has_clinical: bool) -> tuple[list[str], dic
 
 def _excluded(column: str, outside: set[str], cfg) -> bool:
     """A ring/band column of an excluded feature class (e.g. ``peri1mm_original_shape2D_*``)."""
-    region = column.split("_", 1)[0]
+    region = column_region(column)
     if region not in outside:
         return False
     return any(f"_{cls}_" in column for cls in cfg.region.ring_exclude_classes)
@@ -368,12 +423,14 @@ def _choose_ring(rings, ytr, ncfg):
     return base
 
 
-def _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg) -> SignatureFit:
+def _fit_nomogram(
+    rings, clinic, features, clinical, ytr, train, folds, cfg, signature
+) -> SignatureFit:
     ncfg = cfg.model.nomogram
     base = _choose_ring(rings, ytr, ncfg)
     mode = str(ncfg.rad_score)
     est = NomogramModel(
-        signature=pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed)),
+        signature=signature,
         radiomics_columns=list(base.columns),
         clinical=clinic.estimator,
         clinical_columns=list(clinical.columns),

@@ -24,6 +24,7 @@ STAGES = {
     "regions": 2,
     "split": 2,
     "features": 3,
+    "fitcache": 3,  # content-addressed results cache (uses the features cache's atomic write)
     "selection": 4,
     "models": 5,
     "evaluation": 6,

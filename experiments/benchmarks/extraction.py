@@ -74,6 +74,38 @@ def worker(manifest: str, cache: str, params_file: str, n_jobs: int) -> None:
     )
 
 
+def engine(manifest: str, params_file: str) -> None:
+    """The engine limit: raw ``RadiomicsFeatureExtractor.execute`` per (case, region), one
+    process, images and masks already in memory; sums the execute wall and CPU times."""
+    import warnings
+
+    from her2study.cohort.io import read_image, read_mask
+    from her2study.cohort.manifest import load_cohort
+    from her2study.features.extraction import build_extractor
+    from her2study.regions import RegionMaker, field_of_view, region_image, region_specs
+
+    params = yaml.safe_load(Path(params_file).read_text())
+    extractor = build_extractor(params)
+    specs = region_specs(True, [w for w in REGIONS if w is not None])
+    outer = max(s.outer_mm for s in specs if not s.is_intra)
+    wall = cpu = 0.0
+    count = 0
+    for case in load_cohort(manifest, synthetic=True).cases:
+        image, _ = read_image(case.image, case.spacing_mm)
+        mask = read_mask(case.mask, image, None, plain_spacing=case.spacing_mm is not None)
+        maker = RegionMaker(mask, field_of_view(image, "nonzero"), outer)
+        for spec in specs:
+            region = region_image(maker.make(spec)[0], image)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0, c0 = time.perf_counter(), time.process_time()
+                extractor.execute(image, region, label=1)
+                wall += time.perf_counter() - t0
+                cpu += time.process_time() - c0
+            count += 1
+    print("RESULT " + json.dumps({"execute_s": wall, "execute_cpu_s": cpu, "n": count}))
+
+
 def _result(m: _bench.Measured) -> dict:
     for _, stream, text in m.lines:
         if stream == "out" and text.startswith("RESULT "):
@@ -98,10 +130,14 @@ def build_masks(manifest: Path, work: Path) -> tuple[Path, float, int]:
     outer = max(s.outer_mm for s in specs if not s.is_intra)
     mask_dir = work / "ring_masks"
     mask_dir.mkdir()
+    float_dir = work / "float32_images"  # pyradiomics' CLI keeps uint8 files as uint8 (and
+    float_dir.mkdir()  # wraps its bin edges): it gets the float32 image her2study extracts from
     rows = []
     t0 = time.perf_counter()
     for case in cohort.cases:
         image, _ = read_image(case.image, case.spacing_mm)
+        image_path = float_dir / f"{case.case_id}.nii.gz"
+        sitk.WriteImage(image, str(image_path), useCompression=True)
         mask = read_mask(case.mask, image, None, plain_spacing=case.spacing_mm is not None)
         maker = RegionMaker(mask, field_of_view(image, "nonzero"), outer)
         for spec in specs:
@@ -111,7 +147,7 @@ def build_masks(manifest: Path, work: Path) -> tuple[Path, float, int]:
                 region, _ = maker.make(spec)
                 path = mask_dir / f"{case.case_id}_{spec.name}.nii.gz"
                 sitk.WriteImage(region_image(region, image), str(path), useCompression=True)
-            rows.append((str(case.image), str(path), case.case_id, spec.name))
+            rows.append((str(image_path), str(path), case.case_id, spec.name))
     seconds = time.perf_counter() - t0
     csv_path = work / "batch.csv"
     with open(csv_path, "w") as fh:
@@ -203,7 +239,11 @@ def main() -> None:
     ap.add_argument(
         "--worker", nargs=4, metavar=("MANIFEST", "CACHE", "PARAMS", "JOBS"), help=argparse.SUPPRESS
     )
+    ap.add_argument("--engine", nargs=2, metavar=("MANIFEST", "PARAMS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.engine:
+        engine(*args.engine)
+        return
     if args.worker:
         m, c, p, j = args.worker
         worker(m, c, p, int(j))
@@ -290,9 +330,16 @@ def main() -> None:
                 ],
             }
             steps["her2study warm"] = steps["her2study cold"]
-            order = ["pyradiomics batch", "her2study cold", "her2study warm"]
+            steps["engine limit"] = [
+                sys.executable,
+                __file__,
+                "--engine",
+                str(manifest),
+                str(params_file),
+            ]
+            order = ["pyradiomics batch", "her2study cold", "her2study warm", "engine limit"]
             if rep % 2:
-                order = ["her2study cold", "her2study warm", "pyradiomics batch"]
+                order = ["engine limit", "her2study cold", "her2study warm", "pyradiomics batch"]
             for name in order:
                 m = _bench.run_measured(steps[name], cwd=work)
                 if m.returncode != 0:
@@ -308,6 +355,13 @@ def main() -> None:
                     "max_single_rss_mib": m.maxrss_mib,
                     "load_after": _bench.loadavg().split()[0],
                 }
+                if name == "engine limit":
+                    r = _result(m)
+                    row.update(
+                        execute_s=r["execute_s"],
+                        execute_cpu_s=r["execute_cpu_s"],
+                        limit_wall_s=r["execute_s"] / args.jobs,
+                    )
                 if name.startswith("her2study"):
                     r = _result(m)
                     row.update(
@@ -340,9 +394,16 @@ def main() -> None:
         names = ("pyradiomics batch", "her2study cold", "her2study warm")
         p, c, w = (wall(rep, k) for k in names)
         pc, cc, wc = (wall(rep, k, "cpu_s") for k in names)
+        limit = wall(rep, "engine limit", "limit_wall_s")
         ratios.append(
             {
                 "rep": rep,
+                "throughput: her2study cold / pyradiomics batch (= P wall / C wall)": p / c,
+                "throughput: her2study cold / engine limit (= limit / C wall)": limit / c,
+                "CPU: engine execute CPU / her2study cold CPU": wall(
+                    rep, "engine limit", "execute_cpu_s"
+                )
+                / cc,
                 "her2study cold / pyradiomics batch": c / p,
                 "her2study cold / (pyradiomics batch + ring masks)": c / (p + t_masks),
                 "her2study warm / her2study cold": w / c,
@@ -353,7 +414,7 @@ def main() -> None:
         )
     med = {k: statistics.median(r[k] for r in ratios) for k in ratios[0] if k != "rep"}
     summary = []
-    for name in ("pyradiomics batch", "her2study cold", "her2study warm"):
+    for name in ("pyradiomics batch", "her2study cold", "her2study warm", "engine limit"):
         walls = [r["wall_s"] for r in rows if r["run"] == name]
         rss = [r["peak_tree_rss_mib"] for r in rows if r["run"] == name]
         summary.append(
@@ -408,13 +469,14 @@ single process (wait4). `load_after` is the 1-minute load average after the run.
 
 {_bench.md_table([{"check": k, "value": v} for k, v in check.items()])}
 
-pyradiomics' CLI reads the uint8 NIfTI as uint8; in pyradiomics 3.1.4
-`imageoperations.getBinEdges` computes `maximum + 2 * binWidth` in that dtype, which wraps
-around when an ROI's maximum grey level is >= 256 - 2 x binWidth, so the `original` histogram
-and texture features of those ROIs come out wrong in the batch output; her2study casts images to
-float32 before extraction (`her2study/cohort/io.py`, `read_image`) and is not affected. Filtered
-images (wavelet, LoG, ...) are float in both; their small differences (float32 input vs uint8
-input) stay within 1e-4.
+pyradiomics' CLI is given the float32 image her2study extracts from (written as float32 NIfTI
+during set-up): fed the cohort's uint8 files, pyradiomics 3.1.4 keeps them as uint8 and its
+`imageoperations.getBinEdges` computes `maximum + 2 * binWidth` in that dtype, which wraps around
+when an ROI's maximum grey level is >= 256 - 2 x binWidth (wrong histogram and texture features,
+and a cheaper, unfair extraction). The engine limit is the sum of the raw
+`RadiomicsFeatureExtractor.execute` times of every (case, region), images and masks in memory,
+one process, divided by the {args.jobs} cores; her2study can beat it because it filters each
+case's image once for all its regions (`her2study/features/shared.py`).
 """
     _bench.write_result(
         "extraction", args.quick, md, rows + [{"ratio_" + k: v for k, v in med.items()}]

@@ -4,6 +4,10 @@ Formats: NIfTI, NRRD, MHA (spacing from the header), PNG/JPEG/BMP/TIFF (spacing 
 or config), and ultrasound DICOM (spacing from the Sequence of Ultrasound Regions, in cm).
 Nothing here writes next to the input files, and no DICOM header value leaves this module except
 the pixel spacing.
+
+:func:`read_header` reads a file's size, spacing, origin and pixel type without its pixels; the
+manifest's file checks built on it (size limit, geometry, NaN/inf) are in
+:mod:`her2study.cohort.checks`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,112 @@ class ImageInfo:
 
     spacing_source: str  # header | dicom_us_regions | manifest | config
     converted_from: str = ""  # e.g. "RGB" when colour was turned to grayscale
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without loading its pixels."""
+
+    size: tuple[int, int]  # (columns, rows)
+    spacing: tuple[float, float] | None  # mm; None: the format carries none (PNG, uncalibrated)
+    origin: tuple[float, float] | None  # mm; None for plain formats and DICOM
+    channels: int
+    floating: bool  # float pixels: may hold NaN/inf
+    kind: str  # header (NIfTI/NRRD/MHA) | plain (PNG/JPEG/...) | dicom
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.size[0]) * int(self.size[1])
+
+
+def _unreadable(exc: Exception, what: str = "image") -> ImageReadError:
+    text = str(exc).strip()
+    first = text.splitlines()[-1][:200] if text else ""
+    return ImageReadError(
+        f"unreadable {what} ({first})", "check the file is a complete NIfTI/NRRD/MHA/PNG"
+    )
+
+
+def _multiframe(frames: int) -> ImageReadError:
+    return ImageReadError(
+        f"multi-frame image ({frames} frames/slices); one 2D image per lesion is expected",
+        "export the single frame on which the lesion was segmented",
+    )
+
+
+def _spacing_unknown(path: Path) -> ImageReadError:
+    what = "DICOM without an ultrasound region calibration" if _is_dicom(path) else "plain image"
+    return ImageReadError(
+        f"pixel spacing unknown ({what})",
+        "add spacing_x_mm/spacing_y_mm columns to the manifest or set data.spacing_mm",
+    )
+
+
+def read_header(path: str | Path) -> ImageHeader:
+    """Size, spacing, origin and pixel type of an image file, without loading its pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError("file not found", "check the path (relative to the manifest)")
+    if _is_dicom(path):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            rows, cols = int(ds.Rows), int(ds.Columns)
+        except Exception as exc:  # pydicom raises many types for corrupt files
+            raise ImageReadError(
+                f"unreadable DICOM ({type(exc).__name__}: {exc})",
+                "re-export the image from the PACS, or convert it to NIfTI/PNG",
+            ) from None
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ImageReadError(
+                f"multi-frame DICOM ({frames} frames); one 2D image per lesion is expected",
+                "export the single frame on which the lesion was segmented",
+            )
+        _check_dicom_decoder(ds)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        return ImageHeader((cols, rows), _dicom_us_spacing(ds), None, samples, False, "dicom")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(exc) from None
+    size, dim = reader.GetSize(), reader.GetDimension()
+    if dim == 3 and size[2] != 1:
+        raise _multiframe(size[2])
+    if dim not in (2, 3):
+        raise ImageReadError(f"{dim}D image", "export a 2D image")
+    plain = path.suffix.lower() in PLAIN_FORMATS
+    floating = "float" in sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    return ImageHeader(
+        size=(int(size[0]), int(size[1])),
+        spacing=None if plain else tuple(float(v) for v in reader.GetSpacing()[:2]),
+        origin=None if plain else tuple(float(v) for v in reader.GetOrigin()[:2]),
+        channels=int(reader.GetNumberOfComponents()),
+        floating=floating,
+        kind="plain" if plain else "header",
+    )
+
+
+def _check_dicom_decoder(ds) -> None:
+    """Compressed pixel data need a decoder: say so from the header, before any work."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or not uid.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(uid).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        raise ImageReadError(
+            f"DICOM pixel data compressed as {uid.name}, and no installed decoder reads it",
+            "install a pydicom decoder plugin (e.g. pylibjpeg with its openjpeg/libjpeg plugins), "
+            "or export the image uncompressed",
+        )
 
 
 def _is_dicom(path: Path) -> bool:
@@ -129,10 +239,7 @@ def read_image(
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
-            raise ImageReadError(
-                f"unreadable image ({first})", "check the file is a complete NIfTI/NRRD/MHA/PNG"
-            ) from None
+            raise _unreadable(exc) from None
         image, converted = _squeeze_2d(image)
         plain = path.suffix.lower() in PLAIN_FORMATS
         file_spacing = None if plain else tuple(image.GetSpacing())
@@ -143,13 +250,7 @@ def read_image(
     elif file_spacing is not None:
         spacing = (float(file_spacing[0]), float(file_spacing[1]))
     else:
-        what = (
-            "DICOM without an ultrasound region calibration" if _is_dicom(path) else "plain image"
-        )
-        raise ImageReadError(
-            f"pixel spacing unknown ({what})",
-            "add spacing_x_mm/spacing_y_mm columns to the manifest or set data.spacing_mm",
-        )
+        raise _spacing_unknown(path)
     if converted:
         log.info("%s: %s image converted to grayscale", path.name, converted)
     if abs(spacing[0] - spacing[1]) > 1e-6 * max(spacing):
@@ -161,6 +262,34 @@ def read_image(
         )
     image.SetSpacing(spacing)
     return sitk.Cast(image, sitk.sitkFloat32), ImageInfo(source, converted)
+
+
+def read_chroma(path: str | Path) -> np.ndarray | None:
+    """Per-pixel ``max - min`` over the colour channels on the 0-255 scale (rows x columns), or
+    None for a grayscale source: what :func:`read_image` loses when it converts colour to gray
+    (coloured marks are burned-in annotations, see :mod:`her2study.cohort.annotations`)."""
+    path = Path(path)
+    if _is_dicom(path):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path))
+        if int(getattr(ds, "SamplesPerPixel", 1) or 1) < 3:
+            return None
+        arr = ds.pixel_array
+        photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+    else:
+        if read_header(path).channels < 3:
+            return None
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        bits = 8 * arr.dtype.itemsize if np.issubdtype(arr.dtype, np.integer) else 8
+    rgb = np.asarray(arr)[..., :3]
+    chroma = (rgb.max(axis=-1).astype(np.float32) - rgb.min(axis=-1)) * (255.0 / (2**bits - 1))
+    return chroma[0] if chroma.ndim == 3 else chroma
 
 
 def _squeeze_2d(image: sitk.Image) -> tuple[sitk.Image, str]:
@@ -178,10 +307,7 @@ def _squeeze_2d(image: sitk.Image) -> tuple[sitk.Image, str]:
     if image.GetDimension() == 3:
         size = image.GetSize()
         if size[2] != 1:
-            raise ImageReadError(
-                f"multi-frame image ({size[2]} frames/slices); one 2D image per lesion is expected",
-                "export the single frame on which the lesion was segmented",
-            )
+            raise _multiframe(size[2])
         image = image[:, :, 0]
     elif image.GetDimension() != 2:
         raise ImageReadError(f"{image.GetDimension()}D image", "export a 2D image")
@@ -194,8 +320,22 @@ def read_mask(
     """Read a mask as a binary uint8 image on the grid of ``like``.
 
     The mask must match the image's size; spacing and origin must match too unless the mask is a
-    plain format (PNG etc.), which carries none and takes the image's.
+    plain format (PNG etc.), which carries none and takes the image's. (The manifest check,
+    :func:`check_mask`, compares the two files' headers, also when the manifest gives spacing.)
     """
+    mask = _read_mask_pixels(path)
+    if mask.GetSize() != like.GetSize():
+        raise _size_mismatch(mask.GetSize(), like.GetSize())
+    if not (plain_spacing or Path(path).suffix.lower() in PLAIN_FORMATS):
+        _compare_geometry(mask.GetSpacing(), mask.GetOrigin(), like.GetSpacing(), like.GetOrigin())
+    arr = sitk.GetArrayViewFromImage(mask)
+    lesion = _lesion_values(_unique_values(arr), label)
+    out = sitk.GetImageFromArray(np.isin(arr, lesion).astype(np.uint8))
+    out.CopyInformation(like)
+    return out
+
+
+def _read_mask_pixels(path: str | Path) -> sitk.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError("file not found", "check the path (relative to the manifest)")
@@ -203,48 +343,54 @@ def read_mask(
         mask = sitk.ReadImage(str(path))
     except RuntimeError:
         raise ImageReadError("unreadable mask", "re-save the segmentation from ITK-SNAP") from None
-    mask, _ = _squeeze_2d(mask)
-    if mask.GetSize() != like.GetSize():
+    return _squeeze_2d(mask)[0]
+
+
+def _size_mismatch(mask_size, image_size) -> ImageReadError:
+    return ImageReadError(
+        f"mask size {tuple(mask_size)} differs from image size {tuple(image_size)}",
+        "save the segmentation on the same image it was drawn on",
+    )
+
+
+def _compare_geometry(mask_spacing, mask_origin, spacing, origin) -> None:
+    if not np.allclose(mask_spacing, spacing, rtol=1e-3):
         raise ImageReadError(
-            f"mask size {mask.GetSize()} differs from image size {like.GetSize()}",
+            f"mask spacing {_fmt(mask_spacing)} differs from image spacing {_fmt(spacing)} mm",
             "save the segmentation on the same image it was drawn on",
         )
-    if not (plain_spacing or path.suffix.lower() in PLAIN_FORMATS):
-        if not np.allclose(mask.GetSpacing(), like.GetSpacing(), rtol=1e-3):
-            raise ImageReadError(
-                f"mask spacing {_fmt(mask.GetSpacing())} differs from image spacing "
-                f"{_fmt(like.GetSpacing())} mm",
-                "save the segmentation on the same image it was drawn on",
-            )
-        if not np.allclose(mask.GetOrigin(), like.GetOrigin(), atol=1e-3 * max(like.GetSpacing())):
-            raise ImageReadError(
-                f"mask origin {_fmt(mask.GetOrigin())} differs from image origin "
-                f"{_fmt(like.GetOrigin())} mm",
-                "save the segmentation on the same image it was drawn on",
-            )
-    arr = sitk.GetArrayFromImage(mask)
-    values = np.unique(arr)
+    if not np.allclose(mask_origin, origin, atol=1e-3 * max(spacing)):
+        raise ImageReadError(
+            f"mask origin {_fmt(mask_origin)} differs from image origin {_fmt(origin)} mm",
+            "save the segmentation on the same image it was drawn on",
+        )
+
+
+def _unique_values(arr: np.ndarray, rows_per_block: int = 512) -> np.ndarray:
+    """``np.unique(arr)`` by blocks of rows (no full-size sorted copy of a large mask)."""
+    found = [np.unique(arr[i : i + rows_per_block]) for i in range(0, arr.shape[0], rows_per_block)]
+    return np.unique(np.concatenate(found)) if found else np.array([])
+
+
+def _lesion_values(values: np.ndarray, label: int | None) -> np.ndarray:
+    """The mask values that mark the lesion: ``label``, else the one non-zero value."""
     nonzero = values[values != 0]
     if label is not None:
-        binary = arr == label
-    elif len(nonzero) <= 1:
-        binary = arr != 0
-    elif not all(float(v).is_integer() for v in nonzero):
+        return values[values == label]
+    if len(nonzero) <= 1:
+        return nonzero
+    if not all(float(v).is_integer() for v in nonzero):
         raise ImageReadError(
             f"mask holds non-integer values ({len(nonzero)} distinct, e.g. "
             f"{', '.join(f'{v:.3g}' for v in nonzero[:4])}): an interpolated (resampled) mask",
             "re-save the segmentation with nearest-neighbour interpolation, or threshold it at "
             "0.5 to a 0/1 mask (data.mask_label cannot pick a lesion from interpolated values)",
         )
-    else:
-        shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in nonzero[:6])
-        raise ImageReadError(
-            f"mask holds several labels ({shown})",
-            "set data.mask_label to the label of the lesion",
-        )
-    out = sitk.GetImageFromArray(binary.astype(np.uint8))
-    out.CopyInformation(like)
-    return out
+    shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in nonzero[:6])
+    raise ImageReadError(
+        f"mask holds several labels ({shown})",
+        "set data.mask_label to the label of the lesion",
+    )
 
 
 def _fmt(values) -> str:

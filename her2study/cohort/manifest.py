@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
-from her2study.cohort.io import ImageReadError, read_image, read_mask
+from her2study.cohort.checks import check_image, check_mask
+from her2study.cohort.io import ImageReadError
 from her2study.errors import Her2StudyError
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,29 @@ def check_table(
     return problems
 
 
+def site_problems(
+    df: pd.DataFrame, file: str, case_column: str, site_column: str | None
+) -> list[Problem]:
+    """The device/site column (``data.site_column``): present and filled for every case."""
+    if not site_column:
+        return []
+    if site_column not in df.columns:
+        return [
+            Problem(
+                "",
+                file,
+                f"missing column(s) ['{site_column}'] (data.site_column)",
+                f"add a '{site_column}' column naming each case's device or site, "
+                "or set data.site_column=null",
+            )
+        ]
+    blank = df[site_column].isna() | (df[site_column].astype(str).str.strip() == "")
+    return [
+        Problem(str(cid), file, f"no {site_column} given", f"fill the '{site_column}' column")
+        for cid in df.loc[blank, case_column]
+    ]
+
+
 def _check_shape(df: pd.DataFrame, file: str) -> Problem | None:
     """A manifest read as one column because of another delimiter, or with no rows."""
     if len(df.columns) == 1:
@@ -273,8 +296,14 @@ def _row_spacing(row: pd.Series, spacing_mm: float | None) -> tuple[float, float
     return None
 
 
-def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]:
-    """Read one case's files and report what is wrong with them."""
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # data.max_image_pixels (config.py) documents it
+
+
+def _check_case(
+    case: Case, mask_label: int | None, root: Path, max_pixels: int | None = None
+) -> list[Problem]:
+    """Check one case's files from their headers (plus the mask's pixels and a NaN/inf scan of
+    float images); report what is wrong with them. No image pixels are loaded otherwise."""
     problems = []
 
     def rel(p: Path) -> str:
@@ -284,20 +313,18 @@ def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]
             return str(p)
 
     try:
-        image, _ = read_image(case.image, case.spacing_mm)
+        header = check_image(case.image, case.spacing_mm, max_pixels)
     except ImageReadError as err:
         return [Problem(case.case_id, rel(case.image), str(err), err.fix)]
-    plain = case.spacing_mm is not None
     for path, who in ((case.mask, "mask"), (case.mask_reader2, "second reader's mask")):
         if path is None:
             continue
         try:
-            mask = read_mask(path, image, mask_label, plain_spacing=plain)
+            facts = check_mask(path, header, mask_label)
         except ImageReadError as err:
             problems.append(Problem(case.case_id, rel(path), f"{who}: {err}", err.fix))
             continue
-        arr = sitk.GetArrayViewFromImage(mask)
-        if not arr.any():
+        if not facts.has_lesion:
             problems.append(
                 Problem(
                     case.case_id,
@@ -307,7 +334,7 @@ def _check_case(case: Case, mask_label: int | None, root: Path) -> list[Problem]
                     "segment the lesion, or set data.mask_label to the lesion's label",
                 )
             )
-        elif arr[0, :].any() or arr[-1, :].any() or arr[:, 0].any() or arr[:, -1].any():
+        elif facts.touches_edge:
             problems.append(
                 Problem(
                     case.case_id,
@@ -334,6 +361,8 @@ def load_cohort(
     on_error: str = "raise",
     ignore_columns: tuple[str, ...] | list[str] = (),
     keep_columns: tuple[str, ...] | list[str] = (),
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    site_column: str | None = None,
 ) -> Cohort:
     """Read and validate a manifest; raise :class:`CohortError` listing every problem.
 
@@ -344,7 +373,8 @@ def load_cohort(
     (missing columns, empty or duplicate case ids) still raise. ``ignore_columns``: optional
     columns not to read at all (predict ignores ``mask_reader2`` and ``split``); ``keep_columns``:
     columns kept in :attr:`Cohort.table` as they are, when present (``split.balance_on``). Input
-    files are only read, never written to.
+    files are only read, never written to. ``max_image_pixels``: larger images are reported from
+    their header, before any pixel is read (None: no limit).
     """
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
@@ -366,6 +396,7 @@ def load_cohort(
         raise CohortError([shape_problem], str(manifest))
     clinical = list(clinical_columns)
     problems = check_table(df, file, case_column, label_column, clinical, require_labels)
+    problems += site_problems(df, file, case_column, site_column)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         problems.append(
@@ -412,7 +443,7 @@ def load_cohort(
         )
     if check_files:
         for case in cases:
-            problems += _check_case(case, mask_label, root)
+            problems += _check_case(case, mask_label, root, max_image_pixels)
 
     failed: dict[str, str] = {}
     if on_error == "collect":
@@ -431,6 +462,7 @@ def load_cohort(
         ([label_column] if has_label else [])
         + clinical
         + (["split"] if "split" in df.columns else [])
+        + ([site_column] if site_column and site_column not in clinical else [])
     )
     keep += [c for c in keep_columns if c in df.columns and c not in keep and c != case_column]
     table = df.assign(**{case_column: df[case_column].astype(str).str.strip()})

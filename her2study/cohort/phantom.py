@@ -334,3 +334,63 @@ def _streams(rng: np.random.Generator) -> list[np.random.Generator]:
     signal (and the clinical columns, drawn last from their own stream).
     """
     return [np.random.default_rng(s) for s in rng.integers(0, 2**63, size=(6, 2))]
+
+
+# ----------------------------------------------------------------------------------------------
+# devices (acquisition only: the class signal is the same on every device)
+
+# Built-in device profiles: point-spread-function scale (speckle size), overall gain (dB) and an
+# extra image-domain blur (mm, e.g. spatial compounding / persistence) per device, at
+# ``device_strength = 1``; the strength scales each profile's departure from device A.
+DEVICE_PROFILES = (
+    ("A", 1.00, 0.0, 0.00),
+    ("B", 1.60, 5.0, 0.20),
+    ("C", 0.70, -5.0, 0.35),
+    ("D", 1.30, 2.5, 0.10),
+)
+
+
+@dataclass(frozen=True)
+class Device:
+    """One synthetic scanner: what it changes in the image (never the lesion or the label)."""
+
+    name: str
+    psf_scale: float  # multiplies both PSF SDs: larger speckle cells
+    gain_db: float  # added to the echogenicity before log compression
+    blur_mm: float  # SD of an extra Gaussian blur of the envelope, mm (0 = none)
+
+
+def device_profiles(spec: SyntheticSpec) -> list[Device]:
+    """The cohort's devices (empty when ``spec.devices`` is 0: the default, no device effects)."""
+    n = int(spec.devices)
+    if n <= 0:
+        return []
+    if n > len(DEVICE_PROFILES):
+        raise ValueError(f"devices must be at most {len(DEVICE_PROFILES)}, got {n}")
+    s = float(spec.device_strength)
+    return [
+        Device(name, 1.0 + s * (psf - 1.0), s * gain, s * blur)
+        for name, psf, gain, blur in DEVICE_PROFILES[:n]
+    ]
+
+
+def device_assignment(spec: SyntheticSpec, labels: np.ndarray) -> np.ndarray:
+    """Device index of every case: balanced within each class, seeded, independent of the case
+    streams (so turning devices on changes no other draw of a case).
+
+    ``device_label_shift`` (0..1) makes device and label associated: that share of the label-1
+    cases is moved to the first device and of the label-0 cases to the last (a confounded
+    cohort); 0 keeps prevalence equal on every device.
+    """
+    n_dev = int(spec.devices)
+    out = np.zeros(len(labels), dtype=int)
+    if n_dev <= 0:
+        return out
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x4445_5643]))
+    for label in (0, 1):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        out[members] = np.arange(len(members)) % n_dev
+        n_move = int(round(float(spec.device_label_shift) * len(members)))
+        out[members[:n_move]] = 0 if label == 1 else n_dev - 1
+    return out

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from her2study.cohort.manifest import Cohort, load_cohort
-from her2study.cohort.synthetic import SyntheticSpec, write_synthetic_cohort
+from her2study.cohort.manifest import DEFAULT_MAX_IMAGE_PIXELS, Cohort, load_cohort
+from her2study.cohort.synthetic import SyntheticSpec, spec_fields, write_synthetic_cohort
 from her2study.digest import canonical_digest
 from her2study.errors import ConfigError
 
@@ -26,12 +26,10 @@ def synthetic_spec(data_cfg) -> SyntheticSpec:
 
 def ensure_synthetic(data_cfg, n_jobs: int = 1) -> Path:
     """Write the synthetic cohort of this spec (once) and return its manifest path."""
-    from dataclasses import asdict
-
     spec = synthetic_spec(data_cfg)
     out = (
         Path(data_cfg.synthetic_dir)
-        / f"n{spec.n_cases}_seed{spec.seed}_{canonical_digest(asdict(spec))[:10]}"
+        / f"n{spec.n_cases}_seed{spec.seed}_{canonical_digest(spec_fields(spec))[:10]}"
     )
     manifest = write_synthetic_cohort(spec, out, n_jobs=n_jobs)
     return Path(manifest)
@@ -48,6 +46,7 @@ def load_from_config(data_cfg, n_jobs: int = 1, keep_columns=()):
         label_column=data_cfg.label_column,
         clinical_columns=list(data_cfg.clinical_columns),
         keep_columns=[c for c in keep_columns if c],
+        site_column=getattr(data_cfg, "site_column", None),
     )
     if data_cfg.source == "synthetic":
         manifest = ensure_synthetic(data_cfg, n_jobs)
@@ -59,6 +58,7 @@ def load_from_config(data_cfg, n_jobs: int = 1, keep_columns=()):
             **common,
             spacing_mm=data_cfg.spacing_mm,
             mask_label=data_cfg.mask_label,
+            max_image_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
         )
         return cohort, None
     if data_cfg.source == "features":

@@ -82,6 +82,8 @@ from her2study.cohort.phantom import (
     _polar_radius,
     _smooth_noise,
     _streams,
+    device_assignment,
+    device_profiles,
 )
 from her2study.config import SyntheticSpec
 
@@ -157,6 +159,14 @@ def case_id_of(index: int) -> str:
     return f"SYN{index + 1:04d}"
 
 
+def case_device(spec: SyntheticSpec, index: int):
+    """Case ``index``'s :class:`~her2study.cohort.phantom.Device`, or None without devices."""
+    devices = device_profiles(spec)
+    if not devices:
+        return None
+    return devices[int(device_assignment(spec, case_labels(spec))[index])]
+
+
 def synthesize_case(
     spec: SyntheticSpec,
     index: int,
@@ -179,6 +189,7 @@ def synthesize_case(
         label = int(case_labels(spec)[index])
     label = int(label)
     geo_rng, tissue_rng, speckle_rng, signal_rng, clin_rng, _spare = _streams(rng)
+    device = case_device(spec, index)  # acquisition only: None (the default) changes nothing
 
     geom = _draw_geometry(spec, geo_rng)
     clinical = _draw_clinical(spec, label, clin_rng, _er_stratum(spec, index, label))
@@ -240,6 +251,8 @@ def synthesize_case(
     band = (d_out > spec.band_inner_mm) & (d_out <= spec.band_outer_mm) & ~lesion
     db = db + band_db * band
     db += tissue_rng.normal(0, spec.gain_jitter_db)
+    if device is not None:
+        db += device.gain_db
     db -= 0.05 * yy  # residual depth attenuation after time-gain compensation
 
     # --- posterior shadowing / enhancement: excess attenuation along the lesion path
@@ -257,13 +270,18 @@ def synthesize_case(
         i, j = int(round(py / sy)), int(round(px / sx))
         if 0 <= i < ny and 0 <= j < nx:
             field[i, j] += 10 ** (level / 20.0) * np.exp(1j * speckle_rng.uniform(0, 2 * np.pi))
-    sig_px = (spec.psf_axial_mm / sy, spec.psf_lateral_mm / sx)
+    psf_mm = (spec.psf_axial_mm, spec.psf_lateral_mm)
+    if device is not None:
+        psf_mm = (psf_mm[0] * device.psf_scale, psf_mm[1] * device.psf_scale)
+    sig_px = (psf_mm[0] / sy, psf_mm[1] / sx)
     norm = _gauss_l2(sig_px[0]) * _gauss_l2(sig_px[1])
     re = ndimage.gaussian_filter(field.real, sig_px, truncate=3.0) / norm
     im = ndimage.gaussian_filter(field.imag, sig_px, truncate=3.0) / norm
     noise_amp = 10 ** (spec.noise_floor_db / 20) / np.sqrt(2)
     noise = speckle_rng.standard_normal((2,) + shape) * noise_amp
     env = np.hypot(re + noise[0], im + noise[1])
+    if device is not None and device.blur_mm > 0:
+        env = ndimage.gaussian_filter(env, (device.blur_mm / sy, device.blur_mm / sx))
     top_db = 17.0  # display: glandular tissue (mean -2.5 dB in log domain) near grey 155
     gray = 255.0 * (20 * np.log10(env + 1e-12) - (top_db - spec.dynamic_range_db))
     gray /= spec.dynamic_range_db
@@ -279,6 +297,8 @@ def synthesize_case(
         "spiculated": int(bool(geom.spikes)),
         "tilt_deg": float(np.degrees(geom.tilt)),
     }
+    if device is not None:
+        truth["device"] = device.name
     return {
         "case_id": case_id_of(index),
         "index": index,
@@ -290,6 +310,7 @@ def synthesize_case(
         "spacing": (sx, sy),
         "clinical": clinical,
         "truth": truth,
+        **({"device": device.name} if device is not None else {}),
     }
 
 
@@ -311,15 +332,37 @@ def clinical_table(spec: SyntheticSpec) -> pd.DataFrame:
             calcification=int(bool(geom.calcs)),
         )
         rows.append(row)
-    return pd.DataFrame(rows)[["case_id", "label", *CLINICAL_COLUMNS]]
+    return pd.DataFrame(rows)[["case_id", "label", *CLINICAL_COLUMNS]].pipe(_with_devices, spec)
+
+
+def _with_devices(df: pd.DataFrame, spec: SyntheticSpec) -> pd.DataFrame:
+    """The manifest's ``device`` column (after ``label``) when the spec has devices."""
+    devices = device_profiles(spec)
+    if not devices:
+        return df
+    names = [devices[k].name for k in device_assignment(spec, case_labels(spec))]
+    by_id = dict(zip(map(case_id_of, range(spec.n_cases)), names, strict=True))
+    df = df.copy()
+    df.insert(df.columns.get_loc("label") + 1, "device", df["case_id"].map(by_id))
+    return df
 
 
 # ----------------------------------------------------------------------------------------------
 # writing
 
 
+def spec_fields(spec: SyntheticSpec) -> dict:
+    """The spec as a dict, without the device fields when devices are off: the record (and so the
+    cached cohort's folder and ``spec.json``) of a device-free spec stays what it was before
+    devices existed."""
+    record = dataclasses.asdict(spec)
+    if not spec.devices:
+        record = {k: v for k, v in record.items() if not k.startswith("device")}
+    return record
+
+
 def _spec_record(spec: SyntheticSpec) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "spec": dataclasses.asdict(spec)}
+    return {"generator_version": GENERATOR_VERSION, "spec": spec_fields(spec)}
 
 
 def _validate(spec: SyntheticSpec) -> None:
@@ -334,6 +377,9 @@ def _validate(spec: SyntheticSpec) -> None:
     if spec.band_outer_mm > _REQUIRED_MARGIN_MM - 0.5:
         raise ValueError(f"band_outer_mm must be at most {_REQUIRED_MARGIN_MM - 0.5} mm")
     n_positive_of(spec)
+    device_profiles(spec)  # at most as many devices as profiles
+    if not 0 <= spec.device_label_shift <= 1:
+        raise ValueError("device_label_shift must be within 0..1")
 
 
 def _is_complete(out_dir: Path, record: dict) -> bool:
@@ -435,7 +481,7 @@ def write_synthetic_cohort(spec: SyntheticSpec, out_dir: str | Path, n_jobs: int
         front = ["case_id", "image", "mask", "mask_reader2", "label"]
         if spec.image_format == "png":
             front += ["spacing_x_mm", "spacing_y_mm"]
-        df = df[front + list(CLINICAL_COLUMNS)]
+        df = df[front + list(CLINICAL_COLUMNS)].pipe(_with_devices, spec)
         df.to_csv(tmp / "manifest.csv", index=False)
         (tmp / "spec.json").write_text(json.dumps(record, indent=2, sort_keys=True))
         if _is_complete(out_dir, record):  # a concurrent run finished first

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from her2study.cohort.manifest import Cohort, CohortError, Problem, check_table
+from her2study.cohort.manifest import Cohort, CohortError, Problem, check_table, site_problems
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def load_features_table(
     label_column: str = "label",
     clinical_columns: list[str] | tuple[str, ...] = (),
     keep_columns: list[str] | tuple[str, ...] = (),
+    site_column: str | None = None,
 ) -> tuple[Cohort, pd.DataFrame]:
     """Validate a features table; return the cohort (labels + clinical) and the feature columns.
 
@@ -144,8 +145,16 @@ def load_features_table(
         ) from None
     clinical = list(clinical_columns)
     problems = _duplicates(path) + check_table(df, path.name, case_column, label_column, clinical)
-    kept = [c for c in keep_columns if c in df.columns and c not in clinical]
-    reserved = {case_column, label_column, "split", *clinical, *kept}
+    problems += site_problems(df, path.name, case_column, site_column)
+    kept = [c for c in keep_columns if c in df.columns and c not in clinical and c != site_column]
+    reserved = {
+        case_column,
+        label_column,
+        "split",
+        *clinical,
+        *kept,
+        *([site_column] if site_column else []),
+    }
     feature_cols = [c for c in df.columns if c not in reserved]
     if not feature_cols:
         problems.append(Problem("", path.name, "no feature columns", "add feature columns"))
@@ -172,7 +181,9 @@ def load_features_table(
     all_columns = [str(c) for c in df.columns]
     df = df.assign(**{case_column: df[case_column].astype(str).str.strip()}).set_index(case_column)
     df.index.name = "case_id"
-    keep = [label_column] + clinical + (["split"] if "split" in df.columns else []) + kept
+    keep = [label_column] + clinical + (["split"] if "split" in df.columns else [])
+    keep += [site_column] if site_column and site_column not in clinical else []
+    keep += [c for c in kept if c not in keep]
     table = df[keep].copy()
     table[label_column] = pd.to_numeric(table[label_column]).astype(int)
     features = df[list(names)].astype(np.float64).rename(columns=names)

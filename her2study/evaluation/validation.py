@@ -47,6 +47,8 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
+from her2study.fitcache import active_fit_cache, content_key
+
 from .delong import _batch_auc
 
 __all__ = ["INDICES", "ValidationResult", "optimism_bootstrap", "performance_indices"]
@@ -354,6 +356,24 @@ def optimism_bootstrap(
     apparent_prob = np.asarray(apparent_prob, dtype=float)
     if apparent_prob.shape != (n,):
         raise ValueError(f"apparent_prob must have shape ({n},), got {apparent_prob.shape}")
+    cache = active_fit_cache() if seed is not None else None
+    if cache is not None:
+        key = content_key(
+            "optimism_bootstrap",
+            estimator=estimator,
+            X=X,
+            y=y_arr,
+            n_boot=int(n_boot),
+            seed=int(seed),
+            stratified=bool(stratified),
+            apparent_prob=apparent_prob,
+            fit_kwargs={k: _digest_text(v) for k, v in (fit_kwargs or {}).items()},
+        )
+        stored = cache.get(key)
+        if stored is not None:  # the same inputs, code and libraries: the same result
+            result = _from_stored(*stored)
+            _log_exclusions(result.n_failed, result.n_boot, result.failures, result.warnings)
+            return result
     apparent = performance_indices(y01, apparent_prob)
 
     results = Parallel(n_jobs=n_jobs)(
@@ -373,20 +393,8 @@ def optimism_bootstrap(
         diff = np.where(finite, train - test, 0.0).sum(axis=0) / n_used
         tr_mean = np.where(finite, train, 0.0).sum(axis=0) / n_used
         te_mean = np.where(finite, test, 0.0).sum(axis=0) / n_used
-    if n_failed:
-        log.warning(
-            "optimism_bootstrap: %d of %d repetitions excluded: %s",
-            n_failed,
-            n_boot,
-            dict(failures),
-        )
-    if caught:
-        log.warning(
-            "optimism_bootstrap: the refits raised %d warning(s): %s",
-            sum(caught.values()),
-            dict(caught.most_common(5)),
-        )
-    return ValidationResult(
+    _log_exclusions(n_failed, n_boot, dict(failures), dict(caught))
+    result = ValidationResult(
         index=INDICES,
         apparent=apparent,
         training=tr_mean,
@@ -401,3 +409,67 @@ def optimism_bootstrap(
         boot_training=train,
         boot_test=test,
     )
+    if cache is not None:
+        cache.put(key, *_to_stored(result))
+    return result
+
+
+_ARRAYS = (
+    "apparent",
+    "training",
+    "test",
+    "optimism",
+    "corrected",
+    "n",
+    "boot_training",
+    "boot_test",
+)
+
+
+def _to_stored(result: ValidationResult) -> tuple[dict, dict]:
+    arrays = {name: getattr(result, name) for name in _ARRAYS}
+    meta = {
+        "index": list(result.index),
+        "n_boot": result.n_boot,
+        "n_failed": result.n_failed,
+        "failures": result.failures,
+        "warnings": result.warnings,
+    }
+    return arrays, meta
+
+
+def _from_stored(arrays: dict, meta: dict) -> ValidationResult:
+    return ValidationResult(
+        index=tuple(meta["index"]),
+        n_boot=int(meta["n_boot"]),
+        n_failed=int(meta["n_failed"]),
+        failures=dict(meta["failures"]),
+        warnings=dict(meta["warnings"]),
+        **{name: arrays[name] for name in _ARRAYS},
+    )
+
+
+def _digest_text(value) -> str:
+    import hashlib
+
+    from her2study.fitcache import _update
+
+    h = hashlib.sha256()
+    _update(h, value)
+    return h.hexdigest()
+
+
+def _log_exclusions(n_failed: int, n_boot: int, failures: dict, caught: dict) -> None:
+    if n_failed:
+        log.warning(
+            "optimism_bootstrap: %d of %d repetitions excluded: %s",
+            n_failed,
+            n_boot,
+            failures,
+        )
+    if caught:
+        log.warning(
+            "optimism_bootstrap: the refits raised %d warning(s): %s",
+            sum(caught.values()),
+            dict(Counter(caught).most_common(5)),
+        )

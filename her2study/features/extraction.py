@@ -7,6 +7,7 @@ Feature columns are named ``<region>_<pyradiomics name>``, e.g. ``intra_original
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from her2study.cohort.manifest import Case, Cohort
 from her2study.digest import canonical_digest, file_digest
 from her2study.errors import ConfigError, Her2StudyError
 from her2study.features.cache import FeatureCache
+from her2study.features.shared import execute_regions
 from her2study.regions import (
     REGION_VERSION,
     RegionMaker,
@@ -79,7 +81,26 @@ def build_extractor(params: dict):
     return _EXTRACTORS[key]
 
 
+@functools.cache
 def radiomics_version() -> str:
+    """pyradiomics' ``__version__`` (it keys the cache), read without importing the package when
+    it is not loaded yet: a fully cached extraction then never pays pyradiomics' import."""
+    import sys
+
+    if "radiomics" not in sys.modules:
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec("radiomics")
+            folder = Path(next(iter(spec.submodule_search_locations)))
+            vspec = importlib.util.spec_from_file_location(
+                "_h2s_rad_version", folder / "_version.py"
+            )
+            module = importlib.util.module_from_spec(vspec)
+            vspec.loader.exec_module(module)
+            return str(module.get_versions()["version"])
+        except Exception:  # noqa: BLE001 - any other layout: import the package
+            pass
     import radiomics
 
     return str(radiomics.__version__)
@@ -129,26 +150,32 @@ def _to_float(value) -> float:
         return float("nan")
 
 
-def extract_case(
-    case: Case,
-    specs: list[RegionSpec],
-    params: dict,
-    cache_root: str,
-    fov_mode: str = "nonzero",
-    mask_label: int | None = None,
-) -> CaseResult:
-    """Features of one case for every region, from the cache where possible."""
-    cache = FeatureCache(cache_root, log_problems=False)  # reported via result.warnings
-    result = CaseResult(case.case_id)
+def _case_keys(case: Case, specs: list[RegionSpec], params_key: str, fov_mode: str, mask_label):
+    """Cache key of every region of ``case`` (hashes its image and mask files)."""
     digest = {
         "image": file_digest(case.image),
         "mask": file_digest(case.mask),
         "spacing": list(case.spacing_mm) if case.spacing_mm else None,
         "mask_label": mask_label,
     }
-    params_key = canonical_digest(params)
-    keys = {spec.name: _entry_key(digest, spec, fov_mode, params_key) for spec in specs}
+    return {spec.name: _entry_key(digest, spec, fov_mode, params_key) for spec in specs}
+
+
+def lookup_case(
+    case: Case,
+    specs: list[RegionSpec],
+    params_key: str,
+    cache: FeatureCache,
+    fov_mode: str = "nonzero",
+    mask_label: int | None = None,
+) -> tuple[CaseResult, list[RegionSpec], dict[str, str]]:
+    """The cached regions of one case, the regions still to extract and every region's cache
+    key (no pyradiomics, no image read: the parent serves fully cached cases with this and sends
+    only misses to the workers)."""
+    result = CaseResult(case.case_id)
+    keys = _case_keys(case, specs, params_key, fov_mode, mask_label)
     todo = []
+    start = len(cache.problems)
     for spec in specs:
         entry = cache.get(keys[spec.name])
         if entry is not None and not _valid_entry(entry):
@@ -159,7 +186,22 @@ def extract_case(
             result.features[spec.name] = entry["features"]
             result.stats[spec.name] = entry["stats"]
             result.n_cached += 1
-    result.warnings += [f"case {case.case_id}: {p}" for p in cache.problems]
+    result.warnings += [f"case {case.case_id}: {p}" for p in cache.problems[start:]]
+    return result, todo, keys
+
+
+def extract_case(
+    case: Case,
+    specs: list[RegionSpec],
+    params: dict,
+    cache_root: str,
+    fov_mode: str = "nonzero",
+    mask_label: int | None = None,
+) -> CaseResult:
+    """Features of one case for every region, from the cache where possible."""
+    cache = FeatureCache(cache_root, log_problems=False)  # reported via result.warnings
+    params_key = canonical_digest(params)
+    result, todo, keys = lookup_case(case, specs, params_key, cache, fov_mode, mask_label)
     if not todo:
         return result
 
@@ -170,23 +212,28 @@ def extract_case(
     maker = RegionMaker(mask, fov, outer)
     extractor = build_extractor(params)
     min_size = int(params.get("setting", {}).get("minimumROISize", 1) or 1)
+    masks, stats_of, problems = {}, {}, {}
     for spec in todo:
         region, stats = maker.make(spec)
         if stats.n_pixels < max(min_size, 1):
-            result.errors.append(_too_small(case, spec, stats, maker, min_size))
+            problems[spec.name] = _too_small(case, spec, stats, maker, min_size)
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skimage's LBP float warning, numpy empty-slice noise
-            try:
-                raw = extractor.execute(image, region_image(region, image), label=1)
-            except Exception as exc:
-                result.errors.append(
-                    f"case {case.case_id} [{case.image.name}] region {spec.name}: "
-                    f"pyradiomics failed ({exc})"
-                )
-                continue
+        masks[spec.name], stats_of[spec.name] = region_image(region, image), stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage's LBP float warning, numpy empty-slice noise
+        raws = execute_regions(extractor, image, masks, label=1)  # filters once per case
+    for spec in todo:
+        raw = raws.get(spec.name)
+        if isinstance(raw, Exception):
+            problems[spec.name] = (
+                f"case {case.case_id} [{case.image.name}] region {spec.name}: "
+                f"pyradiomics failed ({raw})"
+            )
+        if spec.name in problems:
+            result.errors.append(problems[spec.name])
+            continue
         values = {k: _to_float(v) for k, v in raw.items() if not k.startswith("diagnostics_")}
-        entry = {"features": values, "stats": asdict(stats)}
+        entry = {"features": values, "stats": asdict(stats_of[spec.name])}
         cache.put(keys[spec.name], entry)
         result.features[spec.name] = values
         result.stats[spec.name] = entry["stats"]
@@ -239,12 +286,20 @@ def _extract_or_report(case: Case, *args) -> CaseResult:
 
 @contextlib.contextmanager
 def _backend(backend: str, n_jobs: int):
-    """joblib backend context: loky/threading locally, dask or ray for a cluster."""
+    """joblib backend context: loky/threading locally, dask or ray for a cluster. ``dask``: the
+    scheduler that Dask's config names (``DASK_SCHEDULER_ADDRESS``, e.g. tcp://host:8786), else
+    a local cluster of ``n_jobs`` worker processes."""
     import joblib
 
     if backend == "dask":
+        import dask
         from dask.distributed import Client, LocalCluster
 
+        address = dask.config.get("scheduler-address", None)
+        if address:
+            with Client(address), joblib.parallel_config(backend="dask"):
+                yield
+            return
         with LocalCluster(n_workers=max(n_jobs, 1), threads_per_worker=1, processes=True) as lc:
             with Client(lc), joblib.parallel_config(backend="dask"):
                 yield
@@ -285,47 +340,71 @@ def extract_features(
 
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
-    build_extractor(params)  # validate the settings once, before any work
     cache_root = str(Path(cache_root).resolve())
+    cache = FeatureCache(cache_root, log_problems=False)
+    params_key = canonical_digest(params)
+    served: list[CaseResult] = []  # fully cached cases, read here: no worker process started
+    misses: list[Case] = []
+    for case in cohort.cases:
+        try:
+            hit, todo, _ = lookup_case(case, specs, params_key, cache, fov_mode, mask_label)
+        except OSError:  # a file that cannot be read: the worker reports it, as before
+            misses.append(case)
+            continue
+        for warning in hit.warnings:  # damaged entries: discarded here, redone by a worker
+            log.warning("%s", warning)
+        hit.warnings = []
+        (misses if todo else served).append(case if todo else hit)
+    if misses or not cohort.cases:
+        build_extractor(params)  # validate the settings once, before any extraction
     job = extract_case if on_error == "raise" else _extract_or_report
-    jobs = (
-        delayed(job)(case, specs, params, cache_root, fov_mode, mask_label) for case in cohort.cases
-    )
+
+    def results():
+        yield from served
+        if misses:
+            jobs = (
+                delayed(job)(case, specs, params, cache_root, fov_mode, mask_label)
+                for case in misses
+            )
+            with _backend(backend, n_jobs):
+                yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs)
+
     row_of = {cid: i for i, cid in enumerate(cohort.ids)}
     names: dict[str, list[str]] = {}  # region -> feature names, from the first case
     values = None  # float64 (cases x columns), filled as results arrive: no per-case dicts kept
     stats, errors = [], []
     failed: dict[str, str] = {}
     n_cached = n_extracted = 0
-    with _backend(backend, n_jobs):
-        runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for r in tqdm(
-            runner(jobs),
-            total=len(cohort.cases),
-            desc=f"features ({len(specs)} regions)",
-            disable=not progress,
-            unit="case",
-        ):
-            n_cached += r.n_cached
-            n_extracted += r.n_extracted
-            for warning in r.warnings:  # from a worker process: logged here, in the run's log
-                log.warning("%s", warning)
-            if r.errors:
-                errors += r.errors
-                failed[r.case_id] = "; ".join(r.errors)
-                continue
-            if values is None:
-                names = {s.name: list(r.features[s.name]) for s in specs}
-                width = sum(len(v) for v in names.values())
-                values = np.full((len(row_of), width), np.nan)
-            row = values[row_of[r.case_id]]
-            start = 0
-            for spec in specs:
-                feats = r.features[spec.name]
-                keys = names[spec.name]
+    for r in tqdm(
+        results(),
+        total=len(cohort.cases),
+        desc=f"features ({len(specs)} regions)",
+        disable=not progress,
+        unit="case",
+    ):
+        n_cached += r.n_cached
+        n_extracted += r.n_extracted
+        for warning in r.warnings:  # from a worker process: logged here, in the run's log
+            log.warning("%s", warning)
+        if r.errors:
+            errors += r.errors
+            failed[r.case_id] = "; ".join(r.errors)
+            continue
+        if values is None:
+            names = {s.name: list(r.features[s.name]) for s in specs}
+            width = sum(len(v) for v in names.values())
+            values = np.full((len(row_of), width), np.nan)
+        row = values[row_of[r.case_id]]
+        start = 0
+        for spec in specs:
+            feats = r.features[spec.name]
+            keys = names[spec.name]
+            if len(feats) == len(keys) and list(feats) == keys:  # the usual case: same order
+                row[start : start + len(keys)] = np.fromiter(feats.values(), float, len(keys))
+            else:
                 row[start : start + len(keys)] = [feats.get(k, np.nan) for k in keys]
-                start += len(keys)
-                stats.append({"case_id": r.case_id, "region": spec.name, **r.stats[spec.name]})
+            start += len(keys)
+            stats.append({"case_id": r.case_id, "region": spec.name, **r.stats[spec.name]})
     if errors and on_error == "raise":
         raise ExtractionError(f"{len(errors)} extraction problem(s):\n  " + "\n  ".join(errors))
     columns = [f"{region}_{k}" for region, keys in names.items() for k in keys]

@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
+from her2study.fitcache import active_fit_cache, content_key
 from her2study.models.clinical import CombinedModel
 from her2study.models.pipeline import rad_score
 
@@ -49,6 +50,17 @@ def out_of_fold(estimator, X: pd.DataFrame, y: pd.Series, folds, n_jobs: int = 1
     Returns ``(prob, score)`` as Series indexed like ``X``.
     """
     splits = list(folds.split(X, y)) if hasattr(folds, "split") else list(folds)
+    cache = active_fit_cache()  # a re-run with the same inputs and code reuses the predictions
+    key = None
+    if cache is not None:
+        folds_key = [(np.asarray(tr).tolist(), np.asarray(te).tolist()) for tr, te in splits]
+        key = content_key("out_of_fold", estimator=estimator, X=X, y=y, folds=folds_key)
+        stored = cache.get(key)
+        if stored is not None:
+            arrays = stored[0]
+            return pd.Series(arrays["prob"], index=X.index), pd.Series(
+                arrays["score"], index=X.index
+            )
     parts = Parallel(n_jobs=n_jobs)(
         delayed(_fit_fold)(estimator, X, y, tr, te) for tr, te in splits
     )
@@ -56,6 +68,8 @@ def out_of_fold(estimator, X: pd.DataFrame, y: pd.Series, folds, n_jobs: int = 1
     score = np.full(len(X), np.nan)
     for test, p, s in parts:
         prob[test], score[test] = p, s
+    if cache is not None:
+        cache.put(key, {"prob": prob, "score": score}, {})
     return pd.Series(prob, index=X.index), pd.Series(score, index=X.index)
 
 

@@ -366,10 +366,13 @@ def paper_report(
     date: str | None = None,
     validation: pd.DataFrame | None = None,
     missing: dict | None = None,
+    extra_sections: list | None = None,
 ) -> Path:
     """The ``task=paper`` report: ``out_dir/report.html``. ``missing``: the configured
     signatures not fitted -> why (said in the design); the paper's figures appear when
     ``comparison`` has them (``report.paper_reference``).
+
+    ``extra_sections`` (e.g. transportability per site) come after the results.
 
     ``features`` (optional) is only used to count missing values; ``checklist`` adds to or
     replaces items of the generated reviewer checklist.
@@ -475,6 +478,7 @@ def paper_report(
         Section("Design", design_blocks),
         Section("Selected features", _feature_blocks(fits, cfg)),
         Section("Results", results_blocks),
+        *(extra_sections or []),
         Section("Figures", figure_blocks(figures) or ["No figures."]),
         Section("Reviewer checklist", [items]),
     ]

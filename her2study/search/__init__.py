@@ -57,6 +57,10 @@ pipeline (z-scoring + correlation filter, + Mann-Whitney, + LASSO, + model) is m
 (fold, columns, the parameters of the steps so far) and reused by every later trial that shares
 it (``search.reuse``); discrete thresholds (``step``, or categorical) make such reuse frequent.
 Trials can run in threads (``search.n_jobs``), and several processes can share a study.
+``search.pruner`` (``none`` by default; ``median``, ``successive_halving``) stops a trial between
+inner folds: after fold ``i`` the mean AUC of folds ``0..i`` is the trial's intermediate value at
+step ``i``; PRUNED trials count toward ``search.n_trials``
+(``experiments/benchmarks/README_pruning.md``: why it is off by default).
 
 Storage (``search.storage``): ``null`` = ``sqlite:///<search.output_root>/optuna_<study>.db``
 relative to the current folder (not Hydra's per-run folder, so a rerun resumes); any SQLAlchemy
@@ -127,14 +131,19 @@ from her2study.search.space import (
 )
 from her2study.search.storage import (
     FIT_ERRORS,
+    PRUNERS,
     SAMPLERS,
     WORKER,
     PerTrialSeedSampler,
+    TrialFitFailed,
     best_params,
+    counted_states,
     make_objective,
+    make_pruner,
     n_complete,
     open_storage,
     open_study,
+    quiet_optuna,
     run_study,
     storage_url,
     study_seed,
@@ -151,10 +160,12 @@ __all__ = [
     "InnerCV",
     "NestedResult",
     "PerTrialSeedSampler",
+    "PRUNERS",
     "SAMPLERS",
     "SELECTION_DIMS",
     "SPEC_KEYS",
     "STUDY_DIMS",
+    "TrialFitFailed",
     "WORKER",
     "base_config",
     "base_selection",
@@ -164,9 +175,11 @@ __all__ = [
     "candidate_from_params",
     "check_search_config",
     "corrected_t_interval",
+    "counted_states",
     "data_digest",
     "load_final",
     "make_objective",
+    "make_pruner",
     "n_complete",
     "naive_t_interval",
     "nested_search",
@@ -175,6 +188,7 @@ __all__ = [
     "parse_space",
     "permutation_p",
     "permuted_design",
+    "quiet_optuna",
     "region_differences",
     "region_estimates",
     "region_name",

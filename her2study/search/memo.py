@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from her2study.errors import ConfigError
 from her2study.search.candidate import Candidate, Design, build_pipeline
+from her2study.selection.correlation import CorrelationMemo
 
 # ------------------------------------------------------------------------------------------
 # Inner CV with reuse of fitted pipeline prefixes
@@ -41,8 +42,10 @@ class InnerCV:
     columns and by the class and parameters of each step so far; a later trial that shares a
     prefix (e.g. the same ring, correlation threshold and Mann-Whitney alpha with another model)
     starts from its outputs. The result equals fitting the whole Pipeline per fold (tested).
-    Thread-safe (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least recently used
-    entries go first).
+    The Spearman matrix of a fold's columns is computed once and shared by every correlation
+    threshold (:class:`~her2study.selection.correlation.CorrelationMemo`, a quarter of
+    ``cache_mb``). Thread-safe (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least
+    recently used entries go first).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class InnerCV:
         self._bytes = 0
         self._lock = threading.Lock()
         self._key_locks: dict = {}
+        self.corr_memo = CorrelationMemo(max_mb=max(int(cache_mb) / 4, 1))
         self.hits = 0
         self.misses = 0
         self.fits = 0
@@ -117,7 +121,7 @@ class InnerCV:
             def fit_step(step=step, prev=prev):
                 xtr, xva = prev if prev is not None else self._fold_data(i, cols)[:2]
                 fitted = clone(step)
-                with self._count():
+                with self._count(), self.corr_memo.active():
                     ztr = fitted.fit_transform(xtr, ytr)
                 return ztr, fitted.transform(xva)
 
@@ -141,31 +145,37 @@ class InnerCV:
         with self._lock:
             self.fits += steps
 
-    def fold_probs(self, cand: Candidate, seed: int | None = None) -> list[np.ndarray]:
-        """Predicted probabilities of each inner validation fold."""
+    def iter_fold_probs(self, cand: Candidate, seed: int | None = None):
+        """Predicted probabilities of each inner validation fold, one fold at a time."""
         seed = self.seed if seed is None else int(seed)
         cols = tuple(self.design.columns(cand))
         cols_key = (cand.ring_width_mm, cand.use_clinical)
         pipe = build_pipeline(cand, seed)
-        out = []
         for i in range(len(self.splits)):
             if self.reuse:
-                out.append(self._prob_reuse(i, cols, cols_key, pipe))
+                yield self._prob_reuse(i, cols, cols_key, pipe)
             else:
                 xtr, xva, ytr = self._fold_data(i, cols)
                 fitted = clone(pipe)
                 with self._count(len(pipe.steps)):
                     fitted.fit(xtr, ytr)
-                out.append(fitted.predict_proba(xva)[:, 1])
-        return out
+                yield fitted.predict_proba(xva)[:, 1]
 
-    def score(self, cand: Candidate, seed: int | None = None) -> tuple[float, list[float]]:
-        """Mean inner-fold AUC (the objective) and the per-fold AUCs."""
-        probs = self.fold_probs(cand, seed)
-        aucs = [
-            float(roc_auc_score(self.y.iloc[va].to_numpy(), p))
-            for (_, va), p in zip(self.splits, probs, strict=True)
-        ]
+    def fold_probs(self, cand: Candidate, seed: int | None = None) -> list[np.ndarray]:
+        """Predicted probabilities of each inner validation fold."""
+        return list(self.iter_fold_probs(cand, seed))
+
+    def score(
+        self, cand: Candidate, seed: int | None = None, on_fold=None
+    ) -> tuple[float, list[float]]:
+        """Mean inner-fold AUC (the objective) and the per-fold AUCs. ``on_fold(i, aucs)`` is
+        called after each fold with the AUCs so far (a pruner stops the trial there by
+        raising)."""
+        aucs: list[float] = []
+        for (_, va), p in zip(self.splits, self.iter_fold_probs(cand, seed), strict=False):
+            aucs.append(float(roc_auc_score(self.y.iloc[va].to_numpy(), p)))
+            if on_fold is not None:
+                on_fold(len(aucs) - 1, aucs)
         return float(np.mean(aucs)), aucs
 
 

@@ -56,8 +56,11 @@ from her2study.search.space import parse_space, resolve, space_digest
 from her2study.search.storage import (
     FIT_ERRORS,
     best_params,
+    counted_states,
     make_objective,
+    n_complete,
     open_study,
+    quiet_optuna,
     run_study,
     study_seed,
 )
@@ -131,7 +134,9 @@ def _outer_loop(
         name = f"{study_name}/outer{r}_{k}"
         t_fold = time.monotonic()
         sampler_seed = study_seed(seed, name, attrs["data"])
-        study = open_study(storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs)
+        study = open_study(
+            storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, _pruner(s)
+        )
         inner = InnerCV(design, idx[tr], s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb)
         child = (
             tracker.child(f"outer {r}.{k}", tags={"kind": "outer_fold", "repeat": r, "fold": k})
@@ -149,8 +154,10 @@ def _outer_loop(
                 f"outer {r}.{k} ",
             )
             t_study = time.monotonic()
-            done = run_study(study, objective, n_trials, s.timeout_s, s.n_jobs)
-            if done == 0:
+            done = run_study(
+                study, objective, n_trials, s.timeout_s, s.n_jobs, counted_states(_pruner(s))
+            )
+            if n_complete(study) == 0:
                 raise ConfigError(
                     f"no trial of study '{name}' completed: every configuration "
                     "failed to fit; see the log, or widen search.space"
@@ -273,6 +280,10 @@ def _outer_loop(
     }
 
 
+def _pruner(s) -> str:
+    return str(OmegaConf.select(s, "pruner", default="none") or "none")
+
+
 def _shortfall(name: str, done: int, n_trials: int, timeout_s, t_start: float) -> str:
     timed_out = timeout_s is not None and time.monotonic() - t_start >= float(timeout_s)
     why = (
@@ -313,10 +324,13 @@ def nested_search(
     progress=print,
 ) -> NestedResult:
     """Run (or resume) the nested search, the per-width estimates, the permutation test
-    (``search.permutations``) and, when ``final``, the search on all cases."""
-    import optuna
+    (``search.permutations``) and, when ``final``, the search on all cases. Optuna's per-trial
+    log lines are off while it runs (:func:`~her2study.search.storage.quiet_optuna`)."""
+    with quiet_optuna():
+        return _nested_search(cfg, design, storage, study_name, tracker, final, progress)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per outer fold instead
+
+def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -> NestedResult:
     s = cfg.search
     warns = check_search_config(cfg)
     for w in warns:
@@ -431,7 +445,9 @@ def nested_search(
         t1 = time.monotonic()
         name = f"{study_name}/final"
         sampler_seed = study_seed(seed, name, attrs["data"])
-        study = open_study(storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs)
+        study = open_study(
+            storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, _pruner(s)
+        )
         inner = InnerCV(
             design, design.X.index, s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb
         )
@@ -439,8 +455,10 @@ def nested_search(
             inner, dims, defaults, cfg, seed, tracker if s.log_trials else None, "final "
         )
         t_study = time.monotonic()
-        done = run_study(study, objective, s.n_trials, s.timeout_s, s.n_jobs)
-        if done == 0:
+        done = run_study(
+            study, objective, s.n_trials, s.timeout_s, s.n_jobs, counted_states(_pruner(s))
+        )
+        if n_complete(study) == 0:
             raise ConfigError(f"no trial of study '{name}' completed")
         if done < s.n_trials:
             warns.append(_shortfall(name, done, int(s.n_trials), s.timeout_s, t_study))

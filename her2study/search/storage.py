@@ -1,9 +1,12 @@
 """Optuna: storage URLs and their checks, the per-trial seeded sampler (seeded per study from the
-study name and the data digest), studies (refused when made on other data) and trials."""
+study name and the data digest), the pruner over inner folds, studies (refused when made on
+other data) and trials."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -15,12 +18,13 @@ from typing import Any
 import numpy as np
 import optuna
 
-from her2study.errors import ConfigError
+from her2study.errors import ConfigError, Her2StudyError
 from her2study.search.candidate import candidate_from_params
 from her2study.search.memo import InnerCV
 from her2study.search.space import Dim, resolve, suggest
 
 SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "successive_halving")
 FIT_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # who ran a trial (several workers)
 
@@ -80,21 +84,33 @@ def open_storage(url: str, create_dirs: bool = False):
                 )
             _check_folder(Path(rest), url, create_dirs)
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        storage = _rdb_storage(url, kwargs, hint)
+        storage = _rdb_storage(_postgres_driver(url), kwargs, hint)
     _STORAGES[url] = storage
     return storage
 
 
+def _postgres_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg
+    (3); the ``cluster`` extra installs psycopg2-binary."""
+    if not url.lower().startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def _rdb_storage(url: str, kwargs: dict, hint: str):
     """RDBStorage; workers starting together on a new database race to create its tables
-    ("already exists", "locked", alembic's "UNIQUE constraint failed"): the loser retries and
-    finds them."""
+    ("already exists", "locked", alembic's "UNIQUE constraint failed", PostgreSQL's "duplicate
+    key value violates unique constraint"): the loser retries and finds them."""
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # bad dialect, missing driver, unreachable server, ...
             text = str(exc).lower()
-            racing = ("already exists", "locked", "unique constraint failed")
+            racing = ("already exists", "locked", "unique constraint failed", "duplicate key value")
             if attempt < 5 and any(r in text for r in racing):
                 time.sleep(0.2 * (attempt + 1))
                 continue
@@ -136,6 +152,15 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
         self.n_startup_trials = int(n_startup_trials)
         self._samplers: dict[int, Any] = {}
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # picklable: the lock and the per-trial samplers stay behind
+        return {"kind": self.kind, "seed": self.seed, "n_startup_trials": self.n_startup_trials}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["kind"], state["seed"], state["n_startup_trials"])
+
+    def __repr__(self) -> str:
+        return f"PerTrialSeedSampler({self.kind!r}, seed={self.seed})"
 
     def _make(self, number: int):
         s = (self.seed + 7919 * int(number)) % (2**32)
@@ -187,18 +212,45 @@ def study_seed(seed: int, name: str, data_digest: str) -> int:
 REQUIRED_ATTRS = ("data",)  # a study with trials but without these cannot be checked
 
 
-def open_study(storage, name: str, sampler: str, seed: int, n_startup_trials: int, attrs: dict):
-    """Create or load study ``name`` (sampler seeded with ``seed``); refuse to resume a study made
-    with another design or on other data (``attrs["data"]``: feature values, columns, case ids,
-    labels, extractor settings)."""
-    if sampler not in SAMPLERS:
+def make_pruner(kind: str, n_startup_trials: int = 10):
+    """The pruner of ``search.pruner``; its steps are the inner folds (see :func:`make_objective`).
+
+    ``median``: after inner fold ``i`` a trial whose mean AUC over folds ``0..i`` is below the
+    median of earlier trials' at the same fold stops, once ``n_startup_trials`` trials are
+    complete. ``successive_halving``: asynchronous successive halving (rungs after 1, 2, 4, ...
+    folds, the best half kept). ``none``: every trial runs all folds.
+    """
+    kind = str(kind)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(n_startup_trials), n_warmup_steps=0)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    raise ConfigError(f"search.pruner={kind!r}: choose one of {', '.join(PRUNERS)}")
+
+
+def open_study(
+    storage,
+    name: str,
+    sampler: str,
+    seed: int,
+    n_startup_trials: int,
+    attrs: dict,
+    pruner: str = "none",
+):
+    """Create or load study ``name`` (sampler seeded with ``seed``, ``pruner`` of
+    :func:`make_pruner`); refuse to resume a study made with another design or on other data
+    (``attrs["data"]``: feature values, columns, case ids, labels, extractor settings)."""
+    if str(sampler) not in SAMPLERS:
         raise ConfigError(f"search.sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction="maximize",
         load_if_exists=True,
-        sampler=PerTrialSeedSampler(sampler, seed, n_startup_trials),
+        sampler=PerTrialSeedSampler(str(sampler), seed, n_startup_trials),
+        pruner=make_pruner(pruner, n_startup_trials),
     )
     existing = study.user_attrs
     fix = (
@@ -229,51 +281,107 @@ def open_study(storage, name: str, sampler: str, seed: int, n_startup_trials: in
     return study
 
 
-def n_complete(study) -> int:
+def n_complete(study, states=None) -> int:
+    """Trials of ``study`` in ``states`` (default: COMPLETE), from every worker."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return len(study.get_trials(deepcopy=False, states=states or (TrialState.COMPLETE,)))
+
+
+def counted_states(pruner: str = "none") -> tuple:
+    """The trial states that count toward ``search.n_trials``: COMPLETE, and PRUNED when a pruner
+    is on (a pruned trial is a trial tried: pruning saves time, not trials)."""
+    from optuna.trial import TrialState
+
+    if str(pruner) == "none":
+        return (TrialState.COMPLETE,)
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class TrialFitFailed(Exception):
+    """A candidate failed to fit (a :data:`FIT_ERRORS` error that is no user error): the trial
+    is FAILED and the study goes on. Config and input errors (:class:`Her2StudyError`) are not
+    wrapped, so they stop the search with their own message."""
+
+
+@contextlib.contextmanager
+def quiet_optuna():
+    """Optuna's per-trial INFO lines off while the search runs (one line per outer fold
+    instead), its verbosity restored after; a verbosity the caller chose other than Optuna's
+    default (INFO) is left as it is."""
+    before = optuna.logging.get_verbosity()
+    if before == logging.INFO:
+        optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        if before == logging.INFO:
+            optuna.logging.set_verbosity(before)
 
 
 def run_study(
-    study, objective, n_trials: int, timeout_s: float | None = None, n_jobs: int = 1
+    study,
+    objective,
+    n_trials: int,
+    timeout_s: float | None = None,
+    n_jobs: int = 1,
+    states: tuple | None = None,
 ) -> int:
-    """Run trials until ``n_trials`` are COMPLETE in the study (counting earlier runs and other
-    workers), the timeout passes, or too many fail. Returns the COMPLETE count."""
+    """Run trials until ``n_trials`` are in ``states`` (default COMPLETE; see
+    :func:`counted_states`) in the study, counting earlier runs and other workers
+    (:class:`optuna.study.MaxTrialsCallback`), the timeout passes, or this process has tried
+    three times the trials still missing. Returns the count in ``states``."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    start = time.monotonic()
-    attempts = 0
-    while True:
-        done = n_complete(study)
-        remaining = n_trials - done
-        left = None if timeout_s is None else timeout_s - (time.monotonic() - start)
-        if remaining <= 0 or (left is not None and left <= 0) or attempts >= 3 * n_trials:
-            return done
-        attempts += remaining
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=left,
-                n_jobs=n_jobs,
-                catch=FIT_ERRORS,
-                callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))],
-                gc_after_trial=False,
-            )
+    states = tuple(states or (TrialState.COMPLETE,))
+    remaining = n_trials - n_complete(study, states)
+    if remaining <= 0:
+        return n_complete(study, states)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.optimize(
+            objective,
+            n_trials=3 * remaining,  # a bound on failing fits; the callback stops it first
+            timeout=timeout_s,
+            n_jobs=n_jobs,
+            catch=(TrialFitFailed,),
+            callbacks=[MaxTrialsCallback(n_trials, states=states)],
+            gc_after_trial=False,
+        )
+    return n_complete(study, states)
 
 
 def make_objective(
     inner: InnerCV, dims: list[Dim], defaults: dict, cfg, seed: int, tracker=None, prefix: str = ""
 ):
+    """The objective: the candidate's mean inner-fold AUC. After each inner fold the mean AUC of
+    the folds so far is reported to the study's pruner as the intermediate value at that fold
+    (step ``i``); a pruned trial records its fold AUCs and stops (:class:`optuna.TrialPruned`).
+    With the ``none`` pruner nothing is reported and every fold runs."""
+    last = len(inner.splits) - 1
+
     def objective(trial):
         params = suggest(trial, dims, defaults)
         cand = candidate_from_params(params, cfg)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "no feature passes" etc. in weak folds
-            value, aucs = inner.score(cand, seed)
+        on_fold = None
+        if not isinstance(trial.study.pruner, optuna.pruners.NopPruner):
+
+            def on_fold(i: int, aucs: list[float]) -> None:
+                trial.report(float(np.mean(aucs)), i)
+                if i < last and trial.should_prune():  # after the last fold: complete
+                    trial.set_user_attr("fold_auc", [round(a, 6) for a in aucs])
+                    trial.set_user_attr("worker", WORKER)
+                    raise optuna.TrialPruned(f"pruned after inner fold {i}")
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no feature passes" etc. in weak folds
+                value, aucs = inner.score(cand, seed, on_fold=on_fold)
+        except Her2StudyError:
+            raise  # a config or input error: the search stops with its message
+        except FIT_ERRORS as exc:
+            raise TrialFitFailed(f"{type(exc).__name__}: {exc}") from exc
         trial.set_user_attr("fold_auc", [round(a, 6) for a in aucs])
         trial.set_user_attr("worker", WORKER)
         if tracker is not None and tracker.enabled:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
+import threading
 import warnings
+from collections import OrderedDict
 from numbers import Real
 
 import numpy as np
@@ -13,7 +18,97 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._common import _binary_target, _rank, _standardise
 
-__all__ = ["CorrelationFilter"]
+__all__ = ["CorrelationFilter", "CorrelationMemo"]
+
+# Pairs weaker than this are not kept by the memo (a threshold below it is computed directly).
+_MEMO_FLOOR = 0.75
+
+
+class CorrelationMemo:
+    """The threshold-free part of :meth:`CorrelationFilter.fit`, shared by every threshold.
+
+    Keyed by the method and the bytes of ``X``: the constant columns, each feature's mean
+    absolute correlation and the pairs with ``|rho| > min(floor, threshold)`` in the order
+    ``fit`` visits them (strongest first, then by column). A fit with another threshold on the
+    same data takes the prefix of that list, so its selection is the one it computes alone
+    (tested), at the cost of an O(pairs) scan instead of the O(n p^2) matrix. Least recently
+    used entries go first beyond ``max_mb``; thread-safe. Activate with :meth:`active`.
+    """
+
+    def __init__(self, max_mb: float = 256):
+        self.max_bytes = int(max_mb * 2**20)
+        self._entries: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @contextlib.contextmanager
+    def active(self):
+        """Within this block (this thread), every ``CorrelationFilter.fit`` uses the memo."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    @staticmethod
+    def key(X: np.ndarray, method: str) -> tuple:
+        digest = hashlib.blake2b(np.ascontiguousarray(X).view(np.uint8), digest_size=20)
+        return (method, X.shape, X.dtype.str, digest.hexdigest())
+
+    def get(self, key, threshold: float):
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry["floor"] > threshold:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, key, entry: dict) -> None:
+        size = sum(int(getattr(v, "nbytes", 0)) for v in entry.values())
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old["_size"]
+            entry["_size"] = size
+            self._entries[key] = entry
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                _, gone = self._entries.popitem(last=False)
+                self._bytes -= gone["_size"]
+
+
+_ACTIVE: contextvars.ContextVar[CorrelationMemo | None] = contextvars.ContextVar(
+    "her2study_correlation_memo", default=None
+)
+
+
+def _correlation_pairs(X: np.ndarray, method: str, floor: float) -> dict:
+    """Constant columns, mean |rho| per feature and the pairs above ``floor``, sorted."""
+    n_samples = X.shape[0]
+    constant = np.ptp(X, axis=0) == 0
+    cols = np.flatnonzero(~constant)
+    entry = {"constant": constant, "cols": cols, "floor": floor}
+    if cols.size == 0:
+        return entry
+    Z = _standardise(_rank(X[:, cols]) if method == "spearman" else X[:, cols])
+    corr = Z.T @ Z / n_samples
+    abs_corr = np.abs(corr)
+    np.fill_diagonal(abs_corr, 0.0)
+    m = cols.size
+    entry["mean_abs"] = abs_corr.sum(axis=1) / max(m - 1, 1)
+    # i < j always, so "ties drop the later column" means "drop j on ties".
+    i, j = np.nonzero(np.triu(abs_corr > floor, k=1))
+    strength = abs_corr[i, j]
+    order = np.lexsort((j, i, -strength))
+    entry["i"], entry["j"] = i[order].astype(np.intp), j[order].astype(np.intp)
+    entry["strength"], entry["rho"] = strength[order], corr[i[order], j[order]]
+    return entry
 
 
 class CorrelationFilter(SelectorMixin, BaseEstimator):
@@ -80,7 +175,15 @@ class CorrelationFilter(SelectorMixin, BaseEstimator):
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         n_samples, n_features = X.shape
 
-        self.constant_ = np.ptp(X, axis=0) == 0
+        memo = _ACTIVE.get()
+        key = CorrelationMemo.key(X, self.method) if memo is not None else None
+        entry = memo.get(key, self.threshold) if memo is not None else None
+        if entry is None:
+            floor = min(_MEMO_FLOOR, self.threshold) if memo is not None else self.threshold
+            entry = _correlation_pairs(X, self.method, floor)
+            if memo is not None:
+                memo.put(key, entry)
+        self.constant_ = entry["constant"].copy()
         if self.constant_.all():
             raise ValueError("CorrelationFilter: every feature in X is constant.")
         if self.constant_.any():
@@ -89,29 +192,26 @@ class CorrelationFilter(SelectorMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
-        cols = np.flatnonzero(~self.constant_)
-        Z = _standardise(_rank(X[:, cols]) if self.method == "spearman" else X[:, cols])
-        corr = Z.T @ Z / n_samples
-        abs_corr = np.abs(corr)
-        np.fill_diagonal(abs_corr, 0.0)
-        m = cols.size
-        mean_abs = abs_corr.sum(axis=1) / max(m - 1, 1)
+        cols = entry["cols"]
+        mean_abs = entry["mean_abs"]
         self.mean_abs_corr_ = np.full(n_features, np.nan)
         self.mean_abs_corr_[cols] = mean_abs
+        m = cols.size
 
         if self.rule == "target":
+            Z = _standardise(_rank(X[:, cols]) if self.method == "spearman" else X[:, cols])
             zy = _standardise(_rank(y01[:, None]) if self.method == "spearman" else y01[:, None])
             score = np.abs(Z.T @ zy[:, 0] / n_samples)
             self.target_corr_ = np.full(n_features, np.nan)
             self.target_corr_[cols] = score
 
-        # i < j always, so "ties drop the later column" means "drop j on ties".
-        i, j = np.nonzero(np.triu(abs_corr > self.threshold, k=1))
-        strength = abs_corr[i, j]
-        order = np.lexsort((j, i, -strength))
+        above = entry["strength"] > self.threshold  # a prefix: sorted strongest first
+        n_above = int(above.sum())
+        pairs_i, pairs_j = entry["i"][:n_above], entry["j"][:n_above]
+        rho = entry["rho"][:n_above]
         keep = np.ones(m, dtype=bool)
         log = []
-        for a, b in zip(i[order].tolist(), j[order].tolist(), strict=True):
+        for k, (a, b) in enumerate(zip(pairs_i.tolist(), pairs_j.tolist(), strict=True)):
             if not (keep[a] and keep[b]):
                 continue
             if self.rule == "mean_abs_corr":
@@ -122,7 +222,7 @@ class CorrelationFilter(SelectorMixin, BaseEstimator):
                 drop = b if score[b] <= score[a] else a
             keep[drop] = False
             other = a if drop == b else b
-            log.append((int(cols[drop]), int(cols[other]), float(corr[a, b])))
+            log.append((int(cols[drop]), int(cols[other]), float(rho[k])))
         self.drop_log_ = log
         self.support_ = np.zeros(n_features, dtype=bool)
         self.support_[cols[keep]] = True

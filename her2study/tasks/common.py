@@ -135,6 +135,26 @@ def add_reader2_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
     )
 
 
+def add_perturbed_features(cohort, fs: FeatureSet, specs, cfg) -> FeatureSet:
+    """Features of each case's contour-perturbed masks (``region.perturb``), every region rebuilt
+    from the perturbed tumour mask, through the same cache: columns ``perturb<k>__<column>``."""
+    from her2study.cohort.perturb import PerturbSpec, write_perturbed_cohorts
+
+    spec = PerturbSpec(**OmegaConf.to_container(cfg.region.perturb, resolve=True))
+    cohorts = write_perturbed_cohorts(
+        cohort, spec, Path(cfg.cache_dir) / "perturbed_masks", cfg.data.mask_label
+    )
+    table, n_cached, n_extracted = fs.table, fs.n_cached, fs.n_extracted
+    for k, sub in enumerate(cohorts, start=1):
+        fk = features_from_config(sub, specs, cfg)
+        table = table.join(fk.table.add_prefix(f"perturb{k}__"))
+        n_cached, n_extracted = n_cached + fk.n_cached, n_extracted + fk.n_extracted
+    log.info("contour perturbations: %d per case (region.perturb), features extracted", spec.n)
+    return FeatureSet(
+        table=table, region_stats=fs.region_stats, n_cached=n_cached, n_extracted=n_extracted
+    )
+
+
 SECRET_KEYS = ("pseudonym_salt",)
 
 
@@ -264,9 +284,14 @@ def cohort_and_features(cfg):
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)
     specs = specs_from_config(cfg)
+    qa = image_qa(cohort, specs, cfg)  # warnings before any extraction
     fs = features_from_config(cohort, specs, cfg)
     if cfg.region.reader2 or cfg.selection.icc_threshold is not None:
         fs = add_reader2_features(cohort, fs, specs, cfg)
+    if qa is not None and fs.region_stats is not None:
+        fs.region_stats = fs.region_stats.merge(qa, on=["case_id", "region"], how="left")
+    if cfg.selection.get("robustness_threshold") is not None:
+        fs = add_perturbed_features(cohort, fs, specs, cfg)
     log.info(
         "features: %d cases x %d columns (%s); %d region entries from cache, %d extracted",
         fs.table.shape[0],
@@ -276,6 +301,37 @@ def cohort_and_features(cfg):
         fs.n_extracted,
     )
     return cohort, fs
+
+
+def image_qa(cohort, specs, cfg):
+    """Image checks of the analysed regions, logged as warnings before extraction: burned-in
+    annotations per case (returned as the QA columns of ``region_stats``, or None when off) and
+    derived image types left with <= 2 grey-level bins (``extractor.check_bins``)."""
+    from her2study.features.qa import annotation_qa, check_derived_bins
+
+    if cfg.extractor.get("check_bins", True):
+        for note in check_derived_bins(
+            cohort,
+            specs,
+            extractor_params(cfg),
+            cfg.region.fov,
+            cfg.data.mask_label,
+            cache_root=cfg.cache_dir,
+        ):
+            log.warning("%s", note)
+    if not cfg.region.get("annotation_check", True):
+        return None
+    table, notes = annotation_qa(
+        cohort,
+        specs,
+        cfg.region.fov,
+        cfg.data.mask_label,
+        cache_root=cfg.cache_dir,
+        n_jobs=cfg.execution.n_jobs,
+    )
+    for note in notes:
+        log.warning("%s", note)
+    return table
 
 
 def clinical_columns(cfg) -> list[str]:
@@ -289,6 +345,12 @@ def load_design(cfg):
     from her2study.cohort.source import describe_source
     from her2study.search import Design
 
+    for key in ("robustness_threshold", "harmonise"):  # the paper task's steps, not the search's
+        if cfg.selection.get(key) is not None:
+            raise ConfigError(
+                f"selection.{key} is run by task=paper only; the search's pipelines do not "
+                f"have that step yet -> fix: selection.{key}=null"
+            )
     cohort, fs = cohort_and_features(cfg)
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None

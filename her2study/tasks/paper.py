@@ -14,8 +14,16 @@ import pandas as pd
 
 from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
+from her2study.features.qa import annotation_summary
+from her2study.fitcache import use_fit_cache
 from her2study.model_artifact import log_model
 from her2study.report import paper_report
+from her2study.report.transport import (
+    leave_one_site_out_report,
+    robustness_section,
+    robustness_table,
+    transportability_section,
+)
 from her2study.reporting import (
     compact_comparison,
     compare_with_paper,
@@ -23,12 +31,14 @@ from her2study.reporting import (
     to_text,
 )
 from her2study.results import (
+    by_site_table,
     evaluate_signatures,
+    leave_one_site_out,
     overfitting_note,
     paired_delong,
     validation_table,
 )
-from her2study.split import split_from_config
+from her2study.split import check_site_config, site_values, split_from_config
 from her2study.study import fit_signatures, planned_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
@@ -56,16 +66,28 @@ def run(cfg) -> float:
     maximised the test AUC would tune on the test set."""
     if cfg.tracking.enabled:
         check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
+    check_site_config(cfg.split, cfg.data.get("site_column"), cfg.selection.get("harmonise"))
     cohort, fs = cohort_and_features(cfg)
     out = output_dir(cfg)
     source = describe_source(cohort)
     y = cohort.labels
-    split = split_from_config(cohort.table, cfg.split, cohort.label_column, int(cfg.seed))
+    site_column = cfg.data.get("site_column")
+    sites = site_values(cohort.table, site_column, "site") if site_column else None
     widths = [float(w) for w in cfg.region.ring_widths_mm]
     clinical = cohort.table[clinical_columns(cfg)]
     bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
-    fits = fit_signatures(fs.table, clinical, y, split, widths, cfg, bands)
+    if str(cfg.split.method) == "leave_one_site_out":
+        sites = site_values(cohort.table, site_column, "leave_one_site_out")
+        return run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands)
+    split = split_from_config(
+        cohort.table, cfg.split, cohort.label_column, int(cfg.seed), site_column
+    )
+    with use_fit_cache(cfg.cache_dir):  # out-of-fold fits and bootstrap validations reused
+        fits = fit_signatures(
+            fs.table, clinical, y, split, widths, cfg, bands, sites=sites, covariates=cohort.table
+        )
     metrics = evaluate_signatures(fits, y, split, cfg)
+    by_site = by_site_table(fits, y, split, sites) if sites is not None else None
     with_paper = paper_reference_on(cfg, cohort.synthetic)
     comparison = compare_with_paper(metrics, with_paper)
     regions = {str(c).split("_", 1)[0] for c in fs.table.columns}
@@ -73,9 +95,17 @@ def run(cfg) -> float:
     tests = paired_delong(fits, y, split)
 
     validation = validation_table(fits)
+    robust = robustness_table(fits)
+    extra = [robustness_section(robust, cfg)] if len(robust) else []
+    if by_site is not None:
+        extra.append(transportability_section(by_site, cfg))
     figures = make_figures(fits, y, split, cfg, source)
     with result_set(out) as stage:  # moved into out at the end: no partial result set
         tables = write_tables(stage, fits, metrics, comparison, tests, split, source, validation)
+        if by_site is not None:
+            tables += save_table(stage, "by_site", by_site, source, True)
+        if len(robust):
+            tables += save_table(stage, "robustness", robust, source, True)
         for name, fig in figures.items():
             fig.savefig(stage / f"{name}.png", dpi=120)
         report = paper_report(
@@ -91,6 +121,8 @@ def run(cfg) -> float:
             clinical_columns=clinical_columns(cfg),
             features=fs.table,
             validation=validation,
+            checklist={"Burned-in annotations": annotation_summary(fs.region_stats)},
+            extra_sections=extra,
             missing=missing,
         )
     tables, report = final_paths(tables, stage, out), out / report.name
@@ -127,6 +159,43 @@ def run(cfg) -> float:
                 f"({cfg.tracking.tracking_uri})"
             )
     return training_estimate(metrics)
+
+
+def run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands) -> float:
+    """``split.method=leave_one_site_out``: each site held out in turn (the whole protocol refitted
+    on the others), beside a CV over all sites; ``by_site.csv`` and a transportability report.
+    Returns the best signature's mean out-of-fold AUC over sites from the all-sites CV (a
+    training-side number, never a held-out one)."""
+    y = cohort.labels
+    by_site, _ = leave_one_site_out(
+        fs.table, clinical, y, sites, widths, cfg, bands, covariates=cohort.table
+    )
+    tables = save_table(out, "by_site", by_site, source, True)
+    report = leave_one_site_out_report(out, cfg=cfg, cohort=cohort, by_site=by_site)
+    held = by_site[by_site["set"] == "held_out_site"]
+    log.info(f"\nData: {source}; leave-one-site-out over {sorted(sites.unique())}")
+    log.info(to_text(held[["site", "signature", "n", "auc", "auc_ci_low", "auc_ci_high"]]))
+    log.info(f"report: {report}")
+    tags = run_tags("paper", cfg, cohort, data_digest=data_digest(y, sites.rename("split")))
+    with Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name="paper leave-one-site-out",
+        tags=tags,
+    ) as tracker:
+        if tracker.enabled:
+            log_run_config(tracker, cfg, cohort, len(cohort.ids))
+            flat = {}
+            for _, r in by_site[by_site["set"].isin(["held_out_site", "cv_all_sites"])].iterrows():
+                if pd.notna(r["auc"]):
+                    flat[f"{r['set']}.{r['site']}.{r['signature']}.auc"] = float(r["auc"])
+            tracker.log_metrics(flat)
+            for path in tables:
+                tracker.log_artifact(path, "tables")
+            tracker.log_artifact(report, "report")
+    seen = by_site[by_site["set"] == "cv_all_sites"].groupby("signature")["auc"].mean()
+    return float(seen.max()) if seen.notna().any() else float("nan")
 
 
 def data_digest(y: pd.Series, split: pd.Series) -> str:
@@ -320,6 +389,9 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     kind = "synthetic" if cohort.synthetic else str(cfg.data.source)
     tracker.log_dataset(frame, f"{kind}-features", targets="label")
     widths = [float(w) for w in cfg.region.ring_widths_mm]
+    harmonised = cfg.selection.get("harmonise") is not None or (
+        cfg.selection.get("robustness_threshold") is not None
+    )
     flat = {}
     for _, r in metrics.iterrows():
         flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
@@ -361,7 +433,14 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
             if fit.coefficients is not None:
                 coef = fit.coefficients.rename_axis("feature").reset_index()
                 tracker.log_table(coef, "selected_features.csv")
-            if cfg.tracking.log_model and fit.kind == "radiomics":
+            if cfg.tracking.log_model and fit.kind == "radiomics" and harmonised:
+                log.info(
+                    "%s: model not logged (a ComBat step holds the cohort's case ids and "
+                    "devices, a robustness step needs perturbed features: task=predict passes "
+                    "neither yet)",
+                    fit.name,
+                )
+            elif cfg.tracking.log_model and fit.kind == "radiomics":
                 thr = metrics.loc[metrics["signature"] == fit.name, "threshold"].iloc[0]
                 card = {
                     "study": cfg.study,
