@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -26,6 +29,50 @@ def output_dir(cfg) -> Path:
         out = Path("outputs") / cfg.study
         out.mkdir(parents=True, exist_ok=True)
         return out
+
+
+@contextmanager
+def result_set(out: Path):
+    """Write a task's results into the yielded temporary folder beside ``out``; they are moved
+    into ``out`` when the block ends without error (the report last), so a failed run leaves
+    no partial result set. A write error with no file name (a full disk) names the file that
+    was being written. Log MLflow artifacts from ``out`` afterwards (:func:`final_paths`)."""
+    out = Path(out)
+    stage = out.parent / f".{out.name}.results.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except OSError as err:
+        newest = _newest(stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        if err.filename is None and newest is not None:
+            raise OSError(err.errno, err.strerror, str(out / newest)) from None
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    entries = sorted(stage.iterdir(), key=lambda p: (p.name == "report.html", p.name))
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    stage.rmdir()
+
+
+def _newest(folder: Path) -> Path | None:
+    """The most recently written file under ``folder``, relative to it (the one a full disk
+    stopped)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        return None
+    return max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(folder)
+
+
+def final_paths(paths, stage: Path, out: Path) -> list[Path]:
+    """Paths written under ``stage`` as they are after :func:`result_set` moved them."""
+    return [Path(out) / Path(p).relative_to(stage) for p in paths]
 
 
 def save_table(out: Path, name: str, df, source: str, md: bool = True) -> list[Path]:
@@ -226,9 +273,16 @@ def protect_ids(cohort, table, data_cfg):
 
 
 def cohort_and_features(cfg):
-    """Load the configured cohort and its features (extracted and cached, or the given table)."""
-    cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs)
-    cohort, table = protect_ids(cohort, table, cfg.data)
+    """Load the configured cohort and its features (extracted and cached, or the given table),
+    after every check of the config and the data (:func:`her2study.preflight.preflight`)."""
+    from her2study.preflight import preflight
+
+    def load():
+        keep = [cfg.split.balance_on] if cfg.split.method == "block" else []
+        cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs, keep_columns=keep)
+        return protect_ids(cohort, table, cfg.data)
+
+    cohort, table = preflight(cfg, load)
     log.info("cohort: %d cases (%s)", len(cohort.ids), cohort.source)
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)

@@ -29,7 +29,7 @@ from her2study.errors import ConfigError
 from her2study.evaluation.resampling import CI_METHOD, corrected_t_interval, difference_p
 from her2study.report import compare_report
 from her2study.reporting import paper_table3, to_markdown, to_text
-from her2study.tasks.common import open_run, output_dir
+from her2study.tasks.common import open_run, output_dir, result_set
 from her2study.tracking import check_tracking_uri, runs_table, sanitize_key
 
 log = logging.getLogger(__name__)
@@ -304,31 +304,35 @@ def compare(cfg, uri: str, experiment: str, tracker) -> int:
         else ("user cohort")
     )
     out = output_dir(cfg)
-    margins[MARGIN_COLUMNS].to_csv(out / "margins.csv", index=False)
-    paired = paired_differences(folds) if len(folds) else pd.DataFrame()
-    paired.to_csv(out / "margins_paired.csv", index=False)
-    note = (
-        f"Training-side repeated CV AUC with {CI_METHOD} intervals; test AUC descriptive only. "
-        f"Sweep {sweep}, {len(runs)} runs."
-    )
-    (out / "margins.md").write_text(
-        f"_{source}_\n\n{note}\n\n" + to_markdown(margins[MARGIN_COLUMNS]) + "\n\n"
-        "Paired against tumour only (same folds):\n\n" + to_markdown(paired) + "\n"
-    )
-    fig = plot_margins(
-        margins, f"Which margin? ({experiment}, training CV)", note=source if synthetic else None
-    )
-    fig.savefig(out / "margins.png", dpi=120)
-    report = compare_report(
-        out,
-        table=margins[MARGIN_COLUMNS],
-        figure=fig,
-        source=source,
-        synthetic=synthetic,
-        experiment=experiment,
-        paired=paired,
-        note=note,
-    )
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        margins[MARGIN_COLUMNS].to_csv(stage / "margins.csv", index=False)
+        paired = paired_differences(folds) if len(folds) else pd.DataFrame()
+        paired.to_csv(stage / "margins_paired.csv", index=False)
+        note = (
+            f"Training-side repeated CV AUC with {CI_METHOD} intervals; test AUC descriptive "
+            f"only. Sweep {sweep}, {len(runs)} runs."
+        )
+        (stage / "margins.md").write_text(
+            f"_{source}_\n\n{note}\n\n" + to_markdown(margins[MARGIN_COLUMNS]) + "\n\n"
+            "Paired against tumour only (same folds):\n\n" + to_markdown(paired) + "\n"
+        )
+        fig = plot_margins(
+            margins,
+            f"Which margin? ({experiment}, training CV)",
+            note=source if synthetic else None,
+        )
+        fig.savefig(stage / "margins.png", dpi=120)
+        report = compare_report(
+            stage,
+            table=margins[MARGIN_COLUMNS],
+            figure=fig,
+            source=source,
+            synthetic=synthetic,
+            experiment=experiment,
+            paired=paired,
+            note=note,
+        )
+    report = out / report.name
     log.info(
         f"\nData: {source}\n{note}\n"
         + to_text(margins[MARGIN_COLUMNS].round(3))

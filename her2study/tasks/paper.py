@@ -24,7 +24,12 @@ from her2study.report.transport import (
     robustness_table,
     transportability_section,
 )
-from her2study.reporting import compact_comparison, compare_with_paper, to_text
+from her2study.reporting import (
+    compact_comparison,
+    compare_with_paper,
+    paper_reference_on,
+    to_text,
+)
 from her2study.results import (
     by_site_table,
     evaluate_signatures,
@@ -34,7 +39,7 @@ from her2study.results import (
     validation_table,
 )
 from her2study.split import check_site_config, site_values, split_from_config
-from her2study.study import fit_signatures
+from her2study.study import fit_signatures, planned_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
     clinical_columns,
@@ -42,9 +47,11 @@ from her2study.tasks.common import (
     dashboard_params,
     extraction_settings,
     extractor_params,
+    final_paths,
     log_run_config,
     open_run,
     output_dir,
+    result_set,
     run_tags,
     save_table,
     signature_role,
@@ -92,38 +99,44 @@ def study(cfg, tracker) -> float:
         )
     metrics = evaluate_signatures(fits, y, split, cfg)
     by_site = by_site_table(fits, y, split, sites) if sites is not None else None
-    comparison = compare_with_paper(metrics)
+    with_paper = paper_reference_on(cfg, cohort.synthetic)
+    comparison = compare_with_paper(metrics, with_paper)
+    regions = {str(c).split("_", 1)[0] for c in fs.table.columns}
+    missing = planned_signatures(cfg, regions, bool(clinical.shape[1]))[1]
     tests = paired_delong(fits, y, split)
 
     validation = validation_table(fits)
-    tables = write_tables(out, fits, metrics, comparison, tests, split, source, validation)
-    if by_site is not None:
-        tables += save_table(out, "by_site", by_site, source, True)
     robust = robustness_table(fits)
-    if len(robust):
-        tables += save_table(out, "robustness", robust, source, True)
     extra = [robustness_section(robust, cfg)] if len(robust) else []
     if by_site is not None:
         extra.append(transportability_section(by_site, cfg))
     figures = make_figures(fits, y, split, cfg, source)
-    for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=120)
-    report = paper_report(
-        out,
-        cfg=cfg,
-        cohort=cohort,
-        split=split,
-        fits=fits,
-        metrics=metrics,
-        comparison=comparison,
-        tests=tests,
-        figures=figures,
-        clinical_columns=clinical_columns(cfg),
-        features=fs.table,
-        validation=validation,
-        checklist={"Burned-in annotations": annotation_summary(fs.region_stats)},
-        extra_sections=extra,
-    )
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        tables = write_tables(stage, fits, metrics, comparison, tests, split, source, validation)
+        if by_site is not None:
+            tables += save_table(stage, "by_site", by_site, source, True)
+        if len(robust):
+            tables += save_table(stage, "robustness", robust, source, True)
+        for name, fig in figures.items():
+            fig.savefig(stage / f"{name}.png", dpi=120)
+        report = paper_report(
+            stage,
+            cfg=cfg,
+            cohort=cohort,
+            split=split,
+            fits=fits,
+            metrics=metrics,
+            comparison=comparison,
+            tests=tests,
+            figures=figures,
+            clinical_columns=clinical_columns(cfg),
+            features=fs.table,
+            validation=validation,
+            checklist={"Burned-in annotations": annotation_summary(fs.region_stats)},
+            extra_sections=extra,
+            missing=missing,
+        )
+    tables, report = final_paths(tables, stage, out), out / report.name
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
     log.info(f"\nData: {source}; training {n_train}, test {n_test} cases")
@@ -131,10 +144,8 @@ def study(cfg, tracker) -> float:
     for note in overfitting_note(metrics):
         log.warning(note)
     log.info(to_text(compact_comparison(comparison)))
-    log.info(
-        f"(thresholds: {threshold_words(cfg)}; full table with the paper's figures: "
-        f"{out}/table3.md)"
-    )
+    paper_words = " with the paper's figures" if with_paper else ""
+    log.info(f"(thresholds: {threshold_words(cfg)}; full table{paper_words}: {out}/table3.md)")
     log.info(f"report: {report}")
 
     tags = run_tags(
