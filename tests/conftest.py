@@ -241,8 +241,14 @@ def tree_digest(root) -> dict:
     }
 
 
+# The image-QA results (burned-in annotations, derived-image bins) are kept under qa/ per set of
+# regions a run analyses: a run with other widths adds its own entries, which changes no other
+# entry and no feature. Those additions are allowed; a changed or removed entry is not.
+_ADDITIVE = ("qa/",)
+
+
 def _changes(before: dict, after: dict) -> list[str]:
-    new = sorted(set(after) - set(before))
+    new = sorted(k for k in set(after) - set(before) if not k.startswith(_ADDITIVE))
     gone = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     return [f"+ {k}" for k in new] + [f"- {k}" for k in gone] + [f"~ {k}" for k in changed]
