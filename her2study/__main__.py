@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> int:
     global _STARTED
     _STARTED = True
     logging.captureWarnings(True)  # library warnings go to the run's log, not the terminal
+    logging.raiseExceptions = False  # a log file on a full disk: no traceback per record
     try:
         _refuse_plain_salt(cfg)
         get_method(cfg.task._target_)(cfg)
@@ -139,13 +140,57 @@ def _task_settings_problem(argv: list[str]) -> str | None:
     )
 
 
+def _output_dir_problem(argv: list[str]) -> str | None:
+    """The run (or sweep) folder Hydra will create, checked before Hydra creates it (Hydra's own
+    failure is a traceback): under /proc or /sys, under a regular file, on a read-only file
+    system. Only the literal part before any ``${...}`` is checked, through its nearest existing
+    folder (nothing is created).
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in argv):
+        return None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(key)]
+    folder = given[-1] if given else ("multirun" if multirun else "outputs")
+    literal = folder.split("${", 1)[0].strip("'\"") or "."
+    path = Path(literal).expanduser().absolute()
+    if literal.endswith("/") or "${" in folder:
+        path = path if literal.endswith("/") else path.parent
+    option = key.rstrip("=")
+    fix = (
+        f"choose a writable folder with {option}=... (or run from a writable folder); inputs "
+        "were not modified"
+    )
+    if path.parts[1:2] in (("proc",), ("sys",)):
+        return f"cannot write the output folder {folder}: {path.parts[1]} is not for files; {fix}"
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        return f"cannot write the output folder {folder}: {existing} is a file, not a folder; {fix}"
+    try:  # a probe file in the nearest existing folder, removed at once: no trace left
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".her2study_probe_")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"cannot write the output folder {folder} ({existing}: {err.strerror}); {fix}"
+    return None
+
+
 def main() -> None:
-    """Hydra exits 1 on a config it cannot compose; a bad config is a user error: exit 2."""
+    """Hydra exits 1 on a config it cannot compose; a bad config is a user error: exit 2. An
+    output folder that cannot be written: exit 3."""
     warnings.filterwarnings("ignore", message="provider=hydra.searchpath in main")
     problem = _salt_on_command_line(sys.argv[1:]) or _task_settings_problem(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    problem = _output_dir_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(3)
     try:
         _app()
     except SystemExit as stop:

@@ -59,6 +59,7 @@ class SyntheticSpec:
     image_format: ImageFormat = ImageFormat.nifti  # nifti (spacing in header) | png (in manifest)
     # --- class signal (the known right answer) ---
     band_inner_mm: float = 0.0  # signal band starts this far outside the lesion boundary, mm
+    # (the band phantom, data=band_phantom: 1.5-2.5 mm, intra_strength 0, er_signal false)
     band_outer_mm: float = 1.0  # ... and ends here (band = inner < d <= outer), mm
     band_strength: float = 3.0  # mean echogenicity rise in the band of label-1 cases, dB (moderate:
     # no signature separates the training set perfectly)
@@ -112,9 +113,9 @@ class DataConfig:
     manifest: Optional[str] = None  # CSV, one row per lesion; paths relative to it
     features_table: Optional[str] = None  # CSV/Parquet replacing images (source=features)
     case_column: str = "case_id"
-    label_column: str = "label"  # binary outcome, 1 = HER2-low, 0 = HER2-zero by default
-    positive_class: str = "HER2-low"  # what label 1 means, for tables and figures
-    negative_class: str = "HER2-zero"
+    label_column: str = "label"  # binary outcome: 1 = positive_class, 0 = negative_class
+    positive_class: str = "positive"  # what label 1 means, in every table, figure and report
+    negative_class: str = "negative"  # what label 0 means (synthetic cohort: HER2-low/HER2-zero)
     spacing_mm: Optional[float] = None  # cohort-wide pixel spacing for PNG/JPEG/BMP/TIFF
     mask_label: Optional[int] = None  # label value to use in multi-label masks
     max_image_pixels: Optional[int] = 25_000_000  # larger images are refused from their header,
@@ -275,6 +276,14 @@ class TrackingConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What the reports show."""
+
+    paper_reference: Optional[bool] = None  # the source paper's HER2 figures beside ours
+    # (task=paper): null = on for the synthetic cohort only, true | false
+
+
+@dataclass
 class TaskConfig:
     """What runs (one file per task in conf/task/): ``_target_`` is its ``run(cfg)``."""
 
@@ -310,6 +319,7 @@ class Her2StudyConfig:
     compare: Optional[CompareConfig] = None  # task=compare
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_configs() -> None:

@@ -26,8 +26,19 @@ def _num(v) -> str:
     return "-" if pd.isna(v) else f"{v:.3f}"
 
 
-def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per set x signature: ours, and the paper's where it has the same signature."""
+def paper_reference_on(cfg, synthetic: bool) -> bool:
+    """Whether the paper's HER2 figures are shown beside ours: ``report.paper_reference``
+    (null: only on the synthetic cohort, whose design mirrors the paper's; a user's cohort
+    measures something else)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, "report.paper_reference", default=None)
+    return bool(synthetic) if value is None else bool(value)
+
+
+def compare_with_paper(metrics: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
+    """One row per set x signature: ours, and (``with_paper``) the paper's where it has the
+    same signature."""
     paper = paper_table3().set_index(["set", "signature"])
     rows = []
     # the paper's training figures are apparent (in-sample): set beside our apparent row
@@ -50,7 +61,10 @@ def compare_with_paper(metrics: pd.DataFrame) -> pd.DataFrame:
                 _num(p[m]) if p is not None else "-"
             )
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if not with_paper:
+        out = out[[c for c in out.columns if not str(c).startswith("paper ")]]
+    return out
 
 
 def compact_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
@@ -66,6 +80,7 @@ def compact_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
         "NPV",
         "Accuracy",
     ]
+    cols = [c for c in cols if c in comparison.columns]
     return comparison[cols].rename(
         columns={"Sensitivity": "Sens", "Specificity": "Spec", "Accuracy": "Acc"}
     )

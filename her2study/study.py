@@ -232,8 +232,10 @@ def fit_signatures(
             for c in features.columns
             if column_region(c) in regions and not _excluded(c, outside, cfg)
         ]
-        if not cols:
-            log.warning("signature %s: no feature columns for regions %s; skipped", name, regions)
+        if {c.split("_", 1)[0] for c in cols} != set(regions):
+            cols = []  # a tumour + ring signature needs both regions (not the tumour's alone)
+        if not cols:  # said once, before the work (planned_signatures, her2study.preflight)
+            log.debug("signature %s: no feature columns for regions %s; skipped", name, regions)
             continue
         est = signature_pipeline(cfg, sites, covariates)
         pipe = clone_fit(est, features.loc[train, cols], ytr)
@@ -269,8 +271,12 @@ def fit_signatures(
         fits.append(
             _fit_nomogram(rings, clinic, features, clinical, ytr, train, folds, cfg, signature)
         )
-    elif rings:
-        log.info("no clinical columns: no Clinic and no Nomogram signature (data.clinical_columns)")
+    if not fits:
+        raise ConfigError(
+            "no signature could be fitted: no feature columns of the configured regions and no "
+            "clinical columns -> fix: give intra_/peri<w>mm_ feature columns or "
+            "data.clinical_columns"
+        )
     if int(cfg.evaluation.bootstrap_reps) > 0:
         validate_fits(fits, ytr, train, cfg)
     return fits
@@ -338,6 +344,34 @@ def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, l
         if "band" in kinds:
             groups[f"Band {label}"] = ("band", [band])
     return groups
+
+
+def planned_signatures(cfg, regions, has_clinical: bool) -> tuple[list[str], dict[str, str]]:
+    """The signatures :func:`fit_signatures` fits given the available ``regions`` (column
+    prefixes) and clinical columns, and the configured ones it cannot fit -> why."""
+    widths = [float(w) for w in cfg.region.ring_widths_mm]
+    bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
+    planned, missing = [], {}
+    if has_clinical:
+        planned.append("Clinic")
+    else:
+        missing["Clinic"] = "no clinical columns: data.clinical_columns is empty"
+    ring_fitted = False
+    for name, (kind, needed) in signature_groups(cfg, widths, bands).items():
+        absent = [r for r in needed if r not in regions]
+        if absent:
+            missing[name] = f"no {'/'.join(a + '_' for a in absent)} feature columns"
+        else:
+            planned.append(name)
+            ring_fitted = ring_fitted or kind == "tumour+ring"
+    if has_clinical and ring_fitted:
+        planned.append("Nomogram")
+    elif "tumour+ring" in [str(k) for k in cfg.region.signature_kinds]:
+        missing["Nomogram"] = "needs " + " and ".join(
+            ["clinical columns"] * (not has_clinical)
+            + ["a tumour + ring signature"] * (not ring_fitted)
+        )
+    return planned, missing
 
 
 def _excluded(column: str, outside: set[str], cfg) -> bool:

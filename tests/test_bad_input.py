@@ -119,6 +119,134 @@ def salt_in_config(make_cohort, tmp_path):
     return [*features_file(tmp_path), "data.pseudonymise=true", "data.pseudonym_salt=s3cret"]
 
 
+def image_case(edit_arrays):
+    """A manifest whose case C000 has its image/mask arrays rewritten by ``edit_arrays``."""
+
+    def setup(make_cohort, tmp_path):
+        from conftest import write_nifti
+
+        def edit(df, root):
+            img = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "img/C000.nii.gz")))
+            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "img/C000_mask.nii.gz")))
+            img, mask = edit_arrays(img, mask)
+            write_nifti(img, root / "img/C000.nii.gz")
+            write_nifti(mask, root / "img/C000_mask.nii.gz")
+            return df
+
+        m = make_cohort(n=6, extra=edit)
+        return ["task=extract", "data=manifest", f"data.manifest={m}"]
+
+    return setup
+
+
+def three_pixel_tumour(img, mask):
+    mask = np.zeros_like(mask)
+    mask[60, 70:73] = 1
+    return img, mask
+
+
+def zero_outside_lesion(img, mask):
+    return np.where(mask > 0, img, 0).astype(img.dtype), mask
+
+
+def interpolated_mask(img, mask):
+    from scipy import ndimage
+
+    return img, np.clip(ndimage.gaussian_filter(mask.astype(np.float32), 1.5), 0, 1)
+
+
+def manifest_without_age(make_cohort, tmp_path):
+    m = make_cohort(n=6, extra=lambda df, root: df.drop(columns=["age"]))
+    return ["+exp=paper", "data=manifest", f"data.manifest={m}", "data.clinical_columns=[]"]
+
+
+def with_args(setup, *extra):
+    def wrapped(make_cohort, tmp_path):
+        return [*setup(make_cohort, tmp_path), *extra]
+
+    return wrapped
+
+
+def split_all_train(t):
+    return t.assign(split="train")
+
+
+def split_unknown(t):
+    return t.assign(split=["train", "test", "valid"] * (len(t) // 3))
+
+
+def age_all_missing(t):
+    return t.assign(age=np.nan)
+
+
+def feature_nan(t):
+    t.loc[3, "intra_f1"] = np.nan
+    return t
+
+
+def feature_inf(t):
+    t.loc[4, "peri1mm_f2"] = np.inf
+    return t
+
+
+def duplicated_column(make_cohort, tmp_path):
+    args = features_file(tmp_path)
+    path = tmp_path / "f.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    header[header.index("intra_f2")] = "intra_f1"
+    path.write_text("\n".join([",".join(header), *lines[1:]]) + "\n")
+    return args
+
+
+def lasso_inside_cv_folds(make_cohort, tmp_path):
+    # ~18 training cases of the smaller class: >= 16 for LASSO on all of them, but each
+    # 5-fold training part keeps about 14
+    return [*features_file(tmp_path), "selection.lasso_cv=16"]
+
+
+def search_folds_too_many(make_cohort, tmp_path):
+    X, clinical, y = noise_features(n=40, p=3)
+    y[:] = 0
+    y.iloc[:3] = 1  # 3 positives
+    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    return [
+        "+exp=search",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "search.outer_folds=2",
+        "search.inner_folds=2",
+        "selection.lasso_cv=2",
+    ]
+
+
+def search_clinical_without_columns(make_cohort, tmp_path):
+    X, _, y = noise_features(n=40, p=3)
+    X.assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    return [
+        "+exp=search",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "search.space.use_clinical=null",
+        "search.use_clinical=true",
+    ]
+
+
+def params_file_unreadable(make_cohort, tmp_path):
+    (tmp_path / "params.yaml").write_text("setting: [binWidth: 5\n  imageType: {\n")
+    m = make_cohort(n=6)
+    return [
+        "+exp=paper",
+        "data=manifest",
+        f"data.manifest={m}",
+        f"extractor.params_file={tmp_path / 'params.yaml'}",
+    ]
+
+
+def clinical_model_column_not_read(make_cohort, tmp_path):
+    return [*features_file(tmp_path), "model.clinical.columns=[age,bmi]"]
+
+
 BAD = [
     # (name, setup, expected fragment, exit code)
     ("missing file", manifest_case("missing_file"), "file not found", 2),
@@ -159,7 +287,47 @@ BAD = [
     ("ring thinner than a pixel", ring_too_thin, "use a wider ring", 2),
     ("split column missing", unknown_split, "needs a 'split' column", 2),
     ("salt not from the environment", salt_in_config, "export HER2STUDY_SALT=... instead", 2),
+    # issue 13: checks made before any extraction or fit, each with its own fix
+    ("balance_on column missing", manifest_without_age, "or split.balance_on=null", 2),
+    (
+        "split column all train",
+        with_args(features_case(split_all_train), "split.method=column"),
+        "the 'split' column has no test cases",
+        2,
+    ),
+    (
+        "split column unknown value",
+        with_args(features_case(split_unknown), "split.method=column"),
+        "'valid' is not train/test",
+        2,
+    ),
+    ("clinical column all NaN", features_case(age_all_missing), "'age' is empty", 2),
+    ("feature NaN", features_case(feature_nan), "feature 'intra_f1' is missing (NaN)", 2),
+    ("feature inf", features_case(feature_inf), "feature 'peri1mm_f2' is infinite", 2),
+    ("duplicated feature column", duplicated_column, "'intra_f1' appears 2 times", 2),
+    ("LASSO CV inside the CV folds", lasso_inside_cv_folds, "inside it needs at least 16", 2),
+    ("3 positives, 2-fold nested CV", search_folds_too_many, "search.inner_folds=2 needs", 2),
+    (
+        "use_clinical without clinical columns",
+        search_clinical_without_columns,
+        "use_clinical=true, but there are no clinical columns",
+        2,
+    ),
+    ("params YAML unreadable", params_file_unreadable, "cannot read the pyradiomics params", 2),
+    (
+        "clinical model column not read",
+        clinical_model_column_not_read,
+        "model.clinical.columns names ['bmi']",
+        2,
+    ),
+    ("3-pixel tumour", image_case(three_pixel_tumour), "tumour mask is too small", 2),
+    ("image zero outside the lesion", image_case(zero_outside_lesion), "region.fov=none", 2),
+    ("interpolated float mask", image_case(interpolated_mask), "interpolated (resampled)", 2),
 ]
+BEFORE_EXTRACTION = {  # checked before anything is extracted: no cache entry is written
+    "balance_on column missing",
+    "params YAML unreadable",
+}
 
 
 def _hashes(root):
@@ -189,6 +357,8 @@ def test_bad_input(
     # nothing half-written: no results, no temporary files left in the cache
     assert not list(work.rglob("features.parquet")) and not list(work.rglob("table3.csv"))
     assert not [p for p in work.rglob("*.tmp")]
+    if name in BEFORE_EXTRACTION:
+        assert not list(work.rglob("*.json")), "extracted before the checks"
     if inputs:
         assert _hashes(tmp_path / "cohort") == inputs
 
@@ -325,3 +495,56 @@ def test_full_or_read_only_cache(
     assert not list(cache.rglob("*.tmp"))  # no partial cache entry left behind
     for entry in cache.rglob("*.json"):
         json.loads(entry.read_text())
+
+
+@pytest.mark.parametrize("kind", ["under /proc", "under a file", "read-only"])
+def test_output_folder_that_cannot_be_written(kind, tmp_path, tiny_mount):
+    """Hydra makes the run folder before any handler of ours runs: the entry point checks it
+    first. One line, exit 3, no traceback, the input untouched and nothing written."""
+    import subprocess
+    import sys
+
+    args = features_file(tmp_path)
+    inputs = _hashes(tmp_path)
+    if kind == "under /proc":
+        run_dir = "/proc/her2study_out/run"
+    elif kind == "under a file":
+        (tmp_path / "afile").write_text("a file, not a folder")
+        inputs = _hashes(tmp_path)
+        run_dir = str(tmp_path / "afile" / "run")
+    else:
+        run_dir = str(tiny_mount("ro", "ro,size=64k") / "run")
+    res = subprocess.run(
+        [sys.executable, "-m", "her2study", *args, "tracking=off", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, errors
+    assert "cannot write the output folder" in errors[0] and "hydra.run.dir=" in errors[0]
+    assert _hashes(tmp_path) == inputs  # nothing written, input untouched
+
+
+@pytest.mark.slow
+def test_full_disk_names_the_file_and_leaves_no_partial_result_set(
+    tmp_path, tiny_mount, monkeypatch, compose, caplog
+):
+    """The results fill a tiny disk: exit 3 naming the file being written; the result set is
+    all or nothing (nothing here), the input untouched."""
+    args = features_file(tmp_path)
+    inputs = _hashes(tmp_path)
+    out = tiny_mount("out", "size=48k")
+    monkeypatch.chdir(out)
+    cfg = compose(*QUICK, *args)
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "No space left" in errors[0], errors
+    assert re.search(r"cannot write \S*outputs/paper/\S+\.(csv|md|png|html):", errors[0]), errors
+    assert not list(out.rglob("table3.csv")) and not list(out.rglob("*.tmp"))
+    digest = hashlib.sha256((tmp_path / "f.csv").read_bytes()).hexdigest()
+    assert digest == inputs[tmp_path / "f.csv"]

@@ -268,7 +268,7 @@ def test_features_table(tmp_path):
     path = tmp_path / "feat.parquet"
     df.to_parquet(path)
     cohort, feats = load_features_table(path, clinical_columns=["age"])
-    assert list(feats.columns) == ["f1", "f2", "f3"]
+    assert list(feats.columns) == ["intra_f1", "intra_f2", "intra_f3"]  # no prefix: the tumour
     assert list(cohort.table.columns) == ["label", "age"]
     assert cohort.ids[0] == "P0"
     df["f2"] = "x"

@@ -200,7 +200,7 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
     assert failed["probability"].isna().all()
     ok = pred[pred["status"] == "ok"].set_index("case_id")
     # the model's own probabilities on the same cases' features (training cohort's table)
-    train_cfg = compose_config(*common, "task=search")
+    train_cfg = compose_config(*common, "task=search", space=SPACE)  # the space the search had
     cohort, fs = cohort_and_features(train_cfg)
     X = fs.table.join(cohort.table[card["clinical_columns"]])
     with warnings.catch_warnings():

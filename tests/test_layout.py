@@ -35,6 +35,7 @@ STAGES = {
     "model_artifact": 8,
     "reporting": 9,
     "report": 9,
+    "preflight": 9,
     "tasks": 10,
     "__main__": 11,
     "__init__": 11,

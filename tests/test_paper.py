@@ -58,7 +58,7 @@ def test_paper_against_a_real_mlflow_server(tmp_path, synthetic_cache, mlflow_se
         "Clinic.test.net_benefit_0.5",
     } <= set(metrics)
     ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
-    assert ptags["data_source"] == "synthetic" and ptags["git_commit"]
+    assert ptags["data_source"] == "synthetic" and ptags["mlflow.source.git.commit"]
     params = {p["key"]: p["value"] for p in parent["data"]["params"]}
     assert params["region.ring_widths_mm"] == "[1.0, 2.0]"
     assert params["data.synthetic"] == "True"

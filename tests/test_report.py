@@ -78,7 +78,7 @@ def test_cohort_summary_matches_scipy(clinical_table):
     )
     row = s[(s.variable == "age")].iloc[0]
     q1, med, q3 = np.percentile(g1.age, [25, 50, 75])
-    assert row["HER2-low (n=54)"] == f"{med:.1f} ({q1:.1f}, {q3:.1f})"
+    assert row["positive (n=54)"] == f"{med:.1f} ({q1:.1f}, {q3:.1f})"
     assert row["test"] == "Mann-Whitney U"
     missing = s[(s.variable == "er_pct") & (s.level == "missing")].iloc[0]
     assert missing["Overall (n=90)"] == "2"
@@ -100,7 +100,7 @@ def test_cohort_summary_matches_scipy(clinical_table):
     rows = s[s.variable == "grade"]
     assert list(rows.level) == ["1", "2", "3"] and rows.p.iloc[1:].isna().all()
     n = int(((t.grade == 2) & (t.label == 0)).sum())
-    assert rows.iloc[1]["HER2-zero (n=36)"] == f"{n} ({100 * n / 36:.1f}%)"
+    assert rows.iloc[1]["negative (n=36)"] == f"{n} ({100 * n / 36:.1f}%)"
 
 
 def test_cohort_summary_class_names_and_format_p(clinical_table):

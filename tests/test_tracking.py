@@ -113,10 +113,10 @@ def test_parent_children_params_metrics_artifacts_model(tmp_path):
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
     assert run.data.tags["task"] == "paper"
-    # params: 153 of them (more than one batch), long value truncated to the installed limit
+    # params: 153 of them (more than one batch: MLflow splits), long value cut to its limit
     p = run.data.params
     assert len(p) == 153
-    assert len(p["long"]) == MAX_PARAM_VAL_LENGTH and p["long"].endswith("[truncated]")
+    assert p["long"] == long_value[:MAX_PARAM_VAL_LENGTH]  # truncated by MLflow's client
     assert p["medium"] == medium_value
     assert p["region.ring_widths_mm"] == "[1.0, 2.0]"
     assert p["p149"] == "149"
@@ -468,3 +468,34 @@ def test_signal_ends_parent_and_child_killed(tmp_path, sig):
     assert client.get_run(child).info.status == "KILLED"
     assert client.get_run(parent).info.status == "KILLED"
     assert "RunTerminated" in client.get_run(parent).data.tags["error"] or sig == "SIGINT"
+
+
+def test_server_refusing_access_names_the_credential_variables():
+    """A real HTTP server that answers 401 (an MLflow server behind basic auth without
+    credentials): one message naming the variables MLflow's client reads."""
+    import http.server
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.end_headers()
+            self.wfile.write(b"You are not authenticated.")
+
+        do_POST = do_GET  # noqa: N815 - MLflow 3 searches experiments with a POST
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(TrackingError, match="refused access") as ei:
+            check_tracking_uri(uri, timeout=2.0)
+        msg = str(ei.value)
+        assert "MLFLOW_TRACKING_USERNAME" in msg and "tracking=off" in msg and uri in msg
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -376,6 +376,13 @@ def _lesion_values(values: np.ndarray, label: int | None) -> np.ndarray:
         return values[values == label]
     if len(nonzero) <= 1:
         return nonzero
+    if not all(float(v).is_integer() for v in nonzero):
+        raise ImageReadError(
+            f"mask holds non-integer values ({len(nonzero)} distinct, e.g. "
+            f"{', '.join(f'{v:.3g}' for v in nonzero[:4])}): an interpolated (resampled) mask",
+            "re-save the segmentation with nearest-neighbour interpolation, or threshold it at "
+            "0.5 to a 0/1 mask (data.mask_label cannot pick a lesion from interpolated values)",
+        )
     shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in nonzero[:6])
     raise ImageReadError(
         f"mask holds several labels ({shown})",

@@ -54,7 +54,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"case {self.case_id}" if self.case_id else "manifest"
-        file = f" [{self.file}]" if self.file else ""
+        if self.file == "config" and not self.case_id:
+            where = "config"
+        file = f" [{self.file}]" if self.file and where != "config" else ""
         fix = f" -> fix: {self.fix}" if self.fix else ""
         return f"{self.severity.upper()} {where}{file}: {self.message}{fix}"
 
@@ -80,6 +82,7 @@ class Cohort:
     warnings: list[Problem] = field(default_factory=list)
     label_column: str = "label"
     failed: dict[str, str] = field(default_factory=dict)  # on_error="collect": case -> reason
+    columns: list[str] = field(default_factory=list)  # every column of the source file
 
     @property
     def has_labels(self) -> bool:
@@ -171,6 +174,16 @@ def check_table(
             )
             continue
         values = pd.to_numeric(df[col], errors="coerce")
+        if len(df) and df[col].isna().all():
+            problems.append(
+                Problem(
+                    "",
+                    file,
+                    f"clinical column '{col}' is empty (no case has a value)",
+                    f"fill it in, or remove '{col}' from data.clinical_columns",
+                )
+            )
+            continue
         for i in df.index[values.isna()]:
             shown = df.at[i, col]
             what = "missing (NaN)" if pd.isna(shown) else f"not numeric ({shown!r})"
@@ -347,6 +360,7 @@ def load_cohort(
     require_labels: bool = True,
     on_error: str = "raise",
     ignore_columns: tuple[str, ...] | list[str] = (),
+    keep_columns: tuple[str, ...] | list[str] = (),
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     site_column: str | None = None,
 ) -> Cohort:
@@ -357,9 +371,10 @@ def load_cohort(
     the cases that have problems of their own (files, masks, clinical values, split) are left out
     and listed with the reasons in :attr:`Cohort.failed`; problems of the manifest as a whole
     (missing columns, empty or duplicate case ids) still raise. ``ignore_columns``: optional
-    columns not to read at all (predict ignores ``mask_reader2`` and ``split``). Input files are
-    only read, never written to. ``max_image_pixels``: larger images are reported from their
-    header, before any pixel is read (None: no limit).
+    columns not to read at all (predict ignores ``mask_reader2`` and ``split``); ``keep_columns``:
+    columns kept in :attr:`Cohort.table` as they are, when present (``split.balance_on``). Input
+    files are only read, never written to. ``max_image_pixels``: larger images are reported from
+    their header, before any pixel is read (None: no limit).
     """
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
@@ -449,6 +464,7 @@ def load_cohort(
         + (["split"] if "split" in df.columns else [])
         + ([site_column] if site_column and site_column not in clinical else [])
     )
+    keep += [c for c in keep_columns if c in df.columns and c not in keep and c != case_column]
     table = df.assign(**{case_column: df[case_column].astype(str).str.strip()})
     table = table.set_index(case_column)[keep]
     table = table[~table.index.isin(list(failed))]
@@ -466,6 +482,7 @@ def load_cohort(
         warnings=warnings,
         label_column=label_column,
         failed=failed,
+        columns=[str(c) for c in df.columns],
     )
 
 

@@ -35,8 +35,9 @@ def ensure_synthetic(data_cfg, n_jobs: int = 1) -> Path:
     return Path(manifest)
 
 
-def load_from_config(data_cfg, n_jobs: int = 1):
-    """Cohort (and, for a features table, the features) described by ``cfg.data``.
+def load_from_config(data_cfg, n_jobs: int = 1, keep_columns=()):
+    """Cohort (and, for a features table, the features) described by ``cfg.data``;
+    ``keep_columns`` (e.g. ``split.balance_on``) stay in the cohort table when present.
 
     Returns ``(cohort, features_or_None)``.
     """
@@ -44,6 +45,7 @@ def load_from_config(data_cfg, n_jobs: int = 1):
         case_column=data_cfg.case_column,
         label_column=data_cfg.label_column,
         clinical_columns=list(data_cfg.clinical_columns),
+        keep_columns=[c for c in keep_columns if c],
         site_column=getattr(data_cfg, "site_column", None),
     )
     if data_cfg.source == "synthetic":

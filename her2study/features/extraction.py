@@ -216,10 +216,7 @@ def extract_case(
     for spec in todo:
         region, stats = maker.make(spec)
         if stats.n_pixels < max(min_size, 1):
-            problems[spec.name] = (
-                f"case {case.case_id} [{case.mask.name}] region {spec.name}: only "
-                f"{stats.n_pixels} pixels -> fix: use a wider ring or check the mask and spacing"
-            )
+            problems[spec.name] = _too_small(case, spec, stats, maker, min_size)
             continue
         masks[spec.name], stats_of[spec.name] = region_image(region, image), stats
     with warnings.catch_warnings():
@@ -242,6 +239,32 @@ def extract_case(
         result.stats[spec.name] = entry["stats"]
         result.n_extracted += 1
     return result
+
+
+def _too_small(case, spec, stats, maker, min_size: int) -> str:
+    """Why a region has too few pixels, with the fix that applies: a tiny tumour mask, a ring
+    lying outside the image's non-zero field of view, or a ring thinner than a pixel."""
+    where = f"case {case.case_id} [{case.mask.name}] region {spec.name}: only {stats.n_pixels} "
+    where += f"pixels (pyradiomics minimumROISize {min_size})"
+    if spec.is_intra:
+        return where + (
+            ": the tumour mask is too small for texture features -> fix: check the mask and "
+            "its pixel spacing, or leave the case out of the manifest"
+        )
+    fov, maker.fov = maker.fov, None
+    try:
+        unclipped = maker.make(spec)[1].n_pixels
+    finally:
+        maker.fov = fov
+    if unclipped >= max(min_size, 1):
+        return where + (
+            f" of {unclipped} inside the image: the image is zero around the lesion, so the "
+            "ring falls outside the field of view -> fix: set region.fov=none"
+        )
+    return where + (
+        ": the ring is thinner than a pixel at this spacing -> fix: use a wider ring "
+        "(region.ring_widths_mm) or check the pixel spacing"
+    )
 
 
 def _valid_entry(entry) -> bool:

@@ -69,31 +69,52 @@ def _run(args: list[str], timeout: float) -> BrowserRun:
     return BrowserRun(res.returncode, res.stdout, res.stderr)
 
 
+def _url(page: str | Path) -> str:
+    """An ``http(s)://`` address as it is; a file path as a ``file://`` URI."""
+    if isinstance(page, str) and page.startswith(("http://", "https://")):
+        return page
+    return Path(page).resolve().as_uri()
+
+
+def _wait(wait_ms: int | None) -> list[str]:
+    # a page that builds itself with scripts (a web app) gets this much virtual time first
+    return [f"--virtual-time-budget={int(wait_ms)}"] if wait_ms else []
+
+
 def screenshot(
     report: str | Path,
     png: str | Path,
     window: tuple[int, int] = (1280, 2400),
     timeout: float = 90,
+    wait_ms: int | None = None,
 ) -> BrowserRun:
-    """Render ``report`` and save a ``window``-sized screenshot of its top to ``png``.
+    """Render ``report`` (a file, or an ``http://`` page) and save a ``window``-sized
+    screenshot of its top to ``png``; ``wait_ms`` lets a scripted page run first.
 
     Chromium's log goes to stderr (``--enable-logging=stderr --v=0``) so that page errors can
     be checked with :attr:`BrowserRun.console_errors`.
     """
-    url = Path(report).resolve().as_uri()
     return _run(
         [
             "--enable-logging=stderr",
             "--v=0",
+            *_wait(wait_ms),
             f"--screenshot={Path(png).resolve()}",
             f"--window-size={window[0]},{window[1]}",
-            url,
+            _url(report),
         ],
         timeout,
     )
 
 
-def dump_dom(report: str | Path, timeout: float = 90) -> BrowserRun:
-    """The DOM after loading ``report`` (in ``stdout``), with the log in ``stderr``."""
-    url = Path(report).resolve().as_uri()
-    return _run(["--enable-logging=stderr", "--v=0", "--dump-dom", url], timeout)
+def dump_dom(
+    report: str | Path,
+    timeout: float = 90,
+    wait_ms: int | None = None,
+    window: tuple[int, int] | None = None,
+) -> BrowserRun:
+    """The DOM after loading ``report`` (a file or an ``http://`` page; in ``stdout``), with the
+    log in ``stderr``; ``wait_ms`` lets a scripted page run first."""
+    size = [f"--window-size={window[0]},{window[1]}"] if window else []
+    args = ["--enable-logging=stderr", "--v=0", *_wait(wait_ms), *size, "--dump-dom"]
+    return _run([*args, _url(report)], timeout)

@@ -88,7 +88,7 @@ def figure_blocks(figures: dict) -> list:
     return blocks
 
 
-def split_table(y: pd.Series, split: pd.Series, class_names=("HER2-zero", "HER2-low")):
+def split_table(y: pd.Series, split: pd.Series, class_names=("negative", "positive")):
     """n per set (rows) and class (columns), with totals."""
     rows = []
     for name, mask in (
@@ -108,8 +108,9 @@ def split_table(y: pd.Series, split: pd.Series, class_names=("HER2-zero", "HER2-
     return pd.DataFrame(rows)
 
 
-def design_items(cfg, fits=None) -> dict[str, str]:
-    """The paper design's settings, in words."""
+def design_items(cfg, fits=None, missing: dict | None = None) -> dict[str, str]:
+    """The paper design's settings, in words; ``missing``: signature -> why it was not fitted
+    (the design then says so instead of describing it)."""
     method = sel(cfg, "split.method", "block")
     if method == "block":
         split = (
@@ -139,18 +140,25 @@ def design_items(cfg, fits=None) -> dict[str, str]:
         if fit.kind == "nomogram":
             base = fit.details.get("base_signature", "-")
     ci = sel(cfg, "evaluation.ci", "delong")
+    gone = set(missing or {})
     items = {
         "Split": split,
         "Regions": ", ".join(
-            ["tumour"] * bool(sel(cfg, "region.include_intra", True))
-            + [f"tumour + {float(w):g} mm ring" for w in sel(cfg, "region.ring_widths_mm", [])]
-        ),
+            ["tumour"] * bool(sel(cfg, "region.include_intra", True) and "Intra" not in gone)
+            + [
+                f"tumour + {float(w):g} mm ring"
+                for w in sel(cfg, "region.ring_widths_mm", [])
+                if f"IntraPeri {float(w):g} mm" not in gone
+            ]
+        )
+        or "-",
         "Feature selection (inside the training fit)": selection,
         "Radiomics model": model,
         "Clinical model": _clinical_words(cfg),
         "Nomogram": f"rad-score of {base} + the clinical model's factors; the combined model is "
         f"fitted on {_rad_score_words(cfg)} (signature: {sel(cfg, 'model.nomogram.signature')}; "
         f"VIF warning above {sel(cfg, 'model.nomogram.vif_limit')})",
+        "Signatures fitted": ", ".join(f.name for f in fits or []) or "-",
         "Threshold": f"Youden index on the {_threshold_data(cfg)} training predictions, applied "
         "unchanged to test"
         if str(sel(cfg, "evaluation.threshold")) == "youden"
@@ -162,6 +170,15 @@ def design_items(cfg, fits=None) -> dict[str, str]:
         if ci == "delong"
         else f"bootstrap ({sel(cfg, 'evaluation.n_boot')} replicates)",
     }
+    for name, why in (missing or {}).items():
+        key = {"Clinic": "Clinical model", "Nomogram": "Nomogram"}.get(name)
+        if key is not None:
+            items[key] = f"not fitted: {why}"
+    if missing:
+        items["Signatures not fitted"] = "; ".join(f"{k} ({v})" for k, v in missing.items())
+    if not any(f.kind == "radiomics" for f in fits or []) and fits is not None:
+        for key in ("Feature selection (inside the training fit)", "Radiomics model"):
+            items[key] = "not fitted: no radiomics signature"
     return items
 
 
@@ -348,17 +365,20 @@ def paper_report(
     checklist: dict | None = None,
     date: str | None = None,
     validation: pd.DataFrame | None = None,
+    missing: dict | None = None,
     extra_sections: list | None = None,
 ) -> Path:
-    """The ``task=paper`` report: ``out_dir/report.html``.
+    """The ``task=paper`` report: ``out_dir/report.html``. ``missing``: the configured
+    signatures not fitted -> why (said in the design); the paper's figures appear when
+    ``comparison`` has them (``report.paper_reference``).
 
     ``extra_sections`` (e.g. transportability per site) come after the results.
 
     ``features`` (optional) is only used to count missing values; ``checklist`` adds to or
     replaces items of the generated reviewer checklist.
     """
-    pos = sel(cfg, "data.positive_class", "HER2-low")
-    neg = sel(cfg, "data.negative_class", "HER2-zero")
+    pos = sel(cfg, "data.positive_class", "positive")
+    neg = sel(cfg, "data.negative_class", "negative")
     names = (neg, pos)
     label = cohort.label_column
     source = (
@@ -390,24 +410,35 @@ def paper_report(
     # design
     design_blocks: list = [
         Captioned(split_table(y, split, names), "Cases per set and class"),
-        design_items(cfg, fits),
+        design_items(cfg, fits, missing),
     ]
+    if missing:
+        design_blocks.insert(
+            0,
+            "Not fitted: "
+            + "; ".join(f"{k} ({v})" for k, v in missing.items())
+            + ". Their rows are absent from every table below.",
+        )
 
     # results
     cal = _by_set(metrics[[c for c in _CAL_COLS if c in metrics.columns]])
     nb_cols = [c for c in metrics.columns if c.startswith("net_benefit")]
     nb = _by_set(metrics[["set", "signature", *nb_cols]])
     auc, thr = split_comparison(comparison)
+    with_paper = any(str(c).startswith("paper ") for c in comparison.columns)
     results_blocks: list = [
         Heading("Discrimination"),
         Captioned(
-            auc, "AUC (95% CI) beside the paper's Table 3 ('-': the paper has no such signature)"
+            auc,
+            "AUC (95% CI) beside the paper's Table 3 ('-': the paper has no such signature)"
+            if with_paper
+            else "AUC (95% CI)",
         ),
         Heading("Threshold metrics"),
         Captioned(
             thr,
-            "At the threshold chosen on the training set; the paper's values in the shaded "
-            "'paper' columns",
+            "At the threshold chosen on the training set"
+            + ("; the paper's values in the shaded 'paper' columns" if with_paper else ""),
         ),
         Heading("Calibration"),
         Captioned(

@@ -216,8 +216,8 @@ def reviewer_checklist(
     regions = ["tumour (mask)"] if sel(cfg, "region.include_intra", True) else []
     regions += [f"ring 0-{float(w):g} mm" for w in widths]
     regions += [f"band {a:g}-{b:g} mm" for a, b in bands]
-    pos = sel(cfg, "data.positive_class", "HER2-low")
-    neg = sel(cfg, "data.negative_class", "HER2-zero")
+    pos = sel(cfg, "data.positive_class", "positive")
+    neg = sel(cfg, "data.negative_class", "negative")
     icc = sel(cfg, "selection.icc_threshold")
     ci = sel(cfg, "evaluation.ci", "delong")
     nb_at = sel(cfg, "evaluation.net_benefit_at", []) or []

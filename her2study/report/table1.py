@@ -63,7 +63,7 @@ def cohort_summary(
     table: pd.DataFrame,
     label_column: str,
     columns: list[str],
-    class_names: tuple[str, str] = ("HER2-zero", "HER2-low"),
+    class_names: tuple[str, str] = ("negative", "positive"),
     max_levels: int = 5,
 ) -> pd.DataFrame:
     """A Table-1-like summary of ``columns`` by class (label 0 vs label 1).

@@ -34,6 +34,13 @@ Dimensions of ``search.space`` (any subset; absent ones keep the run's config):
 ``ring_width_mm``      tumour + the ring of this width (its features must be extracted:
                        ``region.ring_widths_mm``); ``0`` = tumour only. Absent: every region of
                        the features table.
+``region_kind``        ``tumour``, ``tumour+ring`` (absent: this, as above), ``ring`` (the ring
+                       alone), ``tumour+band``, ``band`` (the band alone), as
+                       ``region.signature_kinds``; per-region estimates are named as in
+                       ``margins.csv`` (``ring2.5mm``, ``band1.5-2.5mm``, ...). Ring and band
+                       regions leave out ``region.ring_exclude_classes`` (shape2D)
+``band_mm``            the band of the band kinds, ``'inner-outer'`` in mm (``'1.5-2.5'``; its
+                       features: ``region.bands_mm``); absent: the one band of ``region.bands_mm``
 ``use_clinical``       ``true``: the clinical columns join the design and go through the same
                        selection (absent: ``search.use_clinical``)
 ``corr_threshold``,    ``selection.*`` keys of the same name: ``corr_method``, ``corr_rule``,

@@ -43,6 +43,81 @@ def _plain(x):
     return x
 
 
+# region kinds of a candidate, as ``region.signature_kinds`` and margins.csv's ``kind``
+REGION_KINDS = ("tumour", "tumour+ring", "ring", "tumour+band", "band")
+DEFAULT_KIND = "tumour+ring"  # without a region_kind dimension: tumour + ring (0 = tumour only)
+
+
+def parse_band(value) -> tuple[float, float]:
+    """``"1.5-2.5"`` (or ``[1.5, 2.5]``) -> (1.5, 2.5): a band ``inner < d <= outer`` mm."""
+    try:
+        if isinstance(value, str):
+            a, b = (float(x) for x in value.split("-"))
+        else:
+            a, b = (float(x) for x in value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"band {value!r}: write it as 'inner-outer' in mm, e.g. '1.5-2.5'"
+        ) from None
+    if not 0 <= a < b:
+        raise ConfigError(f"band {value!r}: needs 0 <= inner < outer mm")
+    return a, b
+
+
+def band_text(band) -> str:
+    a, b = parse_band(band)
+    return f"{a:g}-{b:g}"
+
+
+def region_choice(kind: str, ring_width_mm, band_mm) -> tuple[str, float | None]:
+    """(name, outer edge in mm) of a region choice, the names of ``margins.csv``: ``intra`` (0),
+    ``intra+ring1mm``, ``ring1mm``, ``intra+band1.5-2.5mm``, ``band1.5-2.5mm``; ``all`` (None)
+    for every region of the table (tumour + ring without a ring width)."""
+    if kind == "tumour":
+        return "intra", 0.0
+    if kind in ("tumour+ring", "ring"):
+        if ring_width_mm is None:
+            if kind == "ring":
+                raise ConfigError("region_kind ring needs a ring_width_mm")
+            return "all", None
+        w = float(ring_width_mm)
+        if w == 0:
+            if kind == "ring":
+                raise ConfigError(
+                    "region_kind ring with ring_width_mm 0 is empty (0 = tumour only): drop 0 "
+                    "from search.space.ring_width_mm or give it when: {region_kind: tumour+ring}"
+                )
+            return "intra", 0.0
+        return (f"intra+ring{w:g}mm" if kind == "tumour+ring" else f"ring{w:g}mm"), w
+    if kind in ("tumour+band", "band"):
+        if band_mm is None:
+            raise ConfigError(
+                f"region_kind {kind} needs a band: search.space.band_mm (e.g. choices "
+                "['1.5-2.5']) or exactly one band in region.bands_mm"
+            )
+        a, b = parse_band(band_mm)
+        name = f"band{a:g}-{b:g}mm"
+        return (f"intra+{name}" if kind == "tumour+band" else name), b
+    raise ConfigError(f"region_kind {kind!r}: kinds are {', '.join(REGION_KINDS)}")
+
+
+def _region_columns(kind: str, ring_width_mm, band_mm) -> list[str] | None:
+    """Column prefixes (region names of the features table) of a region choice; None = all."""
+    from her2study.regions import band_spec, ring_spec
+
+    intra = ["intra"] if kind.startswith("tumour") else []
+    if kind in ("tumour+ring", "ring"):
+        region_choice(kind, ring_width_mm, band_mm)  # checks
+        if ring_width_mm is None:
+            return None
+        w = float(ring_width_mm)
+        return intra + ([ring_spec(w).name] if w else [])
+    if kind in ("tumour+band", "band"):
+        region_choice(kind, ring_width_mm, band_mm)
+        return intra + [band_spec(*parse_band(band_mm)).name]
+    return intra
+
+
 # ------------------------------------------------------------------------------------------
 # Candidates: a point of the space as a pipeline on columns
 # ------------------------------------------------------------------------------------------
@@ -57,6 +132,8 @@ class Candidate:
     selection: dict
     model: str
     model_params: dict
+    region_kind: str = DEFAULT_KIND  # tumour | tumour+ring | ring | tumour+band | band
+    band_mm: str | None = None  # "inner-outer" mm, for the band kinds
 
     def as_dict(self) -> dict:
         return {
@@ -65,10 +142,19 @@ class Candidate:
             "selection": dict(self.selection),
             "model": self.model,
             "model_params": dict(self.model_params),
+            "region_kind": self.region_kind,
+            "band_mm": self.band_mm,
         }
 
+    def region(self) -> tuple[str, float | None]:
+        """(name, outer edge mm) of the candidate's region choice (:func:`region_choice`)."""
+        return region_choice(self.region_kind, self.ring_width_mm, self.band_mm)
+
     def label(self) -> str:
-        ring = "all" if self.ring_width_mm is None else f"{self.ring_width_mm:g}mm"
+        if self.region_kind == DEFAULT_KIND:
+            ring = "all" if self.ring_width_mm is None else f"{self.ring_width_mm:g}mm"
+        else:
+            ring = self.region()[0]
         params = ",".join(f"{k}={_short(v)}" for k, v in sorted(self.model_params.items()))
         sel = self.selection
         return (
@@ -87,11 +173,19 @@ def base_selection(cfg) -> dict:
     return {k: sel[k] for k in SELECTION_DIMS if k in sel}
 
 
+def config_band(cfg) -> str | None:
+    """The band of ``region.bands_mm`` when there is exactly one (``"1.5-2.5"``), else None."""
+    bands = list(OmegaConf.select(cfg, "region.bands_mm", default=None) or [])
+    return band_text(bands[0]) if len(bands) == 1 else None
+
+
 def search_defaults(cfg) -> dict:
     """Values of the dimensions that are not searched."""
     return {
         "model": cfg.model.name,
         "use_clinical": bool(cfg.search.use_clinical),
+        "region_kind": DEFAULT_KIND,
+        "band_mm": config_band(cfg),
         **base_selection(cfg),
     }
 
@@ -104,6 +198,8 @@ def base_config(cfg) -> dict:
         "model": cfg.model.name,
         "model_params": dict(_plain(cfg.model.params) or {}),
         "use_clinical": bool(cfg.search.use_clinical),
+        "region_kind": DEFAULT_KIND,
+        "band_mm": config_band(cfg),
     }
 
 
@@ -120,13 +216,19 @@ def candidate_from_params(params: dict, cfg, base: dict | None = None) -> Candid
     for k, v in params.items():
         if "." in k and k.split(".", 1)[0] == model:
             model_params[k.split(".", 1)[1]] = v
-    ring = params.get("ring_width_mm")
+    kind = str(params.get("region_kind", base.get("region_kind", DEFAULT_KIND)))
+    ring = params.get("ring_width_mm") if kind in ("tumour+ring", "ring") else None
+    band = params.get("band_mm", base.get("band_mm")) if kind.endswith("band") else None
+    if kind == "tumour":
+        ring = 0.0
     return Candidate(
         ring_width_mm=None if ring is None else float(ring),
         use_clinical=bool(params.get("use_clinical", base["use_clinical"])),
         selection=selection,
         model=model,
         model_params=model_params,
+        region_kind=kind,
+        band_mm=None if band is None else band_text(band),
     )
 
 
@@ -171,9 +273,21 @@ class Design:
         clinical: pd.DataFrame | None,
         synthetic: bool = False,
         source: str = "",
+        outside_exclude=(),
     ) -> Design:
+        """``outside_exclude``: feature classes left out of ring and band regions
+        (``region.ring_exclude_classes``, shape2D by default: a ring's shape is the tumour's)."""
         # the second reader's features (reader2__*, for the ICC) are never predictors
         features = features[[c for c in features.columns if not str(c).startswith("reader2__")]]
+        if outside_exclude:
+            features = features[
+                [
+                    c
+                    for c in features.columns
+                    if str(c).split("_", 1)[0] == "intra"
+                    or not any(f"_{k}_" in str(c) for k in outside_exclude)
+                ]
+            ]
         regions: dict[str, list[str]] = {}
         for c in features.columns:
             regions.setdefault(str(c).split("_", 1)[0], []).append(c)
@@ -185,19 +299,15 @@ class Design:
         )
 
     def columns(self, cand: Candidate) -> list[str]:
-        from her2study.regions import ring_spec
-
-        if cand.ring_width_mm is None:
+        names = _region_columns(cand.region_kind, cand.ring_width_mm, cand.band_mm)
+        if names is None:
             names = list(self.regions)
-        elif cand.ring_width_mm == 0:
-            names = ["intra"]
-        else:
-            names = ["intra", ring_spec(cand.ring_width_mm).name]
         missing = [n for n in names if n not in self.regions]
         if missing:
             raise ConfigError(
                 f"no feature columns for region(s) {missing} (found: {sorted(self.regions)}); "
-                "extract them with region.ring_widths_mm, or change search.space.ring_width_mm"
+                "extract them with region.ring_widths_mm / region.bands_mm, or change "
+                "search.space.ring_width_mm / band_mm / region_kind"
             )
         cols = [c for n in names for c in self.regions[n]]
         if cand.use_clinical:
@@ -209,27 +319,37 @@ class Design:
             cols += self.clinical
         return cols
 
-    def check_space(self, dims: list[Dim]) -> None:
-        """Every ring width of the space has features; clinical columns exist when needed."""
-        from her2study.regions import ring_spec
+    def check_space(self, dims: list[Dim], defaults: dict | None = None) -> None:
+        """Every region choice of the space has features; clinical columns exist when needed."""
+        from her2study.regions import band_spec, ring_spec
 
+        for choice in space_regions(dims, defaults or {}):
+            kind, w, band = choice
+            names = _region_columns(kind, w, band) or []
+            if "intra" in names and "intra" not in self.regions:
+                raise ConfigError(
+                    "search.space.ring_width_mm / region_kind needs tumour features "
+                    "(columns intra_*): set region.include_intra=true"
+                )
+            missing = [n for n in names if n not in self.regions]
+            if missing and kind.endswith("band"):
+                have = sorted(r for r in self.regions if r.startswith("band"))
+                raise ConfigError(
+                    f"search.space.band_mm: no features for band {band} mm "
+                    f"({band_spec(*parse_band(band)).name}; bands in the features: {have}); add "
+                    f"it to region.bands_mm (e.g. 'region.bands_mm=[[{band.replace('-', ',')}]]') "
+                    "or drop it from the space"
+                )
+            if missing:
+                have = sorted(r for r in self.regions if r.startswith("peri"))
+                raise ConfigError(
+                    f"search.space.ring_width_mm: no features for width(s) [{w:g}] mm "
+                    f"({ring_spec(w).name}; rings in the features: {have}); add them to "
+                    f"region.ring_widths_mm (e.g. 'region.ring_widths_mm=[0.5,1,1.5,2,3]') or "
+                    "drop them from the space"
+                )
         for dim in dims:
             values = dim.choices if dim.kind == "categorical" else (dim.value,)
-            if dim.name == "ring_width_mm":
-                if "intra" not in self.regions:
-                    raise ConfigError(
-                        "search.space.ring_width_mm needs tumour features "
-                        "(columns intra_*): set region.include_intra=true"
-                    )
-                missing = [w for w in values if w and ring_spec(float(w)).name not in self.regions]
-                if missing:
-                    have = sorted(r for r in self.regions if r.startswith("peri"))
-                    raise ConfigError(
-                        f"search.space.ring_width_mm: no features for width(s) {missing} mm "
-                        f"(rings in the features: {have}); add them to region.ring_widths_mm "
-                        f"(e.g. 'region.ring_widths_mm=[0.5,1,1.5,2,3]') or drop them from the "
-                        "space"
-                    )
             if dim.name == "use_clinical" and True in values and not self.clinical:
                 raise ConfigError(
                     "search.space.use_clinical can be true, but there are no "
@@ -243,3 +363,32 @@ class Design:
             h.update(json.dumps(list(columns)).encode())
             h.update(np.ascontiguousarray(self.X[columns].to_numpy(dtype=np.float64)).tobytes())
         return h.hexdigest()[:16]
+
+
+def _values(dims: list[Dim], name: str, defaults: dict) -> tuple | None:
+    for dim in dims:
+        if dim.name == name:
+            return tuple(dim.choices if dim.kind == "categorical" else (dim.value,))
+    return None if name not in defaults else (defaults[name],)
+
+
+def space_regions(dims: list[Dim], defaults: dict) -> list[tuple]:
+    """Every (region_kind, ring_width_mm, band_mm) the space can give, without duplicates by
+    region name, in the space's order (ring width: None = every region of the table)."""
+    kinds = _values(dims, "region_kind", defaults) or (DEFAULT_KIND,)
+    widths = _values(dims, "ring_width_mm", {})
+    bands = _values(dims, "band_mm", defaults) or (None,)
+    out, seen = [], set()
+    for kind in kinds:
+        if kind in ("tumour+ring", "ring"):
+            combos = [(kind, None if w is None else float(w), None) for w in (widths or (None,))]
+        elif kind in ("tumour+band", "band"):
+            combos = [(kind, None, None if b is None else band_text(b)) for b in bands]
+        else:
+            combos = [(kind, 0.0, None)]
+        for combo in combos:
+            name = region_choice(*combo)[0]
+            if name not in seen:
+                seen.add(name)
+                out.append(combo)
+    return out

@@ -15,7 +15,9 @@ from her2study.evaluation.resampling import (
     naive_t_interval,
 )
 from her2study.search.candidate import (
+    DEFAULT_KIND,
     Candidate,
+    region_choice,
 )
 
 REGION_COLUMNS = ["region", "width_mm", "nested_auc", "ci_low", "ci_high"]
@@ -38,22 +40,35 @@ KINDS = {
     "the spread due to the fold assignment alone (not sampling variability)",
     "mean_inner_auc_of_winners": "inner-CV AUC of the winners: optimistic (chosen for being "
     "high), not an estimate",
-    "ring_width_counts, model_counts": "how often each value won an outer fold's search: a "
-    "selection frequency, not a performance estimate",
-    "region_estimates": "per ring width: nested CV estimate of the procedure restricted to that "
-    "width (best inner trial of that width, refitted, scored once on the outer test fold), "
-    "mean over outer folds, Nadeau-Bengio interval; the widths got unequal trial budgets",
+    "ring_width_counts, region_counts, model_counts": "how often each value won an outer "
+    "fold's search: a selection frequency, not a performance estimate",
+    "region_estimates": "per region choice (ring width, or region kind x width / band): nested "
+    "CV estimate of the procedure restricted to that region (best inner trial of that region, "
+    "refitted, scored once on the outer test fold), mean over outer folds, Nadeau-Bengio "
+    "interval; the regions got unequal trial budgets",
     "permutation_p": "permutation test of the whole nested procedure: (1 + #{permuted "
     "mean_outer_auc >= observed}) / (1 + permutations)",
 }
 
 
-def region_name(width) -> str:
+def region_name(width, kind: str = DEFAULT_KIND, band=None) -> str:
     """``intra`` (tumour only, 0), ``intra+ring<w>mm`` (tumour + ring of w mm, ``:g``), or
-    ``all`` (every region of the features table: no ``ring_width_mm`` dimension)."""
-    if width is None or (isinstance(width, float) and math.isnan(width)):
-        return "all"
-    return "intra" if float(width) == 0 else f"intra+ring{float(width):g}mm"
+    ``all`` (every region of the features table: no ``ring_width_mm`` dimension); with ``kind``
+    also ``ring<w>mm``, ``intra+band<a>-<b>mm``, ``band<a>-<b>mm`` (:func:`region_choice`)."""
+    if width is not None and isinstance(width, float) and math.isnan(width):
+        width = None
+    return region_choice(kind, width, band)[0]
+
+
+def region_of_params(params: dict, defaults: dict) -> tuple[str, float | None]:
+    """(region name, outer edge mm) of a trial's full assignment (see :func:`resolve`); the
+    dimensions that are not searched take ``defaults`` (:func:`search_defaults`)."""
+    kind = str(params.get("region_kind", defaults.get("region_kind", DEFAULT_KIND)))
+    ring = params.get("ring_width_mm")
+    band = params.get("band_mm", defaults.get("band_mm"))
+    if kind == "tumour":
+        ring = 0.0
+    return region_choice(kind, None if ring is None else float(ring), band)
 
 
 @dataclass
@@ -138,6 +153,7 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
         "sd_between_repeats": float(np.std(per_repeat, ddof=1)) if len(per_repeat) > 1 else None,
         "mean_inner_auc_of_winners": float(folds["inner_auc"].mean()),
         "ring_width_counts": _counts(folds["ring_width_mm"]),
+        "region_counts": _counts(folds["region"]) if "region" in folds else {},
         "model_counts": _counts(folds["model"]),
     }
     return est

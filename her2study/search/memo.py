@@ -149,7 +149,7 @@ class InnerCV:
         """Predicted probabilities of each inner validation fold, one fold at a time."""
         seed = self.seed if seed is None else int(seed)
         cols = tuple(self.design.columns(cand))
-        cols_key = (cand.ring_width_mm, cand.use_clinical)
+        cols_key = (cand.region()[0], cand.use_clinical)  # region choice: its columns
         pipe = build_pipeline(cand, seed)
         for i in range(len(self.splits)):
             if self.reuse:

@@ -30,7 +30,9 @@ from her2study.search.candidate import (
     base_config,
     build_pipeline,
     candidate_from_params,
+    region_choice,
     search_defaults,
+    space_regions,
 )
 from her2study.search.checks import (  # noqa: F401
     _permutation_trials,
@@ -48,6 +50,7 @@ from her2study.search.estimates import (  # noqa: F401
     region_differences,
     region_estimates,
     region_name,
+    region_of_params,
     selected_features,
     summarise,
 )
@@ -77,17 +80,17 @@ def _fit_predict(cand: Candidate, design: Design, tr, te, seed: int) -> tuple:
 
 
 def _best_per_width(study, dims, defaults) -> dict:
-    """Per ring width (None: every region): (best COMPLETE trial of that width by inner AUC,
-    its assignment, the number of COMPLETE trials of that width). Ties: the earliest trial, as
-    Optuna's best_trial."""
+    """Per region choice ((name, outer edge mm), :func:`region_of_params`; a ring width without a
+    region_kind dimension): (best COMPLETE trial of that region by inner AUC, its assignment,
+    the number of COMPLETE trials of that region). Ties: the earliest trial, as Optuna's
+    best_trial."""
     from optuna.trial import TrialState
 
     best: dict = {}
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     for t in sorted(trials, key=lambda t: t.number):
         params = resolve(dims, t.params, defaults)
-        w = params.get("ring_width_mm")
-        key = None if w is None else float(w)
+        key = region_of_params(params, defaults)
         if key not in best:
             best[key] = [t, params, 0]
         elif t.value > best[key][0].value:
@@ -96,12 +99,9 @@ def _best_per_width(study, dims, defaults) -> dict:
     return best
 
 
-def _space_widths(dims) -> list | None:
-    for dim in dims:
-        if dim.name == "ring_width_mm":
-            values = dim.choices if dim.kind == "categorical" else (dim.value,)
-            return [float(v) for v in values]
-    return None
+def _space_widths(dims, defaults) -> list[tuple]:
+    """(name, outer edge mm) of every region choice of the space."""
+    return [region_choice(*c) for c in space_regions(dims, defaults)]
 
 
 def _outer_loop(
@@ -180,6 +180,7 @@ def _outer_loop(
                 "inner_auc": float(study.best_value),
                 "outer_auc": outer_auc,
                 "ring_width_mm": cand.ring_width_mm,
+                "region": cand.region()[0],
                 "use_clinical": cand.use_clinical,
                 "model": cand.model,
                 "n_selected": len(sel),
@@ -190,7 +191,9 @@ def _outer_loop(
                 "fits": inner.fits,
             }
             if per_width:
-                for w, (trial, wparams, n_w) in _best_per_width(study, dims, defaults).items():
+                for (wname, w), (trial, wparams, n_w) in _best_per_width(
+                    study, dims, defaults
+                ).items():
                     if wparams == params:
                         wprob = prob  # the fold's winner: already refitted
                     else:
@@ -200,7 +203,7 @@ def _outer_loop(
                             )
                         except FIT_ERRORS as exc:
                             warns.append(
-                                f"outer {r}.{k}: the best {region_name(w)} trial failed to "
+                                f"outer {r}.{k}: the best {wname} trial failed to "
                                 f"refit on the outer training fold ({exc}); that region has no "
                                 "estimate from this fold"
                             )
@@ -209,7 +212,7 @@ def _outer_loop(
                         {
                             "repeat": r,
                             "fold": k,
-                            "region": region_name(w),
+                            "region": wname,
                             "width_mm": w,
                             "trial": trial.number,
                             "n_trials_of_width": n_w,
@@ -223,7 +226,7 @@ def _outer_loop(
                                 "case_id": cid,
                                 "repeat": r,
                                 "fold": k,
-                                "region": region_name(w),
+                                "region": wname,
                                 "width_mm": w,
                                 "label": int(lab),
                                 "prob": float(pv),
@@ -259,13 +262,12 @@ def _outer_loop(
             f"  [{cand.label()}]  ({row['seconds']:.0f} s, {done} trials)"
         )
     if per_width:
-        widths = _space_widths(dims)
         seen = pd.DataFrame(region_rows, columns=["region", "width_mm"])
-        for w in widths or []:
-            n_w = int((seen["region"] == region_name(w)).sum())
-            if n_w < len(rows):
+        for wname, _ in _space_widths(dims, defaults):
+            n_w = int((seen["region"] == wname).sum())
+            if n_w < len(rows) and wname != "all":
                 warns.append(
-                    f"ring width {w:g} mm ({region_name(w)}) has no trial in {len(rows) - n_w} "
+                    f"region choice ({wname}) has no trial in {len(rows) - n_w} "
                     f"of {len(rows)} outer folds' studies: its per-width estimate uses "
                     f"{n_w} fold(s); raise search.n_trials"
                 )
@@ -338,7 +340,7 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
     seed = int(s.seed if s.seed is not None else cfg.seed)
     defaults = search_defaults(cfg)
     dims = parse_space(s.space, defaults)
-    design.check_space(dims)
+    design.check_space(dims, defaults)
     if s.outer_folds < 2 or s.inner_folds < 2 or s.outer_repeats < 1 or s.n_trials < 1:
         raise ConfigError(
             "search.outer_folds and search.inner_folds must be >= 2, "

@@ -12,9 +12,9 @@ from typing import Any
 
 from her2study.errors import ConfigError
 from her2study.models import MODELS, estimator_params
-from her2study.search.candidate import SELECTION_DIMS, _plain
+from her2study.search.candidate import REGION_KINDS, SELECTION_DIMS, _plain, parse_band
 
-STUDY_DIMS = ("ring_width_mm", "use_clinical", "model")
+STUDY_DIMS = ("region_kind", "ring_width_mm", "band_mm", "use_clinical", "model")
 SPEC_KEYS = {"type", "choices", "low", "high", "log", "step", "when"}
 
 
@@ -238,6 +238,19 @@ def _check_values(dim: Dim, values) -> None:
     if name == "ring_width_mm":
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0]
         why = "ring widths are numbers >= 0 mm (0 = tumour only)"
+    elif name == "region_kind":
+        bad = [v for v in values if v not in REGION_KINDS]
+        why = f"region kinds are {', '.join(REGION_KINDS)}"
+    elif name == "band_mm":
+        bad = []
+        for v in values:
+            try:
+                if not isinstance(v, str):
+                    raise ConfigError(v)
+                parse_band(v)
+            except ConfigError:
+                bad.append(v)
+        why = "bands are strings 'inner-outer' in mm, e.g. '1.5-2.5' (0 <= inner < outer)"
     elif name == "use_clinical":
         bad = [v for v in values if not isinstance(v, bool)]
         why = "use_clinical takes true/false"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -26,6 +29,50 @@ def output_dir(cfg) -> Path:
         out = Path("outputs") / cfg.study
         out.mkdir(parents=True, exist_ok=True)
         return out
+
+
+@contextmanager
+def result_set(out: Path):
+    """Write a task's results into the yielded temporary folder beside ``out``; they are moved
+    into ``out`` when the block ends without error (the report last), so a failed run leaves
+    no partial result set. A write error with no file name (a full disk) names the file that
+    was being written. Log MLflow artifacts from ``out`` afterwards (:func:`final_paths`)."""
+    out = Path(out)
+    stage = out.parent / f".{out.name}.results.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except OSError as err:
+        newest = _newest(stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        if err.filename is None and newest is not None:
+            raise OSError(err.errno, err.strerror, str(out / newest)) from None
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    entries = sorted(stage.iterdir(), key=lambda p: (p.name == "report.html", p.name))
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    stage.rmdir()
+
+
+def _newest(folder: Path) -> Path | None:
+    """The most recently written file under ``folder``, relative to it (the one a full disk
+    stopped)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        return None
+    return max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(folder)
+
+
+def final_paths(paths, stage: Path, out: Path) -> list[Path]:
+    """Paths written under ``stage`` as they are after :func:`result_set` moved them."""
+    return [Path(out) / Path(p).relative_to(stage) for p in paths]
 
 
 def save_table(out: Path, name: str, df, source: str, md: bool = True) -> list[Path]:
@@ -127,29 +174,32 @@ def public_config(cfg) -> dict:
     return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
-def code_version() -> str:
-    """The git commit of the her2study checkout (with "+dirty" for local edits), or "unknown"."""
-    from her2study.provenance import git_head
-
-    head = git_head(short=True)
-    if head is None:
-        return "unknown"
-    sha, dirty = head
-    return sha + ("+dirty" if dirty else "")
-
-
-def run_tags(task: str, cfg, cohort, **extra) -> dict:
-    """Tags of a task's MLflow parent run: task, data source, code version."""
+def run_tags(task: str, cfg, cohort=None, **extra) -> dict:
+    """Tags of a task's MLflow parent run: task, her2study version, sweep id, and with ``cohort``
+    the data source. (The code's git commit is MLflow's own ``mlflow.source.git.commit``.)"""
     from her2study import __version__
 
-    return {
-        "task": task,
-        "data_source": "synthetic" if cohort.synthetic else str(cfg.data.source),
-        "her2study_version": __version__,
-        "git_commit": code_version(),
-        "sweep_id": sweep_id(cfg),
-        **extra,
-    }
+    tags = {"task": task, "her2study_version": __version__, "sweep_id": sweep_id(cfg), **extra}
+    if cohort is not None:
+        tags["data_source"] = "synthetic" if cohort.synthetic else str(cfg.data.source)
+    return tags
+
+
+def open_run(cfg, task: str, run_name: str, **tags):
+    """The task's MLflow parent run, to enter when the task starts (before extraction, search or
+    fit), so that its Duration is the study's and an error or a signal ends it FAILED or KILLED
+    instead of leaving no run; runs of the study left RUNNING by a dead process are marked
+    FAILED on entry. A no-op tracker with ``tracking=off``."""
+    from her2study.tracking import Tracker
+
+    return Tracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        enabled=cfg.tracking.enabled,
+        run_name=run_name,
+        tags=run_tags(task, cfg, **tags),
+        study=cfg.study,
+    )
 
 
 def sweep_id(cfg) -> str:
@@ -223,9 +273,16 @@ def protect_ids(cohort, table, data_cfg):
 
 
 def cohort_and_features(cfg):
-    """Load the configured cohort and its features (extracted and cached, or the given table)."""
-    cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs)
-    cohort, table = protect_ids(cohort, table, cfg.data)
+    """Load the configured cohort and its features (extracted and cached, or the given table),
+    after every check of the config and the data (:func:`her2study.preflight.preflight`)."""
+    from her2study.preflight import preflight
+
+    def load():
+        keep = [cfg.split.balance_on] if cfg.split.method == "block" else []
+        cohort, table = load_from_config(cfg.data, n_jobs=cfg.execution.n_jobs, keep_columns=keep)
+        return protect_ids(cohort, table, cfg.data)
+
+    cohort, table = preflight(cfg, load)
     log.info("cohort: %d cases (%s)", len(cohort.ids), cohort.source)
     if table is not None:
         return cohort, FeatureSet(table=table, region_stats=None)
@@ -301,7 +358,12 @@ def load_design(cfg):
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None
     design = Design.from_tables(
-        fs.table, cohort.labels, clinical, cohort.synthetic, describe_source(cohort)
+        fs.table,
+        cohort.labels,
+        clinical,
+        cohort.synthetic,
+        describe_source(cohort),
+        outside_exclude=tuple(cfg.region.ring_exclude_classes or ()),
     )
     return design, cohort
 

@@ -29,8 +29,8 @@ from her2study.errors import ConfigError
 from her2study.evaluation.resampling import CI_METHOD, corrected_t_interval, difference_p
 from her2study.report import compare_report
 from her2study.reporting import paper_table3, to_markdown, to_text
-from her2study.tasks.common import output_dir
-from her2study.tracking import Tracker, check_tracking_uri, runs_table, sanitize_key
+from her2study.tasks.common import open_run, output_dir, result_set
+from her2study.tracking import check_tracking_uri, runs_table, sanitize_key
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +225,71 @@ def plot_margins(table: pd.DataFrame, title: str, note: str | None = None):
     return fig
 
 
-def run(cfg) -> int:
-    uri, experiment = cfg.tracking.tracking_uri, cfg.tracking.experiment
-    check_tracking_uri(uri)
+def paper_runs(uri: str, experiment: str) -> pd.DataFrame:
+    """The experiment's parent paper runs (any status); a missing store, experiment or run is
+    a :class:`ConfigError` (nothing is created)."""
+    check_tracking_uri(uri)  # the store is read even with tracking=off
     runs = runs_table(uri, experiment, filter_string="tags.task = 'paper'")
     if runs.empty:
         raise ConfigError(
             f"no paper runs in MLflow experiment '{experiment}' at {uri}; run e.g. "
             "python -m her2study -m +exp=paper 'region.ring_widths_mm=[0.5],[1],[2]' first"
         )
+    return runs
+
+
+def run(cfg) -> int:
+    uri, experiment = cfg.tracking.tracking_uri, cfg.tracking.experiment
+    paper_runs(uri, experiment)  # a wrong store or study leaves no run (and no new store)
+    # opened before the work (a failed compare shows as a FAILED run; runs of the study left
+    # RUNNING by a dead process are marked FAILED first); renamed once the sweep is known
+    with open_run(cfg, "compare", "compare") as tracker:
+        return compare(cfg, uri, experiment, tracker)
+
+
+def skip_reason(run: pd.Series) -> str:
+    """``<run name> (<id>): killed`` / ``failed (<error class or dead owner>)`` / ``running
+    (pid <n> on <host>)``: why task=compare leaves a run out."""
+    status = str(run.get("status", "?")).lower()
+    ended_by = run.get("tags.her2study.ended_by")
+    detail = None
+    if status == "failed":
+        detail = run.get("tags.her2study.error_class")
+        if not isinstance(detail, str) and isinstance(ended_by, str):
+            detail = ended_by.split(":", 1)[0]  # "dead owner"
+    elif status == "running":
+        pid, host = run.get("tags.her2study.owner.pid"), run.get("tags.her2study.owner.host")
+        if isinstance(pid, str):
+            detail = f"pid {pid} on {host}, not finished"
+    elif status == "killed" and isinstance(ended_by, str):
+        detail = ended_by
+    name = run.get("tags.mlflow.runName")
+    name = name if isinstance(name, str) else "run"
+    return f"{name} ({str(run['run_id'])[:8]}): {status}" + (f" ({detail})" if detail else "")
+
+
+def finished_runs(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
+    """The FINISHED runs of a sweep; one line says which others are skipped and why."""
+    done = runs["status"].astype(str) == "FINISHED"
+    others = runs[~done]
+    line = "; ".join(skip_reason(r) for _, r in others.iterrows())
+    if not done.any():
+        raise ConfigError(
+            f"no finished paper run in sweep {sweep!r} ({line}): rerun the sweep, or name "
+            "another with compare.sweep_id=..."
+        )
+    if len(others):
+        log.warning(f"compare: skipped {len(others)} of {len(runs)} runs of sweep {sweep}: {line}")
+    return runs[done]
+
+
+def compare(cfg, uri: str, experiment: str, tracker) -> int:
+    """The margins of one sweep, inside the open compare run ``tracker``."""
+    runs = paper_runs(uri, experiment)  # read again: dead runs were marked when it opened
     ccfg = cfg.compare
     runs = choose_sweep(runs, ccfg.sweep_id, bool(ccfg.allow_mixed))
     sweep = runs["tags.sweep_id"].iloc[0]
+    runs = finished_runs(runs, sweep)
     margins, folds = margin_rows(uri, runs)
     if margins.empty or margins["cv_auc"].isna().all():
         raise ConfigError(
@@ -251,31 +304,35 @@ def run(cfg) -> int:
         else ("user cohort")
     )
     out = output_dir(cfg)
-    margins[MARGIN_COLUMNS].to_csv(out / "margins.csv", index=False)
-    paired = paired_differences(folds) if len(folds) else pd.DataFrame()
-    paired.to_csv(out / "margins_paired.csv", index=False)
-    note = (
-        f"Training-side repeated CV AUC with {CI_METHOD} intervals; test AUC descriptive only. "
-        f"Sweep {sweep}, {len(runs)} runs."
-    )
-    (out / "margins.md").write_text(
-        f"_{source}_\n\n{note}\n\n" + to_markdown(margins[MARGIN_COLUMNS]) + "\n\n"
-        "Paired against tumour only (same folds):\n\n" + to_markdown(paired) + "\n"
-    )
-    fig = plot_margins(
-        margins, f"Which margin? ({experiment}, training CV)", note=source if synthetic else None
-    )
-    fig.savefig(out / "margins.png", dpi=120)
-    report = compare_report(
-        out,
-        table=margins[MARGIN_COLUMNS],
-        figure=fig,
-        source=source,
-        synthetic=synthetic,
-        experiment=experiment,
-        paired=paired,
-        note=note,
-    )
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        margins[MARGIN_COLUMNS].to_csv(stage / "margins.csv", index=False)
+        paired = paired_differences(folds) if len(folds) else pd.DataFrame()
+        paired.to_csv(stage / "margins_paired.csv", index=False)
+        note = (
+            f"Training-side repeated CV AUC with {CI_METHOD} intervals; test AUC descriptive "
+            f"only. Sweep {sweep}, {len(runs)} runs."
+        )
+        (stage / "margins.md").write_text(
+            f"_{source}_\n\n{note}\n\n" + to_markdown(margins[MARGIN_COLUMNS]) + "\n\n"
+            "Paired against tumour only (same folds):\n\n" + to_markdown(paired) + "\n"
+        )
+        fig = plot_margins(
+            margins,
+            f"Which margin? ({experiment}, training CV)",
+            note=source if synthetic else None,
+        )
+        fig.savefig(stage / "margins.png", dpi=120)
+        report = compare_report(
+            stage,
+            table=margins[MARGIN_COLUMNS],
+            figure=fig,
+            source=source,
+            synthetic=synthetic,
+            experiment=experiment,
+            paired=paired,
+            note=note,
+        )
+    report = out / report.name
     log.info(
         f"\nData: {source}\n{note}\n"
         + to_text(margins[MARGIN_COLUMNS].round(3))
@@ -283,15 +340,10 @@ def run(cfg) -> int:
         + to_text(paired.round(3))
         + f"\n\noutputs: {out}"
     )
-    with Tracker(
-        uri,
-        experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=f"compare {sweep}",
-        tags={"task": "compare", "sweep_id": sweep},
-    ) as tracker:
-        tracker.log_table(margins[MARGIN_COLUMNS], "margins.csv")
-        tracker.log_table(paired, "margins_paired.csv")
-        tracker.log_figure(fig, "margins.png")
-        tracker.log_artifact(report, "report")
+    tracker.rename(f"compare {sweep}")
+    tracker.set_tags({"sweep_id": sweep, "compared_runs": len(runs)})
+    tracker.log_table(margins[MARGIN_COLUMNS], "margins.csv")
+    tracker.log_table(paired, "margins_paired.csv")
+    tracker.log_figure(fig, "margins.png")
+    tracker.log_artifact(report, "report")
     return 0

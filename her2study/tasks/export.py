@@ -54,10 +54,11 @@ from her2study.search import (
 from her2study.tasks.common import (
     extraction_settings,
     load_design,
+    open_run,
     output_dir,
     run_tags,
 )
-from her2study.tracking import Tracker, check_tracking_uri
+from her2study.tracking import check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ def export_dir(cfg) -> Path:
 
 def _with_regions(cfg, cand: Candidate):
     """The run's config with the regions this candidate needs (features come from the cache)."""
+    if cand.region_kind != "tumour+ring":
+        raise ConfigError(
+            f"task=export supports tumour (+ ring) candidates; this one is {cand.region()[0]} "
+            f"(region_kind {cand.region_kind}); ring-only and band candidates cannot be "
+            "exported yet: search with search.space.region_kind=tumour+ring to export a model"
+        )
     if cand.ring_width_mm is None:
         return cfg
     widths = [] if cand.ring_width_mm == 0 else [float(cand.ring_width_mm)]
@@ -274,38 +281,36 @@ def run(cfg) -> float:
     else:
         raise ConfigError(f"search.export_source={cfg.search.export_source!r}: use study or config")
     run_cfg = _with_regions(cfg, cand)
-    design, cohort = load_design(run_cfg)
-    if origin.get("chosen_data") and origin["chosen_data"] != design.digest(design.columns(cand)):
-        raise ConfigError(
-            f"the search '{cfg.study}' ran on other data (case ids, labels or feature values "
-            "differ): export with the same data, extractor and region options (data=..., "
-            "data.manifest=..., data.synthetic.*, extractor=...) as the search"
-        )
-    pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
-    out = output_dir(cfg)
-    card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
-    folder = save_model(out / "model", pipe, card, metrics["threshold"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
-    exp_path = None
-    if origin["kind"] == "study":
-        target = export_dir(cfg)
-        if cfg.search.export_dir is None:
-            target.mkdir(parents=True, exist_ok=True)
-        if not target.is_dir():
-            raise ConfigError(f"search.export_dir {str(target)!r} is not a folder")
-        exp_path = target / f"best_{cfg.study}.yaml"
-        exp_path.write_text(
-            exp_yaml(cfg, cand, estimate, origin, origin["final_inner_auc"], design.source)
-        )
-    model_uri = None
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=f"export {cfg.study}",
-        tags=run_tags("export", cfg, cohort, export_source=origin["kind"]),
-    ) as tracker:
+    # the run opens before the data is loaded and the model fitted (Duration = the export's)
+    with open_run(cfg, "export", f"export {cfg.study}", export_source=origin["kind"]) as tracker:
+        design, cohort = load_design(run_cfg)
+        if origin.get("chosen_data") and origin["chosen_data"] != design.digest(
+            design.columns(cand)
+        ):
+            raise ConfigError(
+                f"the search '{cfg.study}' ran on other data (case ids, labels or feature values "
+                "differ): export with the same data, extractor and region options (data=..., "
+                "data.manifest=..., data.synthetic.*, extractor=...) as the search"
+            )
+        pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
+        out = output_dir(cfg)
+        card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
+        folder = save_model(out / "model", pipe, card, metrics["threshold"])
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
+        exp_path = None
+        if origin["kind"] == "study":
+            target = export_dir(cfg)
+            if cfg.search.export_dir is None:
+                target.mkdir(parents=True, exist_ok=True)
+            if not target.is_dir():
+                raise ConfigError(f"search.export_dir {str(target)!r} is not a folder")
+            exp_path = target / f"best_{cfg.study}.yaml"
+            exp_path.write_text(
+                exp_yaml(cfg, cand, estimate, origin, origin["final_inner_auc"], design.source)
+            )
+        model_uri = None
+        tracker.set_tags(run_tags("export", cfg, cohort, export_source=origin["kind"]))
         tracker.log_params(
             {
                 "candidate": cand.label(),
@@ -328,7 +333,8 @@ def run(cfg) -> float:
         if exp_path is not None:
             tracker.log_artifact(exp_path, "config")
         if cfg.tracking.log_model:
-            model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
+            with tracker.mlflow_operation():  # a SIGTERM waits until it is written
+                model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
             if model_uri:
                 card["mlflow_model_uri"] = model_uri
                 save_model(folder, pipe, card, metrics["threshold"])

@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 
 from her2study.cohort.source import describe_source
-from her2study.tasks.common import cohort_and_features, output_dir, specs_from_config
+from her2study.tasks.common import (
+    cohort_and_features,
+    output_dir,
+    result_set,
+    specs_from_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -14,11 +19,12 @@ def run(cfg) -> int:
     cohort, fs = cohort_and_features(cfg)
     out = output_dir(cfg)
     table = cohort.table.join(fs.table)
-    table.to_parquet(out / "features.parquet")
-    if fs.region_stats is not None:
-        fs.region_stats.to_csv(out / "region_stats.csv", index=False)
-    if cfg.region.overlays and cohort.cases:
-        write_overlays(cfg, cohort, out / "overlays")
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        table.to_parquet(stage / "features.parquet")
+        if fs.region_stats is not None:
+            fs.region_stats.to_csv(stage / "region_stats.csv", index=False)
+        if cfg.region.overlays and cohort.cases:
+            write_overlays(cfg, cohort, stage / "overlays")
     log.info(f"{describe_source(cohort)}")
     log.info(
         f"features: {fs.table.shape[0]} cases x {fs.table.shape[1]} columns"

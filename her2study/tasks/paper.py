@@ -24,7 +24,12 @@ from her2study.report.transport import (
     robustness_table,
     transportability_section,
 )
-from her2study.reporting import compact_comparison, compare_with_paper, to_text
+from her2study.reporting import (
+    compact_comparison,
+    compare_with_paper,
+    paper_reference_on,
+    to_text,
+)
 from her2study.results import (
     by_site_table,
     evaluate_signatures,
@@ -34,7 +39,7 @@ from her2study.results import (
     validation_table,
 )
 from her2study.split import check_site_config, site_values, split_from_config
-from her2study.study import fit_signatures
+from her2study.study import fit_signatures, planned_signatures
 from her2study.tasks.common import (
     SECRET_KEYS,
     clinical_columns,
@@ -42,13 +47,15 @@ from her2study.tasks.common import (
     dashboard_params,
     extraction_settings,
     extractor_params,
+    final_paths,
     log_run_config,
+    open_run,
     output_dir,
+    result_set,
     run_tags,
     save_table,
     signature_role,
 )
-from her2study.tracking import Tracker, check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +64,18 @@ def run(cfg) -> float:
     """Run the study; return a training-side estimate for sweepers: the best optimism-corrected
     (else out-of-fold) training AUC among the signatures. Never a test-set number: a sweep that
     maximised the test AUC would tune on the test set."""
-    if cfg.tracking.enabled:
-        check_tracking_uri(cfg.tracking.tracking_uri)  # fail before any work
     check_site_config(cfg.split, cfg.data.get("site_column"), cfg.selection.get("harmonise"))
+    widths = [float(w) for w in cfg.region.ring_widths_mm]
+    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
+    if str(cfg.split.method) == "leave_one_site_out":
+        run_name = "paper leave-one-site-out"
+    # config checked; the run opens before any work (its Duration is the study's)
+    with open_run(cfg, "paper", run_name) as tracker:
+        return study(cfg, tracker)
+
+
+def study(cfg, tracker) -> float:
+    """The paper protocol inside the open parent run ``tracker``."""
     cohort, fs = cohort_and_features(cfg)
     out = output_dir(cfg)
     source = describe_source(cohort)
@@ -71,7 +87,9 @@ def run(cfg) -> float:
     bands = [[float(a), float(b)] for a, b in cfg.region.bands_mm]
     if str(cfg.split.method) == "leave_one_site_out":
         sites = site_values(cohort.table, site_column, "leave_one_site_out")
-        return run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands)
+        return run_leave_one_site_out(
+            cfg, tracker, cohort, fs, out, source, sites, clinical, widths, bands
+        )
     split = split_from_config(
         cohort.table, cfg.split, cohort.label_column, int(cfg.seed), site_column
     )
@@ -81,38 +99,44 @@ def run(cfg) -> float:
         )
     metrics = evaluate_signatures(fits, y, split, cfg)
     by_site = by_site_table(fits, y, split, sites) if sites is not None else None
-    comparison = compare_with_paper(metrics)
+    with_paper = paper_reference_on(cfg, cohort.synthetic)
+    comparison = compare_with_paper(metrics, with_paper)
+    regions = {str(c).split("_", 1)[0] for c in fs.table.columns}
+    missing = planned_signatures(cfg, regions, bool(clinical.shape[1]))[1]
     tests = paired_delong(fits, y, split)
 
     validation = validation_table(fits)
-    tables = write_tables(out, fits, metrics, comparison, tests, split, source, validation)
-    if by_site is not None:
-        tables += save_table(out, "by_site", by_site, source, True)
     robust = robustness_table(fits)
-    if len(robust):
-        tables += save_table(out, "robustness", robust, source, True)
     extra = [robustness_section(robust, cfg)] if len(robust) else []
     if by_site is not None:
         extra.append(transportability_section(by_site, cfg))
     figures = make_figures(fits, y, split, cfg, source)
-    for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=120)
-    report = paper_report(
-        out,
-        cfg=cfg,
-        cohort=cohort,
-        split=split,
-        fits=fits,
-        metrics=metrics,
-        comparison=comparison,
-        tests=tests,
-        figures=figures,
-        clinical_columns=clinical_columns(cfg),
-        features=fs.table,
-        validation=validation,
-        checklist={"Burned-in annotations": annotation_summary(fs.region_stats)},
-        extra_sections=extra,
-    )
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        tables = write_tables(stage, fits, metrics, comparison, tests, split, source, validation)
+        if by_site is not None:
+            tables += save_table(stage, "by_site", by_site, source, True)
+        if len(robust):
+            tables += save_table(stage, "robustness", robust, source, True)
+        for name, fig in figures.items():
+            fig.savefig(stage / f"{name}.png", dpi=120)
+        report = paper_report(
+            stage,
+            cfg=cfg,
+            cohort=cohort,
+            split=split,
+            fits=fits,
+            metrics=metrics,
+            comparison=comparison,
+            tests=tests,
+            figures=figures,
+            clinical_columns=clinical_columns(cfg),
+            features=fs.table,
+            validation=validation,
+            checklist={"Burned-in annotations": annotation_summary(fs.region_stats)},
+            extra_sections=extra,
+            missing=missing,
+        )
+    tables, report = final_paths(tables, stage, out), out / report.name
 
     n_train, n_test = int((split == "train").sum()), int((split == "test").sum())
     log.info(f"\nData: {source}; training {n_train}, test {n_test} cases")
@@ -120,10 +144,8 @@ def run(cfg) -> float:
     for note in overfitting_note(metrics):
         log.warning(note)
     log.info(to_text(compact_comparison(comparison)))
-    log.info(
-        f"(thresholds: {threshold_words(cfg)}; full table with the paper's figures: "
-        f"{out}/table3.md)"
-    )
+    paper_words = " with the paper's figures" if with_paper else ""
+    log.info(f"(thresholds: {threshold_words(cfg)}; full table{paper_words}: {out}/table3.md)")
     log.info(f"report: {report}")
 
     tags = run_tags(
@@ -133,24 +155,19 @@ def run(cfg) -> float:
         data_digest=data_digest(y, split),
         extractor_digest=canonical_digest(extractor_params(cfg))[:16],
     )
-    run_name = "paper rings=" + ("+".join(f"{w:g}" for w in widths) or "none") + "mm"
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=run_name,
-        tags=tags,
-    ) as tracker:
-        log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
-        if tracker.run_id:
-            log.info(
-                f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
-                f"({cfg.tracking.tracking_uri})"
-            )
+    tracker.set_tags(tags)
+    log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
+    if tracker.run_id:
+        log.info(
+            f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
+            f"({cfg.tracking.tracking_uri})"
+        )
     return training_estimate(metrics)
 
 
-def run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths, bands) -> float:
+def run_leave_one_site_out(
+    cfg, tracker, cohort, fs, out, source, sites, clinical, widths, bands
+) -> float:
     """``split.method=leave_one_site_out``: each site held out in turn (the whole protocol refitted
     on the others), beside a CV over all sites; ``by_site.csv`` and a transportability report.
     Returns the best signature's mean out-of-fold AUC over sites from the all-sites CV (a
@@ -166,23 +183,17 @@ def run_leave_one_site_out(cfg, cohort, fs, out, source, sites, clinical, widths
     log.info(to_text(held[["site", "signature", "n", "auc", "auc_ci_low", "auc_ci_high"]]))
     log.info(f"report: {report}")
     tags = run_tags("paper", cfg, cohort, data_digest=data_digest(y, sites.rename("split")))
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name="paper leave-one-site-out",
-        tags=tags,
-    ) as tracker:
-        if tracker.enabled:
-            log_run_config(tracker, cfg, cohort, len(cohort.ids))
-            flat = {}
-            for _, r in by_site[by_site["set"].isin(["held_out_site", "cv_all_sites"])].iterrows():
-                if pd.notna(r["auc"]):
-                    flat[f"{r['set']}.{r['site']}.{r['signature']}.auc"] = float(r["auc"])
-            tracker.log_metrics(flat)
-            for path in tables:
-                tracker.log_artifact(path, "tables")
-            tracker.log_artifact(report, "report")
+    tracker.set_tags(tags)  # the run opened when the task started
+    if tracker.enabled:
+        log_run_config(tracker, cfg, cohort, len(cohort.ids))
+        flat = {}
+        for _, r in by_site[by_site["set"].isin(["held_out_site", "cv_all_sites"])].iterrows():
+            if pd.notna(r["auc"]):
+                flat[f"{r['set']}.{r['site']}.{r['signature']}.auc"] = float(r["auc"])
+        tracker.log_metrics(flat)
+        for path in tables:
+            tracker.log_artifact(path, "tables")
+        tracker.log_artifact(report, "report")
     seen = by_site[by_site["set"] == "cv_all_sites"].groupby("signature")["auc"].mean()
     return float(seen.max()) if seen.notna().any() else float("nan")
 
@@ -439,4 +450,5 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                     "estimate_kind": "fitted on the training split; its estimates are the "
                     "parent run's metrics (apparent, out-of-fold, test)",
                 }
-                log_model(tracker, "model", fit.model, card, float(thr))
+                with tracker.mlflow_operation():  # a SIGTERM waits until it is written
+                    log_model(tracker, "model", fit.model, card, float(thr))

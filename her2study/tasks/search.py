@@ -22,10 +22,10 @@ import pandas as pd
 import yaml
 
 from her2study.errors import ConfigError
+from her2study.preflight import raise_config_problems
 from her2study.report import search_design_items, search_report
 from her2study.search import (
     REGION_COLUMNS,
-    check_search_config,
     nested_search,
     open_storage,
     parse_space,
@@ -33,34 +33,18 @@ from her2study.search import (
     storage_url,
 )
 from her2study.tasks.common import (
+    final_paths,
     load_design,
     log_run_config,
+    open_run,
     output_dir,
+    result_set,
     run_tags,
     save_table,
 )
-from her2study.tracking import Tracker, check_tracking_uri
+from her2study.tracking import check_tracking_uri
 
 log = logging.getLogger(__name__)
-
-
-def check_widths(cfg, dims) -> None:
-    """Ring widths of the space must be among the extracted ones (before extracting)."""
-    if cfg.data.source == "features":
-        return  # checked against the table's columns
-    have = {float(w) for w in cfg.region.ring_widths_mm}
-    for dim in dims:
-        if dim.name == "ring_width_mm":
-            values = dim.choices if dim.kind == "categorical" else (dim.value,)
-            missing = [w for w in values if w and float(w) not in have]
-            if missing:
-                raise ConfigError(
-                    f"search.space.ring_width_mm has width(s) {missing} mm whose features are "
-                    f"not extracted (region.ring_widths_mm={sorted(have)}); add them, e.g. "
-                    "'region.ring_widths_mm=[0.5,1,1.5,2,3]', or use +exp=search"
-                )
-            if 0 in values and not cfg.region.include_intra:
-                raise ConfigError("search.space.ring_width_mm needs region.include_intra=true")
 
 
 def run(cfg) -> float:
@@ -76,30 +60,48 @@ def run(cfg) -> float:
             "give dimensions, e.g. 'search.space.model={type: categorical, "
             "choices: [logistic, svm]}'"
         )
-    check_widths(cfg, dims)
-    check_search_config(cfg)  # before any extraction (its warnings are logged by the search)
-    design, cohort = load_design(cfg)
-    out = output_dir(cfg)
-    source = design.source
-    note = source if cohort.synthetic else None
-    log.info(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
-    tags = run_tags("search", cfg, cohort, optuna_storage=url)
-    with Tracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        enabled=cfg.tracking.enabled,
-        run_name=f"search {cfg.study}",
-        tags=tags,
-    ) as tracker:
+    # the config alone (params file, search settings, space against the widths) is checked
+    # before the run opens, so a config error leaves no MLflow run; the data checks follow in
+    # load_design (her2study.preflight), inside the run, before any extraction
+    raise_config_problems(cfg)
+    with open_run(cfg, "search", f"search {cfg.study}", optuna_storage=url) as tracker:
+        design, cohort = load_design(cfg)
+        out = output_dir(cfg)
+        source = design.source
+        note = source if cohort.synthetic else None
+        log.info(f"Data: {source}; {len(design.y)} cases; Optuna storage {url}")
+        tracker.set_tags(run_tags("search", cfg, cohort, optuna_storage=url))
         log_run_config(tracker, cfg, cohort, len(design.y))
         result = nested_search(cfg, design, storage, cfg.study, tracker, progress=_progress)
         est = result.estimate
-        tables = write_tables(out, result, source, cfg)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # tight_layout notes of the figures
             figures = make_figures(result, cfg, note)
-        for name, fig in figures.items():
-            fig.savefig(out / f"{name}.png", dpi=120)
+        with result_set(out) as stage:  # moved into out at the end: no partial result set
+            tables = write_tables(stage, result, source, cfg)
+            for name, fig in figures.items():
+                fig.savefig(stage / f"{name}.png", dpi=120)
+            report = search_report(
+                stage,
+                title=f"{cfg.study}: nested search",
+                source=source,
+                synthetic=cohort.synthetic,
+                design=search_design_items(cfg, len(design.y)),
+                tables={
+                    "nested estimate": {
+                        k: v
+                        for k, v in est.items()
+                        if not isinstance(v, dict) and k not in NOT_SHOWN
+                    },
+                    "per ring width (nested; Nadeau-Bengio 95% CI)": result.regions,
+                    "per ring width minus tumour only (paired)": result.region_differences,
+                    "outer folds": result.folds,
+                    "feature selection frequency": result.features.head(50),
+                },
+                figures=figures,
+                notes=result.warnings,
+            )
+        tables, report = final_paths(tables, stage, out), out / report.name
         metrics = {k: v for k, v in est.items() if isinstance(v, (int, float))}
         if result.final_inner_auc is not None:
             metrics["final_inner_auc"] = result.final_inner_auc
@@ -109,24 +111,6 @@ def run(cfg) -> float:
             tracker.log_artifact(path, "tables")
         for name, fig in figures.items():
             tracker.log_figure(fig, f"figures/{name}.png")
-        report = search_report(
-            out,
-            title=f"{cfg.study}: nested search",
-            source=source,
-            synthetic=cohort.synthetic,
-            design=search_design_items(cfg, len(design.y)),
-            tables={
-                "nested estimate": {
-                    k: v for k, v in est.items() if not isinstance(v, dict) and k not in NOT_SHOWN
-                },
-                "per ring width (nested; Nadeau-Bengio 95% CI)": result.regions,
-                "per ring width minus tumour only (paired)": result.region_differences,
-                "outer folds": result.folds,
-                "feature selection frequency": result.features.head(50),
-            },
-            figures=figures,
-            notes=result.warnings,
-        )
         tracker.log_artifact(report, "report")
         if result.chosen is not None:
             tracker.set_tags({"chosen": result.chosen_candidate.label()})

@@ -1,5 +1,6 @@
-"""Keys and values made acceptable to MLflow: sanitised names, truncated params and tags,
-finite metrics, flattened configs, Markdown tables."""
+"""Keys and values made acceptable to MLflow: sanitised names, string values, finite metrics,
+flattened configs, Markdown tables. (Batching and truncating long values are MLflow's client's
+job: ``MlflowClient.log_batch`` and ``MLFLOW_TRUNCATE_LONG_VALUES``.)"""
 
 from __future__ import annotations
 
@@ -14,16 +15,10 @@ from pathlib import Path
 from typing import Any
 
 
-def _limits() -> dict[str, int]:
-    from mlflow.utils import validation as v
+def _key_limit() -> int:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
 
-    return {
-        "param_val": v.MAX_PARAM_VAL_LENGTH,  # 6000 in MLflow 3 (was 500 in MLflow 1)
-        "tag_val": v.MAX_TAG_VAL_LENGTH,  # 8000
-        "key": v.MAX_ENTITY_KEY_LENGTH,  # 250
-        "params_per_batch": v.MAX_PARAMS_TAGS_PER_BATCH,  # 100
-        "metrics_per_batch": v.MAX_METRICS_PER_BATCH,  # 1000
-    }
+    return MAX_ENTITY_KEY_LENGTH  # 250
 
 
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-./:]" if os.name != "nt" else r"[^A-Za-z0-9_\-./]")
@@ -42,7 +37,7 @@ def sanitize_key(key: Any, max_len: int | None = None) -> str:
     s = _BAD_KEY_CHARS.sub("_", s)
     s = "/".join(seg for seg in s.split("/") if seg not in ("", ".", ".."))
     s = s or "_"
-    return s[: max_len or _limits()["key"]]
+    return s[: max_len or _key_limit()]
 
 
 def _unique_keys(keys: Iterable[Any]) -> list[str]:
@@ -58,13 +53,6 @@ def _unique_keys(keys: Iterable[Any]) -> list[str]:
         seen.add(s)
         out.append(s)
     return out
-
-
-def _truncate(s: str, limit: int) -> str:
-    if len(s) <= limit:
-        return s
-    marker = "...[truncated]"
-    return s[: limit - len(marker)] + marker
 
 
 def _to_plain(x: Any) -> Any:
@@ -99,8 +87,8 @@ def _param_str(v: Any) -> str:
 
 
 def _tag_values(tags: Mapping[str, Any] | None) -> dict[str, str]:
-    lim = _limits()["tag_val"]
-    return {sanitize_key(k): _truncate(_param_str(v), lim) for k, v in (tags or {}).items()}
+    """Tags as MLflow takes them (sanitised keys, string values; MLflow truncates long values)."""
+    return {sanitize_key(k): _param_str(v) for k, v in (tags or {}).items()}
 
 
 def _finite_float(v: Any) -> float | None:

@@ -6,14 +6,11 @@ her2study goes through.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
+import math
 import os
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,43 +73,74 @@ def _check_writable_file(path: Path, uri: str, what: str) -> None:
         )
 
 
-def _http_auth_headers() -> dict[str, str]:
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    pw = os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and pw:
-        b = base64.b64encode(f"{user}:{pw}".encode()).decode()
-        return {"Authorization": f"Basic {b}"}
-    return {}
+@contextlib.contextmanager
+def _fail_fast(timeout: float) -> Iterator[None]:
+    """MLflow's own HTTP client with one try of at most ``timeout`` seconds (its defaults are
+    minutes of retries), unless the user set ``MLFLOW_HTTP_REQUEST_TIMEOUT`` /
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` themselves."""
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
 
-
-def _ssl_context() -> ssl.SSLContext | None:
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
-    return ssl.create_default_context(cafile=cert) if cert else None
-
-
-def _http_get(url: str, timeout: float) -> int:
-    """HTTP status of a GET (an HTTP error status is returned, not raised)."""
-    req = urllib.request.Request(url, headers=_http_auth_headers(), method="GET")
+    fast = {
+        MLFLOW_HTTP_REQUEST_TIMEOUT.name: str(max(1, int(math.ceil(timeout)))),
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: "0",
+    }
+    saved = {k: os.environ.get(k) for k in fast}
+    os.environ.update({k: v for k, v in fast.items() if saved[k] is None})
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=_ssl_context()) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    """One ``experiments/search`` call through MLflow's client (its auth: ``MLFLOW_TRACKING_*``
+    credentials, TLS settings, request headers), failing fast with a one-line message."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _fail_fast(timeout):
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        status = e.get_http_status_code()
+        if status in (401, 403):
+            raise TrackingError(
+                f"MLflow tracking server {uri} refused access (HTTP {status}). Set "
+                f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, "
+                f"or set tracking=off."
+            ) from None
+        text = str(e.message)
+        if "failed with exception" in text or "timeout" in text.lower():
+            reason = _reason(text)
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({reason}). " + _fix_hint(uri)
+            ) from None
+        raise TrackingError(
+            f"{uri} answered HTTP {status} to MLflow's REST API (experiments/search): is it an "
+            f"MLflow tracking server? " + _fix_hint(uri)
+        ) from None
+
+
+def _reason(text: str) -> str:
+    """The gist of an MLflow/requests error in one short line (no URL dumps, no tracebacks)."""
+    line = " ".join(str(text).split())
+    for marker in ("Connection refused", "timed out", "Name or service not known", "Max retries"):
+        if marker.lower() in line.lower():
+            return marker.lower() if marker != "Max retries" else "no answer"
+    return line[:160]
 
 
 def check_tracking_uri(uri: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
     """Raise :class:`TrackingError` unless the MLflow store at ``uri`` can be used.
 
-    * ``http(s)://``: a GET to ``<uri>/health`` (then the REST ``experiments/search`` endpoint)
-      answers within ``timeout`` seconds; 401/403 name the credential variables.
+    * ``http(s)://``: MLflow's client lists one experiment within ``timeout`` seconds, without
+      retries (``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``_MAX_RETRIES`` win when set); 401/403 name
+      the credential variables.
     * ``sqlite:///``: the database's folder exists and is writable (the file is created by MLflow).
     * ``file:`` or a plain path (MLflow's deprecated file store): its nearest existing folder is
       writable.
@@ -123,29 +151,8 @@ def check_tracking_uri(uri: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
     uri = uri.strip()
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     if scheme in ("http", "https"):
-        base = uri.rstrip("/")
-        try:
-            status = _http_get(f"{base}/health", timeout)
-            if status == 200:
-                return
-            status = _http_get(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", timeout)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(
-                f"MLflow tracking server {uri} is not reachable ({reason}). " + _fix_hint(uri)
-            ) from e
-        if status == 200:
-            return
-        if status in (401, 403):
-            raise TrackingError(
-                f"MLflow tracking server {uri} refused access (HTTP {status}). Set "
-                f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, "
-                f"or set tracking=off."
-            )
-        raise TrackingError(
-            f"{uri} answered HTTP {status} to /health and to the MLflow REST API: is it an "
-            f"MLflow tracking server? " + _fix_hint(uri)
-        )
+        _check_http(uri, timeout)
+        return
     if scheme == "sqlite":
         path = _sqlite_path(uri)
         if path is not None:

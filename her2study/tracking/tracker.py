@@ -6,6 +6,7 @@ Keys and values are made acceptable to MLflow by :mod:`her2study.tracking.keys`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -18,19 +19,29 @@ from typing import Any
 
 from her2study.tracking.keys import (
     _finite_float,
-    _limits,
     _param_str,
     _tag_values,
     _to_markdown,
     _to_plain,
-    _truncate,
     _unique_keys,
+)
+from her2study.tracking.lifecycle import (
+    ENDED_BY,
+    ERROR_CLASS,
+    ERROR_TAG,
+    STUDY_TAG,
+    RunTerminated,
+    _ended_by,
+    experiment_id,
+    one_line,
+    owner_tags,
+    reap_dead_runs,
+    store_lock,
 )
 from her2study.tracking.probe import (
     DEFAULT_TIMEOUT_S,
     TrackingError,
     _mlflow,
-    _sqlite_path,
     _using_tracking_uri,
     check_tracking_uri,
 )
@@ -38,18 +49,18 @@ from her2study.tracking.probe import (
 log = logging.getLogger(__name__)
 
 SKIPPED_METRICS_TAG = "skipped_metrics"
-# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI view).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 
 
-class RunTerminated(KeyboardInterrupt):
-    """SIGTERM while a :class:`Tracker` is open (``kill``, a scheduler's time limit): raised in
-    the main thread so the runs end KILLED, like Ctrl-C, instead of staying RUNNING forever."""
+def _guarded(method):
+    """Run a Tracker method as one MLflow operation: a SIGTERM arriving meanwhile is held until
+    it returns (an exception in the middle of a database write could leave the store locked)."""
 
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.mlflow_operation():
+            return method(self, *args, **kwargs)
 
-def _raise_terminated(signum, frame):
-    raise RunTerminated(f"signal {signum} (SIGTERM)")
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,6 +80,13 @@ class Tracker:
         artifact_location: artifact root for a *new* experiment. Default: ``mlartifacts/`` beside
             a SQLite database; the server's choice for http(s) stores.
         timeout: seconds for the reachability check of http(s) stores.
+        study: the study the runs belong to (default: the experiment name). Runs of the same
+            study left RUNNING by a dead process of this host are marked FAILED on entry
+            (:func:`~her2study.tracking.lifecycle.reap_dead_runs`).
+
+    Every run (parent and children) carries its owner (pid, host, start time) and study as
+    tags, and ``her2study.ended_by`` when it ends; a failed run names the error class and one
+    line of its message (no traceback).
     """
 
     def __init__(
@@ -80,6 +98,7 @@ class Tracker:
         tags: dict | None = None,
         artifact_location: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        study: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -88,16 +107,19 @@ class Tracker:
         self.tags = dict(tags or {})
         self.artifact_location = artifact_location
         self.timeout = timeout
+        self.study = str(study or experiment)
+        self.reaped: list[str] = []
         self._run_id: str | None = None
         self._experiment_id: str | None = None
         self._last_child_run_id: str | None = None
         self._client = None
         self._uri_ctx: contextlib.AbstractContextManager | None = None
-        self._local = threading.local()
         self._lock = threading.Lock()
         self._skipped: dict[str, set[str]] = {}
         self._state = "new"
         self._prev_sigterm = None
+        self._busy = 0  # MLflow operations in progress in the main thread
+        self._pending_signal: int | None = None
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -116,14 +138,10 @@ class Tracker:
 
     @property
     def current_run_id(self) -> str | None:
-        """The run this thread's ``log_*`` calls go to: the innermost child, else the parent."""
-        stack = self._stack()
-        return stack[-1] if stack else self._run_id
-
-    def _stack(self) -> list[str]:
-        if not hasattr(self._local, "stack"):
-            self._local.stack = []
-        return self._local.stack
+        """The run this thread's ``log_*`` calls go to: the innermost child, else the parent
+        (MLflow's own per-thread active run; a worker thread without a child has none)."""
+        active = _mlflow().active_run() if self.enabled and self._state == "active" else None
+        return active.info.run_id if active is not None else self._run_id
 
     def _target(self) -> str | None:
         if not self.enabled:
@@ -133,40 +151,6 @@ class Tracker:
         return self.current_run_id
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def _default_artifact_location(self) -> str | None:
-        if self.artifact_location:
-            return self.artifact_location
-        if self.tracking_uri.strip().lower().startswith("sqlite:"):
-            path = _sqlite_path(self.tracking_uri.strip())
-            if path is not None:
-                return str((Path(path).resolve().parent / "mlartifacts").resolve())
-        return None
-
-    def _get_or_create_experiment(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        client = self._client
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            try:
-                return client.create_experiment(
-                    self.experiment,
-                    artifact_location=self._default_artifact_location(),
-                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
-                )
-            except MlflowException:  # created meanwhile by a parallel job (Hydra multirun)
-                exp = client.get_experiment_by_name(self.experiment)
-                if exp is None:
-                    raise
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {self.experiment!r} at {self.tracking_uri} is deleted. "
-                f"Restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
-                f"or use another study name."
-            )
-        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older version or by hand
-            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return exp.experiment_id
 
     def __enter__(self) -> Tracker:
         if self._state != "new":
@@ -181,25 +165,37 @@ class Tracker:
 
         self._uri_ctx = _using_tracking_uri(self.tracking_uri)
         self._uri_ctx.__enter__()
+        self._catch_sigterm()  # before the run exists: a SIGTERM from now on ends it KILLED
         try:
-            self._client = mlflow.MlflowClient(self.tracking_uri)
-            self._experiment_id = self._get_or_create_experiment()
-            run = mlflow.start_run(
-                experiment_id=self._experiment_id,
-                run_name=self.run_name,
-                tags=_tag_values(self.tags),
-            )
+            with self.mlflow_operation():
+                with store_lock(self.tracking_uri):  # a new SQLite store: one process makes it
+                    self._client = mlflow.MlflowClient(self.tracking_uri)
+                    self._experiment_id = experiment_id(
+                        self._client, self.experiment, self.tracking_uri, self.artifact_location
+                    )
+                run = mlflow.start_run(
+                    experiment_id=self._experiment_id,
+                    run_name=self.run_name,
+                    tags={**_tag_values(self.tags), **self._own_tags()},
+                )
+                self._run_id = run.info.run_id
+                self.reaped = reap_dead_runs(
+                    self._client, self._experiment_id, self.study, self._run_id
+                )
         except BaseException as e:
-            self._uri_ctx.__exit__(None, None, None)
+            self._release_sigterm()
+            try:
+                if self._run_id is not None:
+                    self._close(self._run_id, type(e), e)
+            finally:
+                self._uri_ctx.__exit__(None, None, None)
             if isinstance(e, MlflowException):
                 raise TrackingError(
                     f"Could not open MLflow experiment {self.experiment!r} at "
                     f"{self.tracking_uri}: {e.message}"
                 ) from e
             raise
-        self._run_id = run.info.run_id
         self._state = "active"
-        self._catch_sigterm()
         log.info(
             "MLflow run %s (experiment %r, id %s) at %s",
             self._run_id,
@@ -209,6 +205,60 @@ class Tracker:
         )
         return self
 
+    def _own_tags(self) -> dict[str, str]:
+        return {**owner_tags(), STUDY_TAG: self.study}
+
+    def _close(self, run_id: str, exc_type, exc) -> None:
+        """End ``run_id`` (this thread's active run, else through the client) with the status
+        and ``ended_by`` of ``exc_type``; a failure names its class and one line of message."""
+        main = threading.current_thread() is threading.main_thread()
+        self._busy += main  # a second signal does not interrupt the closing
+        try:
+            self._end(run_id, exc_type, exc)
+        finally:
+            self._busy -= main
+            if main and not self._busy:
+                self._pending_signal = None  # the run ended KILLED or is ending anyway
+
+    def _end(self, run_id: str, exc_type, exc) -> None:
+        mlflow = _mlflow()
+        status, ended_by = _ended_by(exc_type)
+        tags = {ENDED_BY: ended_by}
+        if exc_type is not None:
+            tags[ERROR_CLASS] = exc_type.__name__
+            tags[ERROR_TAG] = one_line(exc) if exc is not None else exc_type.__name__
+        with contextlib.suppress(Exception):  # the status matters more than the tags
+            self._client.log_batch(
+                run_id, tags=[_run_tag(k, v) for k, v in _tag_values(tags).items()]
+            )
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+        else:
+            self._client.set_terminated(run_id, status=status)
+
+    @contextlib.contextmanager
+    def mlflow_operation(self) -> Iterator[None]:
+        """Hold a SIGTERM until the MLflow calls inside are done, then end the runs KILLED.
+        Used by every method; wrap other direct MLflow calls (model logging) in it too."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            if main:
+                self._busy -= 1
+                if self._busy == 0 and self._pending_signal is not None:
+                    signum, self._pending_signal = self._pending_signal, None
+                    raise RunTerminated(f"signal {signum} (SIGTERM)")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self._busy:
+            self._pending_signal = signum  # raised when the MLflow operation is done
+            return
+        raise RunTerminated(f"signal {signum} (SIGTERM)")
+
     def _catch_sigterm(self) -> None:
         """SIGTERM -> :class:`RunTerminated` while open: only in the main thread, and only when
         nobody else handles SIGTERM (a launcher's own handler is left alone)."""
@@ -216,7 +266,7 @@ class Tracker:
             return
         with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                self._prev_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+                self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _release_sigterm(self) -> None:
         if self._prev_sigterm is not None:
@@ -231,21 +281,8 @@ class Tracker:
         if not self.enabled:
             return False
         self._release_sigterm()
-        mlflow = _mlflow()
-        status = "FINISHED" if exc_type is None else "FAILED"
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            status = "KILLED"  # Ctrl-C shows as killed, not as a failure of the study
         try:
-            if exc_type is not None:
-                with contextlib.suppress(Exception):
-                    self._client.set_tag(
-                        self._run_id, "error", _truncate(f"{exc_type.__name__}: {exc}", 5000)
-                    )
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == self._run_id:
-                mlflow.end_run(status=status)
-            else:
-                self._client.set_terminated(self._run_id, status=status)
+            self._close(self._run_id, exc_type, exc)
         finally:
             self._uri_ctx.__exit__(None, None, None)
         return False  # never swallow the exception
@@ -261,41 +298,31 @@ class Tracker:
             yield None
             return
         parent = self._target()
-        mlflow = _mlflow()
-        stack = self._stack()
-        # The fluent API checks parent_run_id against this thread's active run; a worker thread
-        # has none, the tracker's thread has the parent or this thread's open child.
-        run = mlflow.start_run(
-            experiment_id=self._experiment_id,
-            run_name=name,
-            nested=True,
-            parent_run_id=parent,
-            tags=_tag_values(tags),
-        )
+        # MLflow's fluent API keeps the active run per thread: in the tracker's thread it is the
+        # parent or an open child; a worker thread has none and names the parent explicitly.
+        with self.mlflow_operation():
+            run = _mlflow().start_run(
+                experiment_id=self._experiment_id,
+                run_name=name,
+                nested=True,
+                parent_run_id=parent,
+                tags={**_tag_values(tags), **self._own_tags()},
+            )
         run_id = run.info.run_id
         with self._lock:
             self._last_child_run_id = run_id
-        stack.append(run_id)
-        status = "FINISHED"
         try:
             yield run_id
-        except KeyboardInterrupt:
-            status = "KILLED"
+        except BaseException as e:
+            self._close(run_id, type(e), e)
             raise
-        except BaseException:
-            status = "FAILED"
-            raise
-        finally:
-            stack.pop()
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == run_id:
-                mlflow.end_run(status=status)
-            else:  # pragma: no cover - only if the body ended the run itself
-                self._client.set_terminated(run_id, status=status)
+        self._close(run_id, None, None)
 
     # -- logging -------------------------------------------------------------------------------
+    @_guarded
     def log_params(self, flat: Mapping[str, Any]) -> None:
-        """Log params: values stringified and truncated to MLflow's limit, sent in batches.
+        """Log params: keys sanitised, values stringified; MLflow's client splits them into
+        batches and truncates values over its limit (``MLFLOW_TRUNCATE_LONG_VALUES``).
 
         MLflow refuses to change a param already logged on the same run with another value.
         """
@@ -304,15 +331,13 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        lim = _limits()
         params = [
-            Param(k, _truncate(_param_str(v), lim["param_val"]))
+            Param(k, _param_str(v))
             for k, v in zip(_unique_keys(flat.keys()), flat.values(), strict=True)
         ]
-        n = lim["params_per_batch"]
-        for i in range(0, len(params), n):
-            self._client.log_batch(run_id, params=params[i : i + n])
+        self._client.log_batch(run_id, params=params)
 
+    @_guarded
     def log_metrics(self, d: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric metrics; None/NaN/inf/non-numbers are skipped and named in the run's
         ``skipped_metrics`` tag. Keys are sanitised (:func:`sanitize_key`)."""
@@ -329,33 +354,33 @@ class Tracker:
                 skipped.append(key)
                 continue
             metrics.append(Metric(key, val, ts, int(step or 0)))
-        n = _limits()["metrics_per_batch"]
-        for i in range(0, len(metrics), n):
-            self._client.log_batch(run_id, metrics=metrics[i : i + n])
+        self._client.log_batch(run_id, metrics=metrics)  # batched by MLflow's client
         if skipped:
             with self._lock:
                 names = self._skipped.setdefault(run_id, set())
                 names.update(skipped)
                 value = ",".join(sorted(names))
             log.info("metrics not logged (None/NaN/inf/not a number): %s", ", ".join(skipped))
-            value = _truncate(value, _limits()["tag_val"])
             self._client.set_tag(run_id, SKIPPED_METRICS_TAG, value)
 
+    @_guarded
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         run_id = self._target()
         if run_id is None or not tags:
             return
-        from mlflow.entities import RunTag
-
-        lim = _limits()
         items = [
-            RunTag(k, _truncate(_param_str(v), lim["tag_val"]))
+            _run_tag(k, _param_str(v))
             for k, v in zip(_unique_keys(tags.keys()), tags.values(), strict=True)
         ]
-        n = lim["params_per_batch"]
-        for i in range(0, len(items), n):
-            self._client.log_batch(run_id, tags=items[i : i + n])
+        self._client.log_batch(run_id, tags=items)  # batched and truncated by MLflow's client
 
+    @_guarded
+    def rename(self, name: str) -> None:
+        """Rename the parent run (e.g. once the task knows what it is about)."""
+        if self.enabled and self._state == "active":
+            self._client.update_run(self._run_id, name=name)
+
+    @_guarded
     def log_dataset(
         self,
         df,
@@ -391,6 +416,7 @@ class Tracker:
         self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
         return digest
 
+    @_guarded
     def log_figure(self, fig, artifact_file: str) -> None:
         """A matplotlib (or plotly) figure as an image artifact (format from the extension)."""
         run_id = self._target()
@@ -398,6 +424,7 @@ class Tracker:
             return
         self._client.log_figure(run_id, fig, artifact_file)
 
+    @_guarded
     def log_table(self, df, artifact_file: str) -> None:
         """A DataFrame as ``.csv`` or ``.md`` (Markdown) artifact; a named or non-range index is
         written as column(s)."""
@@ -416,12 +443,14 @@ class Tracker:
             raise ValueError(f"log_table writes .csv or .md files, not {artifact_file!r}")
         self._client.log_text(run_id, text, artifact_file)
 
+    @_guarded
     def log_text(self, text: str, artifact_file: str) -> None:
         run_id = self._target()
         if run_id is None:
             return
         self._client.log_text(run_id, str(text), artifact_file)
 
+    @_guarded
     def log_dict(self, d: Any, artifact_file: str) -> None:
         """A mapping (or OmegaConf config, resolved) as ``.yaml``/``.yml`` or JSON artifact."""
         run_id = self._target()
@@ -436,14 +465,22 @@ class Tracker:
             text = json.dumps(plain, indent=2, default=str, allow_nan=True) + "\n"
         self._client.log_text(run_id, text, artifact_file)
 
+    @_guarded
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         run_id = self._target()
         if run_id is None:
             return
         self._client.log_artifact(run_id, str(local_path), artifact_path)
 
+    @_guarded
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         run_id = self._target()
         if run_id is None:
             return
         self._client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def _run_tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
