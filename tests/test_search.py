@@ -462,12 +462,23 @@ BAND = [
 ]
 
 
-def test_search_prefers_rings_covering_the_band(synthetic_cache, tmp_path, monkeypatch):
+def test_search_over_ring_widths_finds_the_signal_and_estimates_every_width(
+    synthetic_cache, tmp_path, monkeypatch
+):
+    """A search over the ring width on the shared synthetic cohort (signal planted 0-1 mm outside
+    the lesion) finds the signal and gives every width its own nested estimate.
+
+    It used to assert that rings reaching 1 mm *win* most of the 5 outer folds. That premise does
+    not hold on this generator: the planted 0-1 mm band reaches the tumour's own features
+    (experiments/margins/README.md: label-flip renderings change 22 % of the mask's pixels), and
+    with 10 random trials the winners followed the sampler's seed. Which widths carry the signal
+    is proven where the signal is away from the tumour: tests/test_band_phantom.py (slow)."""
     from her2study.tasks.search import run
 
     monkeypatch.chdir(tmp_path)
+    widths = [0, 0.5, 1, 1.5, 2, 3]
     space = {
-        "ring_width_mm": {"type": "categorical", "choices": [0, 0.5, 1, 1.5, 2, 3]},
+        "ring_width_mm": {"type": "categorical", "choices": widths},
         "mw_alpha": {"type": "categorical", "choices": [0.05, 0.1]},
     }
     cfg = compose_config(
@@ -482,14 +493,15 @@ def test_search_prefers_rings_covering_the_band(synthetic_cache, tmp_path, monke
         space=space,
     )
     run(cfg)
-    folds = pd.read_csv(tmp_path / "outputs" / "band" / "outer_folds.csv")
-    won = folds["ring_width_mm"].tolist()
-    # the signal is 0-1 mm outside the lesion: rings reaching 1 mm hold all of it; the tumour
-    # alone and the 0.5 mm ring hold none or half (see experiments/search/README.md)
-    covering = sum(w >= 1.0 for w in won)
-    missing = sum(w < 1.0 for w in won)
-    assert covering > missing, won
-    assert folds["outer_auc"].mean() > 0.7
+    out = tmp_path / "outputs" / "band"
+    folds = pd.read_csv(out / "outer_folds.csv")
+    assert len(folds) == 5 and set(folds["ring_width_mm"]) <= set(widths)
+    assert folds["outer_auc"].mean() > 0.7  # the planted signal is found
+    regions = pd.read_csv(out / "region_estimates.csv")
+    assert list(regions.columns[:5]) == ["region", "width_mm", "nested_auc", "ci_low", "ci_high"]
+    est = regions.dropna(subset=["nested_auc"])
+    assert len(est) >= 3 and set(est["width_mm"]) <= set(map(float, widths))
+    assert ((est["ci_low"] <= est["nested_auc"]) & (est["nested_auc"] <= est["ci_high"])).all()
 
 
 @pytest.mark.slow

@@ -15,6 +15,9 @@ from her2study.search.candidate import (
     _plain,
 )
 
+# keys of the ``extractor`` group that change no feature value (a resumed study stays valid)
+NOT_EXTRACTION_SETTINGS = ("check_bins",)
+
 
 def data_digest(design: Design, cfg=None) -> str:
     """Identifies what a study's trials scored: case ids, labels, every column's name and values
@@ -23,6 +26,8 @@ def data_digest(design: Design, cfg=None) -> str:
     h = hashlib.sha256(design.digest(list(design.X.columns)).encode())
     if cfg is not None and str(OmegaConf.select(cfg, "data.source", default="")) != "features":
         ext = _plain(OmegaConf.select(cfg, "extractor", default=None))
+        if isinstance(ext, dict):  # switches of checks, not of the extraction
+            ext = {k: v for k, v in ext.items() if k not in NOT_EXTRACTION_SETTINGS}
         h.update(json.dumps(ext, sort_keys=True, default=str).encode())
         params_file = (ext or {}).get("params_file") if isinstance(ext, dict) else None
         if params_file and Path(params_file).is_file():
