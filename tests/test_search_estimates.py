@@ -302,6 +302,28 @@ def test_extractor_settings_enter_the_data_digest():
     )
 
 
+def test_the_data_digest_counts_a_params_files_content_not_its_path_nor_check_switches(
+    tmp_path,
+):
+    """The digest seeds the study's sampler: the same settings must give the same trials
+    whichever folder the params file lies in, and a QA switch changes no feature."""
+    X, y = features(n=40, p=3)
+    design = design_of(X, y)
+    text = "setting: {binWidth: 10, force2D: false}\nimageType: {Original: {}}\n"
+    a, b, c = tmp_path / "a.yaml", tmp_path / "sub" / "b.yaml", tmp_path / "c.yaml"
+    b.parent.mkdir()
+    a.write_text(text)
+    b.write_text(text)
+    c.write_text(text.replace("10", "25"))
+
+    def digest(*overrides):
+        return data_digest(design, compose_config(*QUICK_SEARCH, *overrides, space=SPACE))
+
+    assert digest(f"extractor.params_file={a}") == digest(f"extractor.params_file={b}")
+    assert digest(f"extractor.params_file={a}") != digest(f"extractor.params_file={c}")
+    assert digest("extractor.check_bins=false") == digest("extractor.check_bins=true")
+
+
 def test_a_study_with_trials_but_no_data_digest_is_refused(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'old.db'}")
     old = optuna.create_study(storage=storage, study_name="old/outer0_0", direction="maximize")

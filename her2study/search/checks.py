@@ -26,10 +26,12 @@ def data_digest(design: Design, cfg=None) -> str:
     h = hashlib.sha256(design.digest(list(design.X.columns)).encode())
     if cfg is not None and str(OmegaConf.select(cfg, "data.source", default="")) != "features":
         ext = _plain(OmegaConf.select(cfg, "extractor", default=None))
+        params_file = ext.get("params_file") if isinstance(ext, dict) else None
         if isinstance(ext, dict):  # switches of checks, not of the extraction
             ext = {k: v for k, v in ext.items() if k not in NOT_EXTRACTION_SETTINGS}
+            if params_file:  # its content counts (below), not where it lies
+                ext["params_file"] = "<content>"
         h.update(json.dumps(ext, sort_keys=True, default=str).encode())
-        params_file = (ext or {}).get("params_file") if isinstance(ext, dict) else None
         if params_file and Path(params_file).is_file():
             h.update(Path(params_file).read_bytes())
     return h.hexdigest()[:16]
