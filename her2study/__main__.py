@@ -23,6 +23,7 @@ ConfigStore.__deepcopy__ = lambda self, memo: self
 register_configs()
 log = logging.getLogger("her2study")
 _STARTED = False  # set once the config composed and the task began
+_RESULT: dict = {}  # the task's return value (paper: a training-side AUC), handed to Hydra
 WRITE_ERRNOS = {
     errno.EACCES,
     errno.EROFS,
@@ -42,7 +43,7 @@ def run(cfg: DictConfig) -> int:
     logging.raiseExceptions = False  # a log file on a full disk: no traceback per record
     try:
         _refuse_plain_salt(cfg)
-        get_method(cfg.task._target_)(cfg)
+        _RESULT["value"] = get_method(cfg.task._target_)(cfg)
     except Her2StudyError as err:
         log.error("%s", err)
         return 2
@@ -102,10 +103,11 @@ def _salt_on_command_line(argv: list[str]) -> str | None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://her2study.conf", config_name="config")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig):
     code = run(cfg)
     if code:
         sys.exit(code)
+    return _RESULT.pop("value", None)  # for Hydra (a sweeper): the task's own return value
 
 
 def _task_settings_problem(argv: list[str]) -> str | None:

@@ -233,6 +233,28 @@ def test_predict_writes_the_models_probabilities_and_lists_failures(
         equal_nan=True,
     )
 
+    # only broken cases: the table still lists every one with its reason, and the run fails
+    # (exit 2 on the command line) instead of ending as if something had been predicted
+    new = pd.read_csv(manifest, dtype={"case_id": str})
+    bad = manifest.parent / "only_broken.csv"
+    new[new["case_id"].isin(ids[4:])].to_csv(bad, index=False)
+    cfg = with_predict(
+        compose_config(
+            "execution.progress=false",
+            "task=predict",
+            "data=manifest",
+            f"data.manifest={bad}",
+            f"cache_dir={synthetic_cache_copy}",
+            "tracking=off",
+            "study=pred3",
+        ),
+        model_uri=str(model_dir),
+    )
+    with pytest.raises(ConfigError, match="no case could be predicted"):
+        run(cfg)
+    pred3 = pd.read_csv(tmp_path / "outputs" / "pred3" / "predictions.csv", dtype={"case_id": str})
+    assert list(pred3["case_id"]) == ids[4:] and (pred3["status"] == "failed").all()
+
 
 def test_predict_needs_a_model(tmp_path, monkeypatch):
     from her2study.tasks.predict import run

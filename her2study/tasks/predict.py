@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from her2study.cohort.manifest import load_cohort
+from her2study.cohort.manifest import DEFAULT_MAX_IMAGE_PIXELS, load_cohort
 from her2study.errors import ConfigError
 from her2study.tasks.common import output_dir
 
@@ -70,6 +70,7 @@ def checked_cohort(manifest: Path, data_cfg, clinical: list[str], out: Path):
         require_labels=False,
         on_error="collect",
         ignore_columns=("mask_reader2", "split"),  # not needed to apply a model
+        max_image_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
     )
     df = pd.read_csv(manifest, dtype={case_col: str})
     df[case_col] = df[case_col].astype(str).str.strip()
@@ -201,7 +202,12 @@ def run(cfg) -> int:
         )
         + "\n"
     )
-    return 0 if n_ok else 1
+    if not n_ok:
+        raise ConfigError(
+            f"no case could be predicted ({len(table)} failed; reasons in {target}): fix the "
+            "inputs named there, or check that the manifest matches the model's regions"
+        )
+    return 0
 
 
 def _from_table(path: Path, data, columns: list[str]):
