@@ -24,7 +24,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from her2study.cohort.synthetic import BAND_PHANTOM, band_phantom_spec, synthesize_case
+from her2study.cohort.phantom import BAND_PHANTOM, band_phantom_spec
+from her2study.cohort.synthetic import synthesize_case
 from her2study.config import SyntheticSpec, register_configs
 from her2study.errors import ConfigError
 from her2study.results import _cv_interval

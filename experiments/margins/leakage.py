@@ -17,7 +17,8 @@ import argparse
 import numpy as np
 from scipy import ndimage
 
-from her2study.cohort.synthetic import band_phantom_spec, synthesize_case
+from her2study.cohort.phantom import band_phantom_spec
+from her2study.cohort.synthetic import synthesize_case
 from her2study.config import SyntheticSpec
 
 SHELLS = [

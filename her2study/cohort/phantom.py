@@ -394,3 +394,27 @@ def device_assignment(spec: SyntheticSpec, labels: np.ndarray) -> np.ndarray:
         n_move = int(round(float(spec.device_label_shift) * len(members)))
         out[members[:n_move]] = 0 if label == 1 else n_dev - 1
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the band phantom (data=band_phantom): the class signal away from the lesion
+
+BAND_PHANTOM = {  # the band phantom's spec values (conf/data/band_phantom.yaml says the same)
+    "band_inner_mm": 1.5,
+    "band_outer_mm": 2.5,
+    # twice the default's 3 dB: the band lies in tissue 1.5 mm further out, whose own
+    # heterogeneity is larger than the lesion margin's, and the phantom should give a clear
+    # answer at 100-200 cases (at 3 dB and 120 cases the nested per-region intervals overlap)
+    "band_strength": 6.0,
+    "intra_strength": 0.0,
+    "er_signal": False,
+}
+
+
+def band_phantom_spec(**overrides) -> SyntheticSpec:
+    """The band phantom: class signal only in the band ``1.5 < d <= 2.5`` mm outside the lesion
+    (:data:`BAND_PHANTOM`), none inside the lesion nor in the clinical ER column; ``overrides``
+    set any other field (``n_cases``, ``band_strength``, the band itself, ...)."""
+    from her2study.config import SyntheticSpec
+
+    return SyntheticSpec(**{**BAND_PHANTOM, **overrides})

@@ -46,12 +46,13 @@ random streams that do not depend on the label, so flipping a case's label chang
 within the band plus the point-spread function's reach (3 lateral SDs, 1.5 mm at defaults) and
 inside the lesion.
 
-A second mode, the **band phantom** (:func:`band_phantom_spec`, ``data=band_phantom``), moves
-the class signal to a band away from the paper's 0-1 mm (1.5-2.5 mm outside the lesion, 6 dB
-instead of 3) and switches the other signals off (``intra_strength=0``: intratumoral texture
-carries no class signal; ``er_signal=false``): a cohort whose right margin answer is "a region
-reaching the band", to test that a margin comparison finds it. It is the same generator with
-other spec values, so the default cohort is untouched.
+A second mode, the **band phantom** (:func:`her2study.cohort.phantom.band_phantom_spec`,
+``data=band_phantom``), moves the class signal to a band away from the paper's 0-1 mm (1.5-2.5
+mm outside the lesion, 6 dB instead of 3) and switches the other signals off
+(``intra_strength=0``: intratumoral texture carries no class signal; ``er_signal=false``): a
+cohort whose right margin answer is "a region reaching the band", to test that a margin
+comparison finds it. It is the same generator with other spec values, so the default cohort is
+untouched.
 
 What each case draws (lesion geometry, tissue, noise fields, clinical covariates) is in
 :mod:`her2study.cohort.phantom`; this module labels the cohort, assembles and writes the cases.
@@ -155,25 +156,6 @@ def _er_stratum(spec: SyntheticSpec, index: int, label: int) -> tuple[int, int] 
     rank = np.empty(len(members), dtype=int)
     rank[rng.permutation(len(members))] = np.arange(len(members))
     return int(rank[np.searchsorted(members, index)]), len(members)
-
-
-BAND_PHANTOM = {  # the band phantom's spec values (conf/data/band_phantom.yaml says the same)
-    "band_inner_mm": 1.5,
-    "band_outer_mm": 2.5,
-    # twice the default's 3 dB: the band lies in tissue 1.5 mm further out, whose own
-    # heterogeneity is larger than the lesion margin's, and the phantom should give a clear
-    # answer at 100-200 cases (at 3 dB and 120 cases the nested per-region intervals overlap)
-    "band_strength": 6.0,
-    "intra_strength": 0.0,
-    "er_signal": False,
-}
-
-
-def band_phantom_spec(**overrides) -> SyntheticSpec:
-    """The band phantom: class signal only in the band ``1.5 < d <= 2.5`` mm outside the lesion
-    (:data:`BAND_PHANTOM`), none inside the lesion nor in the clinical ER column; ``overrides``
-    set any other field (``n_cases``, ``band_strength``, the band itself, ...)."""
-    return SyntheticSpec(**{**BAND_PHANTOM, **overrides})
 
 
 def case_rng(spec: SyntheticSpec, index: int) -> np.random.Generator:
