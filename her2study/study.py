@@ -30,6 +30,7 @@ from her2study.models import (
     ClinicalModel,
     CombinedModel,
     PenalisedClinicalModel,
+    lasso_details,
     pipeline_from_config,
     selected_coefficients,
 )
@@ -55,30 +56,6 @@ class SignatureFit:
     estimator: object = None  # the unfitted estimator (what the bootstrap refits)
     inputs: pd.DataFrame | None = None  # its input columns, every case
     validation: pd.DataFrame | None = None  # bootstrap: index x apparent/optimism/corrected
-
-
-def lasso_details(pipe) -> dict:
-    """The LASSO CV curve in glmnet's terms (binomial deviance, or AUC) for plotting/logging."""
-    lasso = pipe.named_steps.get("lasso")
-    if lasso is None or not hasattr(lasso, "cv_results_"):
-        return {}
-    r = lasso.cv_results_
-    auc = getattr(lasso, "scoring", "neg_log_loss") == "roc_auc"
-    scale = 1.0 if auc else -2.0  # neg_log_loss -> deviance = 2 x log loss
-    curve = pd.DataFrame(
-        {
-            "lambda": np.asarray(r["lambdas"], dtype=float),
-            "mean": scale * np.asarray(r["mean_score"], dtype=float),
-            "se": abs(scale) * np.asarray(r["se_score"], dtype=float),
-            "n_nonzero": np.asarray(r["n_nonzero"]),
-        }
-    )
-    return {
-        "lasso_cv": curve,
-        "lasso_metric": "AUC" if auc else "Binomial deviance",
-        "lasso_lambda_min": float(curve["lambda"].iloc[int(r["best_index"])]),
-        "lasso_lambda": float(curve["lambda"].iloc[int(r["chosen_index"])]),
-    }
 
 
 def check_class_sizes(y_train: pd.Series, cfg) -> None:

@@ -254,3 +254,27 @@ def selected_coefficients(pipe) -> pd.Series:
     except TypeError:
         names = pipe[:-1].get_feature_names_out()
         return pd.Series(np.nan, index=names, name="coefficient")
+
+
+def lasso_details(pipe) -> dict:
+    """The LASSO CV curve in glmnet's terms (binomial deviance, or AUC) for plotting/logging."""
+    lasso = pipe.named_steps.get("lasso")
+    if lasso is None or not hasattr(lasso, "cv_results_"):
+        return {}
+    r = lasso.cv_results_
+    auc = getattr(lasso, "scoring", "neg_log_loss") == "roc_auc"
+    scale = 1.0 if auc else -2.0  # neg_log_loss -> deviance = 2 x log loss
+    curve = pd.DataFrame(
+        {
+            "lambda": np.asarray(r["lambdas"], dtype=float),
+            "mean": scale * np.asarray(r["mean_score"], dtype=float),
+            "se": abs(scale) * np.asarray(r["se_score"], dtype=float),
+            "n_nonzero": np.asarray(r["n_nonzero"]),
+        }
+    )
+    return {
+        "lasso_cv": curve,
+        "lasso_metric": "AUC" if auc else "Binomial deviance",
+        "lasso_lambda_min": float(curve["lambda"].iloc[int(r["best_index"])]),
+        "lasso_lambda": float(curve["lambda"].iloc[int(r["chosen_index"])]),
+    }

@@ -84,7 +84,21 @@ def icc(a, b, kind="ICC(3,1)"):
     return icc_from_ratings(np.stack([a, b], axis=1), kind)
 
 
-class ICCFilter(SelectorMixin, BaseEstimator):
+class PairedColumnsSelector(SelectorMixin, BaseEstimator):
+    """Base of the filters that score each feature against its partner columns (a second
+    reader's, or perturbed masks'): ``fit`` sets ``support_``; NaN is allowed in the input."""
+
+    def _get_support_mask(self):
+        check_is_fitted(self)
+        return self.support_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+
+class ICCFilter(PairedColumnsSelector):
     """Keep features whose inter-reader ICC reaches ``threshold``.
 
     Column convention: ``X`` is a DataFrame in which each reader-1 feature ``<feat>`` has a
@@ -175,12 +189,3 @@ class ICCFilter(SelectorMixin, BaseEstimator):
             support[unpaired] = True
         self.support_ = support
         return self
-
-    def _get_support_mask(self):
-        check_is_fitted(self)
-        return self.support_
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags

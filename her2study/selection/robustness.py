@@ -15,12 +15,10 @@ from numbers import Real
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from sklearn.feature_selection import SelectorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from her2study.selection.icc import _ICC_KINDS, icc_from_ratings
+from her2study.selection.icc import _ICC_KINDS, PairedColumnsSelector, icc_from_ratings
 
 __all__ = ["RobustnessFilter", "column_region", "perturbed_column", "robustness_by_region"]
 
@@ -33,7 +31,7 @@ def perturbed_column(k: int, feature: str) -> str:
     return f"perturb{int(k)}__{feature}"
 
 
-class RobustnessFilter(SelectorMixin, BaseEstimator):
+class RobustnessFilter(PairedColumnsSelector):
     """Keep features whose ICC across contour perturbations reaches ``threshold``.
 
     Parameters
@@ -121,15 +119,6 @@ class RobustnessFilter(SelectorMixin, BaseEstimator):
         if isinstance(X, pd.DataFrame):
             return X.loc[:, self.support_]
         return super().transform(X)
-
-    def _get_support_mask(self):
-        check_is_fitted(self)
-        return self.support_
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags
 
 
 def column_region(column: str) -> str:
