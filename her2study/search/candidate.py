@@ -7,6 +7,7 @@ The lowest module of :mod:`her2study.search`: what a candidate takes from the ru
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -392,3 +393,10 @@ def space_regions(dims: list[Dim], defaults: dict) -> list[tuple]:
                 seen.add(name)
                 out.append(combo)
     return out
+
+
+def permuted_design(design: Design, seed: int, k: int) -> Design:
+    """The design with its labels permuted (plain permutation, seeded by ``seed`` and ``k``)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 104_729, int(k)]))
+    y = pd.Series(rng.permutation(design.y.to_numpy()), index=design.y.index, name=design.y.name)
+    return dataclasses.replace(design, y=y)

@@ -9,7 +9,6 @@ rerun on permuted labels (the permutation test). Intervals: :mod:`her2study.eval
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 import warnings
@@ -30,6 +29,7 @@ from her2study.search.candidate import (
     base_config,
     build_pipeline,
     candidate_from_params,
+    permuted_design,
     region_choice,
     search_defaults,
     space_regions,
@@ -307,13 +307,6 @@ def _feature_frequency(selections: list) -> pd.DataFrame:
     features["frequency"] = features["n_selected"] / len(selections)
     features = features.sort_values(["n_selected", "feature"], ascending=[False, True])
     return features.reset_index(drop=True)
-
-
-def permuted_design(design: Design, seed: int, k: int) -> Design:
-    """The design with its labels permuted (plain permutation, seeded by ``seed`` and ``k``)."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 104_729, int(k)]))
-    y = pd.Series(rng.permutation(design.y.to_numpy()), index=design.y.index, name=design.y.name)
-    return dataclasses.replace(design, y=y)
 
 
 def nested_search(
