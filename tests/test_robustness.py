@@ -168,6 +168,7 @@ def test_contour_robustness_drops_the_rim_feature_and_keeps_the_band(tmp_path, c
         f"data.manifest={manifest}",
         f"cache_dir={tmp_path / 'c'}",
         f"extractor.params_file={params}",
+        "split.balance_on=null",  # the planted cohort has no clinical table
         "region.ring_widths_mm=[1.0]",
         "region.signature_kinds=[tumour, ring]",
         "selection.robustness_threshold=0.9",
