@@ -405,3 +405,28 @@ def pytest_sessionfinish(session, exitstatus):
         else:
             print(msg, file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """Mount a small tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mounted = []
+
+    def _mount(name, options):
+        target = tmp_path / name
+        target.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield _mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

@@ -507,3 +507,158 @@ def test_every_model_the_search_can_choose_is_saved_and_loaded(tmp_path):
         np.testing.assert_array_equal(
             model.predict(X)["probability"], pipe.predict_proba(X)[:, 1], err_msg=name
         )
+
+
+# ------------------------------------------------------------------------------------------
+# Results are all or nothing: a failure mid-way leaves no partial result set, inputs untouched
+# ------------------------------------------------------------------------------------------
+
+
+def _fill(folder: Path) -> None:
+    """Fill the file system of ``folder`` (a tiny tmpfs) to the last byte."""
+    import os
+
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _hashes(root: Path) -> dict:
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def _errors(caplog) -> list[str]:
+    import logging
+
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_export_to_a_full_disk_leaves_no_partial_result_set(
+    searched, tmp_path, monkeypatch, tiny_mount, caplog
+):
+    """The experiment file, written last, meets a full disk: exit 3 naming it; the model, the
+    metrics and the selected features already staged are discarded (no result set in the run
+    folder), the earlier experiment file is still whole (temp file + os.replace), no temp file."""
+    import logging
+
+    from her2study.__main__ import run
+
+    root, common = searched
+    exp_dir = tiny_mount("exp", "size=8k")
+    (exp_dir / "best_ep.yaml").write_text("# the earlier export\n")
+    _fill(exp_dir)
+    study = _hashes(root)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("task=export", *common, "tracking=off", f"search.export_dir={exp_dir}")
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 3
+    errors = _errors(caplog)
+    assert len(errors) == 1, errors
+    assert f"cannot write {exp_dir / 'best_ep.yaml'}: No space left" in errors[0]
+    out = tmp_path / "outputs" / "ep"
+    assert out.is_dir() and not list(out.iterdir())  # no model, metrics.json, features list
+    assert not [p.name for p in (tmp_path / "outputs").iterdir() if p.name.startswith(".")]
+    assert (exp_dir / "best_ep.yaml").read_text() == "# the earlier export\n"
+    assert sorted(p.name for p in exp_dir.iterdir()) == ["best_ep.yaml", "filler"]
+    assert _hashes(root) == study  # the study, its features and store only read
+
+
+@pytest.fixture
+def model_and_table(tmp_path):
+    """A her2study model of two columns and a features table of new cases for it."""
+    from her2study.model_artifact import save_model
+
+    user = tmp_path / "user"
+    save_model(user / "model", small_model(), CARD, threshold=0.5)
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame(
+        {"case_id": [f"N{i}" for i in range(12)], "intra_a": rng.normal(size=12)}
+    ).assign(intra_b=rng.normal(size=12))
+    table.to_csv(user / "new.csv", index=False)
+    return user
+
+
+@pytest.mark.parametrize("where", ["run folder", "predict.output"])
+def test_predict_on_a_full_disk_names_the_file_and_leaves_nothing(
+    where, model_and_table, tmp_path, tiny_mount, monkeypatch, caplog
+):
+    import logging
+
+    from her2study.__main__ import run
+
+    user = model_and_table
+    inputs = _hashes(user)
+    full = tiny_mount("full", "size=8k")
+    _fill(full)
+    work = full if where == "run folder" else tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
+    values = {"model_uri": str(user / "model")}
+    if where == "predict.output":
+        values["output"] = str(full / "predictions.csv")
+    cfg = with_predict(
+        compose_config(
+            "execution.progress=false",
+            "task=predict",
+            "data=features",
+            f"data.features_table={user / 'new.csv'}",
+            "tracking=off",
+            "study=pred",
+        ),
+        **values,
+    )
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 3
+    errors = _errors(caplog)
+    named = "outputs/pred/predictions.csv" if where == "run folder" else full / "predictions.csv"
+    assert len(errors) == 1 and "No space left" in errors[0], errors
+    assert f"cannot write {named}" in errors[0], errors
+    assert not list(work.rglob("predictions.csv")) and not list(work.rglob("predict_card.json"))
+    assert not list(full.rglob("*.tmp")) and not list(work.rglob("*.results.tmp"))
+    assert _hashes(user) == inputs
+
+
+def test_predict_failing_after_its_first_file_leaves_no_partial_result_set(
+    make_cohort, tmp_path, monkeypatch, caplog
+):
+    """A manifest of real images for a model whose columns these settings do not extract: the
+    checked manifest copy was already written when the column check fails; exit 2, and the run
+    folder holds nothing of it; the user's manifest, images and model are only read."""
+    import logging
+
+    from her2study.__main__ import run
+    from her2study.model_artifact import save_model
+
+    manifest = make_cohort(n=4)
+    save_model(tmp_path / "model", small_model(), CARD, threshold=0.5)
+    inputs = {**_hashes(tmp_path / "cohort"), **_hashes(tmp_path / "model")}
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = with_predict(
+        compose_config(
+            "execution.progress=false",
+            "task=predict",
+            "data=manifest",
+            f"data.manifest={manifest}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "tracking=off",
+            "study=pred",
+        ),
+        model_uri=str(tmp_path / "model"),
+    )
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 2
+    errors = _errors(caplog)
+    assert len(errors) == 1 and "absent from the new cases' features" in errors[0], errors
+    out = work / "outputs" / "pred"
+    assert out.is_dir() and not list(out.iterdir())  # no manifest_checked.csv left behind
+    assert not [p for p in (work / "outputs").iterdir() if p.name.startswith(".")]
+    assert {**_hashes(tmp_path / "cohort"), **_hashes(tmp_path / "model")} == inputs

@@ -70,6 +70,21 @@ def _newest(folder: Path) -> Path | None:
     return max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(folder)
 
 
+def write_atomic(path: Path, text: str) -> Path:
+    """Write a result that lives outside the result set (an exported experiment file, a
+    predictions file the user placed) atomically: a temporary file beside it and
+    ``os.replace``. A write error with no file name (a full disk) names ``path``."""
+    from her2study.features.cache import atomic_write_text
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
+    return Path(path)
+
+
 def final_paths(paths, stage: Path, out: Path) -> list[Path]:
     """Paths written under ``stage`` as they are after :func:`result_set` moved them."""
     return [Path(out) / Path(p).relative_to(stage) for p in paths]

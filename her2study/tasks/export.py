@@ -56,7 +56,9 @@ from her2study.tasks.common import (
     load_design,
     open_run,
     output_dir,
+    result_set,
     run_tags,
+    write_atomic,
 )
 from her2study.tracking import check_tracking_uri
 
@@ -281,6 +283,7 @@ def run(cfg) -> float:
     else:
         raise ConfigError(f"search.export_source={cfg.search.export_source!r}: use study or config")
     run_cfg = _with_regions(cfg, cand)
+    exp_path = _exp_path(cfg) if origin["kind"] == "study" else None  # checked before any work
     # the run opens before the data is loaded and the model fitted (Duration = the export's)
     with open_run(cfg, "export", f"export {cfg.study}", export_source=origin["kind"]) as tracker:
         design, cohort = load_design(run_cfg)
@@ -295,20 +298,6 @@ def run(cfg) -> float:
         pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
         out = output_dir(cfg)
         card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
-        folder = save_model(out / "model", pipe, card, metrics["threshold"])
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
-        exp_path = None
-        if origin["kind"] == "study":
-            target = export_dir(cfg)
-            if cfg.search.export_dir is None:
-                target.mkdir(parents=True, exist_ok=True)
-            if not target.is_dir():
-                raise ConfigError(f"search.export_dir {str(target)!r} is not a folder")
-            exp_path = target / f"best_{cfg.study}.yaml"
-            exp_path.write_text(
-                exp_yaml(cfg, cand, estimate, origin, origin["final_inner_auc"], design.source)
-            )
         model_uri = None
         tracker.set_tags(run_tags("export", cfg, cohort, export_source=origin["kind"]))
         tracker.log_params(
@@ -330,16 +319,35 @@ def run(cfg) -> float:
             }
         )
         tracker.log_dict(card, "model_card.json")
-        if exp_path is not None:
-            tracker.log_artifact(exp_path, "config")
         if cfg.tracking.log_model:
             with tracker.mlflow_operation():  # a SIGTERM waits until it is written
                 model_uri = log_model(tracker, "model", pipe, card, metrics["threshold"])
-            if model_uri:
-                card["mlflow_model_uri"] = model_uri
-                save_model(folder, pipe, card, metrics["threshold"])
+        if model_uri:
+            card["mlflow_model_uri"] = model_uri
+        with result_set(out) as stage:  # moved into out at the end: no partial result set
+            save_model(stage / "model", pipe, card, metrics["threshold"])
+            (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            pd.DataFrame({"feature": sel}).to_csv(stage / "selected_features.csv", index=False)
+            if exp_path is not None:  # last: a failure before it leaves no experiment file
+                write_atomic(
+                    exp_path,
+                    exp_yaml(cfg, cand, estimate, origin, origin["final_inner_auc"], design.source),
+                )
+        folder = out / "model"
+        if exp_path is not None:
+            tracker.log_artifact(exp_path, "config")
     print_report(cfg, cand, metrics, estimate, design, folder, exp_path, model_uri)
     return metrics["cv_auc"]
+
+
+def _exp_path(cfg) -> Path:
+    """``<export dir>/best_<study>.yaml``, its folder made (the default one) or checked."""
+    target = export_dir(cfg)
+    if cfg.search.export_dir is None:
+        target.mkdir(parents=True, exist_ok=True)
+    if not target.is_dir():
+        raise ConfigError(f"search.export_dir {str(target)!r} is not a folder")
+    return target / f"best_{cfg.study}.yaml"
 
 
 def _final_auc(storage, study_name: str):

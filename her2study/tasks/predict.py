@@ -27,7 +27,7 @@ import pandas as pd
 
 from her2study.cohort.manifest import DEFAULT_MAX_IMAGE_PIXELS, load_cohort
 from her2study.errors import ConfigError
-from her2study.tasks.common import output_dir
+from her2study.tasks.common import output_dir, result_set, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -115,73 +115,90 @@ def run(cfg) -> int:
     model, card = load_model(str(pc.model_uri), cfg.tracking.tracking_uri)
     log.info("%s: %s", pc.model_uri, describe(card))
     out = output_dir(cfg)
-    columns = list(card["columns"])
-    clinical = list(card.get("clinical_columns") or [])
-    given = pc.get("threshold") is not None
-    threshold = float(pc.threshold if given else card["threshold"])
-    data = cfg.data
-    if data.source == "features":
-        X, failed, labels, order = _from_table(Path(data.features_table), data, columns)
-    else:
-        if data.source == "manifest":
-            if not data.manifest:
-                raise ConfigError("data=manifest needs data.manifest=<new cases.csv>")
-            manifest = Path(data.manifest)
+    target = Path(pc.output) if pc.get("output") else None  # a file the user placed
+    with result_set(out) as stage:  # moved into out at the end: no partial result set
+        columns = list(card["columns"])
+        clinical = list(card.get("clinical_columns") or [])
+        given = pc.get("threshold") is not None
+        threshold = float(pc.threshold if given else card["threshold"])
+        data = cfg.data
+        if data.source == "features":
+            X, failed, labels, order = _from_table(Path(data.features_table), data, columns)
         else:
-            from her2study.cohort.source import ensure_synthetic
+            if data.source == "manifest":
+                if not data.manifest:
+                    raise ConfigError("data=manifest needs data.manifest=<new cases.csv>")
+                manifest = Path(data.manifest)
+            else:
+                from her2study.cohort.source import ensure_synthetic
 
-            manifest = ensure_synthetic(data, n_jobs=cfg.execution.n_jobs)
-        if not manifest.is_file():
-            raise ConfigError(f"data.manifest: no file at {str(manifest)!r}")
-        cohort, failed, labels, order = checked_cohort(manifest, data, clinical, out)
-        X = pd.DataFrame()
-        if cohort.cases:
-            X, more = features_from_images(cohort, card, cfg)
-            failed.update(more)
-            if clinical:
-                X = X.join(cohort.table[clinical])
-    missing = [c for c in columns if c not in X.columns] if len(X) else []
-    if missing:
-        raise ConfigError(
-            f"{len(missing)} model column(s) absent from the new cases' features, "
-            f"e.g. {missing[:3]}: were they extracted with other settings?"
+                manifest = ensure_synthetic(data, n_jobs=cfg.execution.n_jobs)
+            if not manifest.is_file():
+                raise ConfigError(f"data.manifest: no file at {str(manifest)!r}")
+            cohort, failed, labels, order = checked_cohort(manifest, data, clinical, stage)
+            X = pd.DataFrame()
+            if cohort.cases:
+                X, more = features_from_images(cohort, card, cfg)
+                failed.update(more)
+                if clinical:
+                    X = X.join(cohort.table[clinical])
+        missing = [c for c in columns if c not in X.columns] if len(X) else []
+        if missing:
+            raise ConfigError(
+                f"{len(missing)} model column(s) absent from the new cases' features, "
+                f"e.g. {missing[:3]}: were they extracted with other settings?"
+            )
+        if len(X):
+            X = X[columns]
+            bad = ~np.isfinite(X.to_numpy(dtype=float)).all(axis=1)
+            for cid in X.index[bad]:
+                cols = [c for c in columns if not np.isfinite(float(X.at[cid, c]))]
+                failed[cid] = f"non-finite feature value(s): {cols[:5]}"
+            X = X[~bad]
+        pred = model.predict(X, params={"threshold": threshold}) if len(X) else pd.DataFrame()
+        rows = []
+        for cid in order:
+            row = {"case_id": cid}
+            if cid in pred.index:
+                cls = int(pred.at[cid, "predicted_class"])
+                row.update(
+                    probability=float(pred.at[cid, "probability"]),
+                    **{"class": cls},
+                    predicted=card.get("positive_class") if cls else card.get("negative_class"),
+                    status="ok",
+                    problem="",
+                )
+            else:
+                row.update(
+                    probability=np.nan,
+                    **{"class": pd.NA},
+                    predicted="",
+                    status="failed",
+                    problem=failed.get(cid, "not processed"),
+                )
+            if labels is not None and cid in labels.index:
+                row["label"] = labels[cid]
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        if target is None:
+            table.to_csv(stage / "predictions.csv", index=False)
+        else:  # a file the user named, written atomically
+            write_atomic(target, table.to_csv(index=False))
+        n_ok = int((table["status"] == "ok").sum()) if len(table) else 0
+        (stage / "predict_card.json").write_text(
+            json.dumps(
+                {
+                    "model_uri": str(pc.model_uri),
+                    "her2study_version_of_model": card.get("her2study_version"),
+                    "threshold": threshold,
+                    "n_ok": n_ok,
+                    "n_failed": len(table) - n_ok,
+                },
+                indent=2,
+            )
+            + "\n"
         )
-    if len(X):
-        X = X[columns]
-        bad = ~np.isfinite(X.to_numpy(dtype=float)).all(axis=1)
-        for cid in X.index[bad]:
-            cols = [c for c in columns if not np.isfinite(float(X.at[cid, c]))]
-            failed[cid] = f"non-finite feature value(s): {cols[:5]}"
-        X = X[~bad]
-    pred = model.predict(X, params={"threshold": threshold}) if len(X) else pd.DataFrame()
-    rows = []
-    for cid in order:
-        row = {"case_id": cid}
-        if cid in pred.index:
-            cls = int(pred.at[cid, "predicted_class"])
-            row.update(
-                probability=float(pred.at[cid, "probability"]),
-                **{"class": cls},
-                predicted=card.get("positive_class") if cls else card.get("negative_class"),
-                status="ok",
-                problem="",
-            )
-        else:
-            row.update(
-                probability=np.nan,
-                **{"class": pd.NA},
-                predicted="",
-                status="failed",
-                problem=failed.get(cid, "not processed"),
-            )
-        if labels is not None and cid in labels.index:
-            row["label"] = labels[cid]
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    target = Path(pc.output) if pc.get("output") else out / "predictions.csv"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(target, index=False)
-    n_ok = int((table["status"] == "ok").sum()) if len(table) else 0
+    target = target if target is not None else out / "predictions.csv"
     note = " (model trained on a SYNTHETIC cohort)" if card.get("data", {}).get("synthetic") else ""
     log.info(
         f"predictions: {n_ok} of {len(table)} cases -> {target}{note}; threshold "
@@ -189,20 +206,7 @@ def run(cfg) -> int:
     )
     for cid, why in failed.items():
         log.info(f"  FAILED {cid}: {why}")
-    (out / "predict_card.json").write_text(
-        json.dumps(
-            {
-                "model_uri": str(pc.model_uri),
-                "her2study_version_of_model": card.get("her2study_version"),
-                "threshold": threshold,
-                "n_ok": n_ok,
-                "n_failed": len(table) - n_ok,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    if not n_ok:
+    if not n_ok:  # the table lists every case with its reason: it is kept as a result set
         raise ConfigError(
             f"no case could be predicted ({len(table)} failed; reasons in {target}): fix the "
             "inputs named there, or check that the manifest matches the model's regions"
