@@ -110,6 +110,18 @@ def _app(cfg: DictConfig):
     return _RESULT.pop("value", None)  # for Hydra (a sweeper): the task's own return value
 
 
+def _compose(overrides: list[str], hydra_config: bool = False) -> DictConfig | None:
+    """The config Hydra will compose from ``overrides`` (Hydra's compose API: YAML only, no
+    task run, no folder made), or None when it does not compose (Hydra then says why)."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module("her2study.conf", version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=hydra_config)
+    except Exception:  # noqa: BLE001 - Hydra reports its own errors when it composes for real
+        return None
+
+
 def _task_settings_problem(argv: list[str]) -> str | None:
     """``search.*`` / ``predict.*`` overrides on a task that has no such settings, said plainly
     (Hydra would fail inside OmegaConf with a traceback). Composes once, only when needed."""
@@ -124,13 +136,9 @@ def _task_settings_problem(argv: list[str]) -> str | None:
     sections = {s for s in sections if any(key(a).startswith(s + ".") for a in args)}
     if not sections:
         return None
-    from hydra import compose, initialize_config_module
-
     others = [a for a in args if key(a).split(".", 1)[0] not in sections]
-    try:
-        with initialize_config_module("her2study.conf", version_base="1.3"):
-            cfg = compose("config", overrides=others)
-    except Exception:  # noqa: BLE001 - Hydra reports its own errors when it composes for real
+    cfg = _compose(others)
+    if cfg is None:
         return None
     missing = sorted(s for s in sections if cfg.get(s) is None)
     if not missing:
@@ -146,7 +154,9 @@ def _output_dir_problem(argv: list[str]) -> str | None:
     """The run (or sweep) folder Hydra will create, checked before Hydra creates it (Hydra's own
     failure is a traceback): under /proc or /sys, under a regular file, on a read-only file
     system. Only the literal part before any ``${...}`` is checked, through its nearest existing
-    folder (nothing is created).
+    folder (nothing is created). The folder is the command line's ``hydra.run.dir`` (or
+    ``hydra.sweep.dir``); with an ``exp`` override and none given, the one the experiment file
+    sets, read by composing the config as Hydra will (YAML only; never for ``--help``).
     """
     import os
     import tempfile
@@ -158,6 +168,16 @@ def _output_dir_problem(argv: list[str]) -> str | None:
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(key)]
     folder = given[-1] if given else ("multirun" if multirun else "outputs")
+    source = ""
+    exp = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("exp=")]
+    if exp and not given:  # an experiment file may set the folder: compose as Hydra will
+        composed = _compose([a for a in argv if "=" in a and not a.startswith("-")], True)
+        if composed is not None:
+            from omegaconf import OmegaConf
+
+            node = composed.hydra.sweep if multirun else composed.hydra.run
+            folder = str(OmegaConf.to_container(node, resolve=False)["dir"])  # as written
+            source = f" (set in the experiment file +exp={exp[-1]})"
     literal = folder.split("${", 1)[0].strip("'\"") or "."
     path = Path(literal).expanduser().absolute()
     if literal.endswith("/") or "${" in folder:
@@ -168,16 +188,24 @@ def _output_dir_problem(argv: list[str]) -> str | None:
         "were not modified"
     )
     if path.parts[1:2] in (("proc",), ("sys",)):
-        return f"cannot write the output folder {folder}: {path.parts[1]} is not for files; {fix}"
+        return (
+            f"cannot write the output folder {folder}{source}: {path.parts[1]} is not for "
+            f"files; {fix}"
+        )
     existing = next(p for p in [path, *path.parents] if p.exists())
     if not existing.is_dir():
-        return f"cannot write the output folder {folder}: {existing} is a file, not a folder; {fix}"
+        return (
+            f"cannot write the output folder {folder}{source}: {existing} is a file, not a "
+            f"folder; {fix}"
+        )
     try:  # a probe file in the nearest existing folder, removed at once: no trace left
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".her2study_probe_")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        return f"cannot write the output folder {folder} ({existing}: {err.strerror}); {fix}"
+        return (
+            f"cannot write the output folder {folder}{source} ({existing}: {err.strerror}); {fix}"
+        )
     return None
 
 

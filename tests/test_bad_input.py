@@ -445,31 +445,6 @@ def test_unwritable_cache_is_a_clear_error(make_cohort, tmp_path, monkeypatch, c
     assert _hashes(tmp_path / "cohort") == inputs
 
 
-@pytest.fixture
-def tiny_mount(tmp_path):
-    """Mount a small tmpfs (root only; skipped where mounting is not allowed)."""
-    import subprocess
-
-    mounted = []
-
-    def _mount(name, options):
-        target = tmp_path / name
-        target.mkdir()
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-            capture_output=True,
-            text=True,
-        )
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-        mounted.append(target)
-        return target
-
-    yield _mount
-    for target in mounted:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 @pytest.mark.parametrize(
     "kind,options,code,fragment",
     [
@@ -527,6 +502,46 @@ def test_output_folder_that_cannot_be_written(kind, tmp_path, tiny_mount):
     assert len(errors) == 1, errors
     assert "cannot write the output folder" in errors[0] and "hydra.run.dir=" in errors[0]
     assert _hashes(tmp_path) == inputs  # nothing written, input untouched
+
+
+EXP_SETS_RUN_DIR = """# @package _global_
+hydra:
+  run:
+    dir: {run_dir}/${{study}}
+"""
+
+
+@pytest.mark.parametrize("where", ["outputs/configs", "hydra.searchpath"])
+def test_output_folder_set_in_an_experiment_file(where, tmp_path):
+    """An experiment file (on the default search path ``outputs/configs``, or on a folder given
+    with ``hydra.searchpath``) sets ``hydra.run.dir`` under a regular file: the entry point
+    finds it before Hydra makes the folder. One line naming the file's setting, exit 3, no
+    traceback, nothing written; ``hydra.run.dir`` on the command line is the fix."""
+    from conftest import run_cli
+
+    from her2study.__main__ import _output_dir_problem
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    configs = tmp_path / ("outputs/configs" if where == "outputs/configs" else "mine")
+    (configs / "exp").mkdir(parents=True)
+    exp = EXP_SETS_RUN_DIR.format(run_dir=tmp_path / "afile" / "run")
+    (configs / "exp" / "blocked.yaml").write_text(exp)
+    args = [a for a in features_file(tmp_path) if a != "+exp=paper"]
+    args += ["+exp=blocked", "tracking=off"]
+    if where == "hydra.searchpath":
+        args.append(f"hydra.searchpath=[file://{configs}]")
+    inputs = _hashes(tmp_path)
+    res = run_cli(args, tmp_path, code=3, timeout=120)
+    assert "Traceback" not in res.stderr + res.stdout
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, errors
+    assert f"cannot write the output folder {tmp_path / 'afile' / 'run'}" in errors[0]
+    assert "+exp=blocked" in errors[0] and "afile is a file" in errors[0]
+    assert "hydra.run.dir=" in errors[0]
+    assert _hashes(tmp_path) == inputs  # nothing written, the input untouched
+    # the command line's folder wins over the file's: the fix the message names
+    ok = [*args, f"hydra.run.dir={tmp_path / 'elsewhere'}"]
+    assert _output_dir_problem(ok) is None
 
 
 @pytest.mark.slow
