@@ -12,26 +12,35 @@ One place for them, called by each task through :func:`her2study.tasks.common.co
   folds), the search space against the regions and columns the data have.
 
 Every problem is collected and raised at once as one :class:`PreflightError`, each with its fix.
-Dimensions of the default search space the data cannot have (a ring width a features table has
-no columns for, ``use_clinical`` without clinical columns) are dropped with one info line
-instead; a space the user set is checked against the data.
+The search's checks (settings, fold counts, the space against the data: dimensions of the default
+space the data cannot have are dropped with one info line) live beside the search, in
+:mod:`her2study.search.preflight`; the fold-count rule shared with the paper protocol's own guard
+in :mod:`her2study.split`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from her2study.cohort.manifest import CohortError, Problem
 from her2study.errors import ConfigError
+from her2study.search.preflight import (
+    CONFIG,
+    adapt_search_space,
+    check_search_folds,
+    check_search_settings,
+    configured_clinical,
+    regions_available,
+)
+from her2study.search.preflight import config_problem as _problem
+from her2study.split import smallest_class, training_fold_problems
 
 log = logging.getLogger(__name__)
 
-CONFIG = "config"
 FITTING_TASKS = ("paper", "search", "export")
 
 
@@ -73,10 +82,6 @@ def _task(cfg) -> str:
     return str(OmegaConf.select(cfg, "task.name", default=""))
 
 
-def _problem(message: str, fix: str, file: str = CONFIG) -> Problem:
-    return Problem("", file, message, fix)
-
-
 # --- the config alone ---------------------------------------------------------------------------
 
 
@@ -87,7 +92,7 @@ def check_config(cfg) -> list[Problem]:
     if extracts:
         problems += check_params_file(OmegaConf.select(cfg, "extractor.params_file"))
     if cfg.get("search") is not None and _task(cfg) == "search":  # export searches no space
-        problems += _check_search_settings(cfg, extracts)
+        problems += check_search_settings(cfg, extracts)
     return problems
 
 
@@ -118,45 +123,6 @@ def check_params_file(params_file) -> list[Problem]:
             )
         ]
     return []
-
-
-def _check_search_settings(cfg, extracts: bool) -> list[Problem]:
-    from her2study.search import check_search_config, parse_space, search_defaults
-
-    problems = []
-    try:
-        check_search_config(cfg)  # its warnings are logged by the search itself
-    except ConfigError as err:
-        problems.append(_problem(str(err), ""))
-    try:
-        dims = parse_space(cfg.search.space, search_defaults(cfg))
-    except ConfigError as err:
-        return problems + [_problem(str(err), "")]
-    if not extracts:
-        return problems  # a features table: checked against its columns
-    have = {float(w) for w in cfg.region.ring_widths_mm}
-    for dim in dims:
-        if dim.name != "ring_width_mm":
-            continue
-        values = dim.choices if dim.kind == "categorical" else (dim.value,)
-        missing = [w for w in values if w and float(w) not in have]
-        if missing:
-            problems.append(
-                _problem(
-                    f"search.space.ring_width_mm has width(s) {missing} mm whose features are "
-                    f"not extracted (region.ring_widths_mm={sorted(have)})",
-                    "add them, e.g. 'region.ring_widths_mm=[0.5,1,1.5,2,3]', or use +exp=search",
-                )
-            )
-        if 0 in values and not cfg.region.include_intra:
-            problems.append(
-                _problem(
-                    "search.space.ring_width_mm has 0 (tumour only) but no tumour features are "
-                    "extracted",
-                    "set region.include_intra=true, or drop 0 from search.space.ring_width_mm",
-                )
-            )
-    return problems
 
 
 # --- the cohort against the config -------------------------------------------------------------
@@ -281,34 +247,13 @@ def check_split(cfg, cohort, file: str) -> list[Problem]:
     return problems
 
 
-def _train_size(n: int, k: int) -> int:
-    """The smallest count of a class in the training part of a stratified k-fold split."""
-    return n - math.ceil(n / k)
-
-
-def _class_problem(where: str, n: int, cls: str, key: str, k: int) -> Problem:
-    return _problem(
-        f"{where} has {n} case(s) of class {cls}; {key}={k} needs at least {k} per class",
-        f"lower {key} (e.g. {key}={max(2, n)}) or add cases",
-    )
-
-
-def _smallest(y: pd.Series, names: dict) -> tuple[int, str]:
-    counts = y.value_counts()
-    if len(counts) < 2:
-        present = int(counts.index[0]) if len(counts) else 0
-        return 0, names.get(1 - present, str(1 - present))
-    return int(counts.min()), names.get(int(counts.idxmin()), str(counts.idxmin()))
-
-
 def check_paper_folds(cfg, y: pd.Series, split: pd.Series, names: dict) -> list[Problem]:
-    """Class counts of the paper protocol: the training CV (``evaluation.cv_folds``, repeated
-    ``evaluation.cv_repeats`` times, also the nomogram's cross-fitting folds) and LASSO's CV
-    (``selection.lasso_cv``) on all training cases and inside each of those folds."""
+    """Class counts of the paper protocol: both classes in training and in test, and the
+    training set's CV levels (:func:`her2study.split.training_fold_problems`)."""
     problems = []
     train = y[split.loc[y.index] == "train"]
     test = y[split.loc[y.index] == "test"]
-    n, cls = _smallest(train, names)
+    n, cls = smallest_class(train, names)
     if n == 0:
         return [
             _problem(
@@ -317,170 +262,15 @@ def check_paper_folds(cfg, y: pd.Series, split: pd.Series, names: dict) -> list[
             )
         ]
     if test.nunique() < 2:
-        tn, tcls = _smallest(test, names)
+        tn, tcls = smallest_class(test, names)
         problems.append(
             _problem(
                 f"the test set has {tn} case(s) of class {tcls}: no test AUC",
                 "raise split.test_size or mark test cases of both classes",
             )
         )
-    k = int(cfg.evaluation.cv_folds)
-    lasso = int(cfg.selection.lasso_cv)
-    if n < lasso:
-        problems.append(_class_problem("the training set", n, cls, "selection.lasso_cv", lasso))
-    if n < k:
-        problems.append(_class_problem("the training set", n, cls, "evaluation.cv_folds", k))
-    elif _train_size(n, k) < lasso <= n:
-        m = _train_size(n, k)
-        problems.append(
-            _problem(
-                f"each training fold of evaluation.cv_folds={k} (out-of-fold predictions, "
-                f"repeated CV, the nomogram's cross-fitting) keeps about {m} case(s) of class "
-                f"{cls}; selection.lasso_cv={lasso} inside it needs at least {lasso} per class",
-                f"lower selection.lasso_cv (e.g. selection.lasso_cv={max(2, m)}) or "
-                "evaluation.cv_folds, or add cases",
-            )
-        )
-    return problems
-
-
-def check_search_folds(cfg, y: pd.Series, names: dict, task: str) -> list[Problem]:
-    """Class counts of the nested search: outer folds on all cases, inner folds in each outer
-    training fold, LASSO's CV in each inner training fold (and the final study on all cases)."""
-    n, cls = _smallest(y, names)
-    lasso = int(cfg.selection.lasso_cv)
-    if task == "export" or cfg.get("search") is None:
-        if n < lasso:
-            return [_class_problem("the cohort", n, cls, "selection.lasso_cv", lasso)]
-        return []
-    s = cfg.search
-    outer, inner = int(s.outer_folds), int(s.inner_folds)
-    if n < outer:
-        return [_class_problem("the cohort", n, cls, "search.outer_folds", outer)]
-    m1 = _train_size(n, outer)
-    if m1 < inner:
-        return [
-            _problem(
-                f"each outer training fold of search.outer_folds={outer} keeps about {m1} "
-                f"case(s) of class {cls}; search.inner_folds={inner} needs at least {inner} per "
-                "class",
-                f"lower search.inner_folds (e.g. search.inner_folds={max(2, m1)}) or "
-                "search.outer_folds, or add cases",
-            )
-        ]
-    m2 = _train_size(m1, inner)
-    if m2 < lasso:
-        return [
-            _problem(
-                f"each inner training fold (search.outer_folds={outer}, "
-                f"search.inner_folds={inner}) keeps about {m2} case(s) of class {cls}; "
-                f"selection.lasso_cv={lasso} inside it needs at least {lasso} per class",
-                f"lower selection.lasso_cv (e.g. selection.lasso_cv={max(2, m2)}) or the "
-                "search folds, or add cases",
-            )
-        ]
-    return []
-
-
-def _regions_available(cfg, table: pd.DataFrame | None) -> set[str]:
-    """Region names (column prefixes) the features will have."""
-    if table is not None:
-        return {str(c).split("_", 1)[0] for c in table.columns if not c.startswith("reader2__")}
-    from her2study.regions import region_specs
-
-    r = cfg.region
-    return {
-        s.name
-        for s in region_specs(
-            r.include_intra, list(r.ring_widths_mm), [list(b) for b in r.bands_mm]
-        )
-    }
-
-
-def adapt_search_space(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]:
-    """Drop the choices of ``search.space`` the data cannot have (a ring width without features
-    in a features table, ``use_clinical=true`` without clinical columns) with one info line;
-    a dimension with no choice left, or a fixed setting that cannot be met, is a problem."""
-    from her2study.regions import ring_spec
-
-    space = cfg.search.space
-    regions = _regions_available(cfg, table)
-    has_clinical = bool(_clinical(cfg))
-    dropped, problems = [], []
-    ring = space.get("ring_width_mm") if space is not None else None
-    if table is not None and OmegaConf.is_dict(ring) and ring.get("type") == "categorical":
-        keep = [
-            w
-            for w in ring.choices
-            if (float(w) == 0 and "intra" in regions)
-            or (float(w) > 0 and "intra" in regions and ring_spec(float(w)).name in regions)
-        ]
-        gone = [w for w in ring.choices if w not in keep]
-        have = sorted(r for r in regions if r.startswith(("intra", "peri")))
-        if gone and not _is_default(space, "ring_width_mm"):  # a space the user set: checked
-            problems.append(
-                _problem(
-                    f"search.space.ring_width_mm: no features for width(s) {list(gone)} mm "
-                    f"(regions in the features table: {have}; a width needs intra_ and "
-                    "peri<w>mm_ columns, 0 needs intra_)",
-                    "drop them from search.space.ring_width_mm, or add those columns",
-                )
-            )
-        elif gone and keep:
-            dropped.append(f"ring_width_mm {list(gone)} (no such region in the features table)")
-            with open_dict(space):
-                space.ring_width_mm.choices = keep
-        elif gone:
-            problems.append(
-                _problem(
-                    "no search.space.ring_width_mm choice has features (regions in the table: "
-                    f"{have}; a width needs intra_ and peri<w>mm_ columns, 0 needs intra_)",
-                    "name the table's columns by region (intra_..., peri1mm_...), or set "
-                    "search.space.ring_width_mm=null",
-                )
-            )
-    clin = space.get("use_clinical") if space is not None else None
-    default_clin = _is_default(space, "use_clinical")
-    if (
-        not has_clinical
-        and OmegaConf.is_dict(clin)
-        and True in list(clin.get("choices", []))
-        and default_clin
-    ):
-        with open_dict(space):
-            space.use_clinical = False  # a fixed value, not a dimension
-        dropped.append("use_clinical (no clinical columns: data.clinical_columns is empty)")
-    elif not has_clinical and (
-        clin is True
-        or (clin is None and cfg.search.use_clinical)
-        or (OmegaConf.is_dict(clin) and True in list(clin.get("choices", [])))
-    ):
-        problems.append(
-            _problem(
-                "use_clinical=true, but there are no clinical columns",
-                "set data.clinical_columns, or search.use_clinical=false",
-            )
-        )
-    if dropped:
-        log.info("search space adapted to the data: dropped %s", "; ".join(dropped))
-    return problems
-
-
-def _is_default(space, key: str) -> bool:
-    """``space[key]`` is as in the shipped default space (conf/search/default.yaml): such a
-    dimension adapts to the data; one the user set is checked against it."""
-    from importlib import resources
-
-    with resources.files("her2study.conf").joinpath("search/default.yaml").open() as fh:
-        default = OmegaConf.load(fh).space.get(key)
-    value = space.get(key)
-    plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    return plain == (OmegaConf.to_container(default) if OmegaConf.is_config(default) else default)
-
-
-def _clinical(cfg) -> list[str]:
-    cols = OmegaConf.select(cfg, "model.clinical.columns", default=None)
-    return list(cols) if cols is not None else list(cfg.data.clinical_columns)
+    k, lasso = int(cfg.evaluation.cv_folds), int(cfg.selection.lasso_cv)
+    return problems + training_fold_problems(train, k, lasso, names)
 
 
 def _check_signatures(cfg, cohort, table, file) -> list[Problem]:
@@ -488,8 +278,8 @@ def _check_signatures(cfg, cohort, table, file) -> list[Problem]:
     all is a problem."""
     from her2study.study import planned_signatures
 
-    regions = _regions_available(cfg, table)
-    planned, missing = planned_signatures(cfg, regions, bool(_clinical(cfg)))
+    regions = regions_available(cfg, table)
+    planned, missing = planned_signatures(cfg, regions, bool(configured_clinical(cfg)))
     if missing:
         log.info(
             "signatures not fitted: %s",

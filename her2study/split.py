@@ -14,9 +14,12 @@ turn -- what a model meets on a scanner it has never seen.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
+from her2study.cohort.manifest import Problem
 from her2study.errors import ConfigError
 
 
@@ -160,3 +163,67 @@ def split_from_config(
     raise ConfigError(
         f"unknown split.method {cfg_split.method!r}: use block, column, site or leave_one_site_out"
     )
+
+
+# --- how many cases of each class the folds need ------------------------------------------------
+# The rule once, for the up-front checks (her2study.preflight, search.preflight) and for the
+# paper protocol's own guard (study.fit_signatures): a stratified k-fold CV needs k cases of each
+# class, and the training part of each of its folds keeps n - ceil(n / k) of a class of n.
+
+
+def fold_train_size(n: int, k: int) -> int:
+    """The smallest count of a class of ``n`` in the training part of a stratified k-fold split."""
+    return n - math.ceil(n / k)
+
+
+def smallest_class(y: pd.Series, names: dict) -> tuple[int, str]:
+    """(count, name) of the rarer class of ``y`` (0 and the absent class's name for one class)."""
+    counts = y.value_counts()
+    if len(counts) < 2:
+        present = int(counts.index[0]) if len(counts) else 0
+        return 0, names.get(1 - present, str(1 - present))
+    return int(counts.min()), names.get(int(counts.idxmin()), str(counts.idxmin()))
+
+
+def class_size_problem(where: str, n: int, cls: str, key: str, k: int) -> Problem:
+    """``where`` has too few (``n``) cases of ``cls`` for ``key=k`` folds, with the fix."""
+    return Problem(
+        "",
+        "config",
+        f"{where} has {n} case(s) of class {cls}; {key}={k} needs at least {k} per class",
+        f"lower {key} (e.g. {key}={max(2, n)}) or add cases",
+    )
+
+
+def training_fold_problems(
+    y_train: pd.Series, cv_folds: int, lasso_cv: int, names: dict, inside_folds: bool = True
+) -> list[Problem]:
+    """Class counts of the paper protocol's training set: its CV (``evaluation.cv_folds``: the
+    out-of-fold predictions, repeated CV, the nomogram's cross-fitting) and LASSO's CV
+    (``selection.lasso_cv``) on all training cases and, with ``inside_folds``, inside each of
+    those folds (where LASSO would otherwise fall back to fewer folds with a warning)."""
+    n, cls = smallest_class(y_train, names)
+    problems = []
+    if n < lasso_cv:
+        problems.append(
+            class_size_problem("the training set", n, cls, "selection.lasso_cv", lasso_cv)
+        )
+    if n < cv_folds:
+        problems.append(
+            class_size_problem("the training set", n, cls, "evaluation.cv_folds", cv_folds)
+        )
+    elif inside_folds and fold_train_size(n, cv_folds) < lasso_cv <= n:
+        m = fold_train_size(n, cv_folds)
+        problems.append(
+            Problem(
+                "",
+                "config",
+                f"each training fold of evaluation.cv_folds={cv_folds} (out-of-fold predictions, "
+                f"repeated CV, the nomogram's cross-fitting) keeps about {m} case(s) of class "
+                f"{cls}; selection.lasso_cv={lasso_cv} inside it needs at least {lasso_cv} per "
+                "class",
+                f"lower selection.lasso_cv (e.g. selection.lasso_cv={max(2, m)}) or "
+                "evaluation.cv_folds, or add cases",
+            )
+        )
+    return problems
