@@ -59,21 +59,17 @@ class SignatureFit:
 
 
 def check_class_sizes(y_train: pd.Series, cfg) -> None:
-    """Every CV inside the fit needs each class in each fold: say so before any work."""
-    counts = y_train.value_counts()
-    folds = {
-        "selection.lasso_cv": int(cfg.selection.lasso_cv),
-        "evaluation.cv_folds": int(cfg.evaluation.cv_folds),
-    }
-    smallest = int(counts.min()) if len(counts) == 2 else 0
-    for key, k in folds.items():
-        if smallest < k:
-            names = {0: cfg.data.negative_class, 1: cfg.data.positive_class}
-            which = names.get(int(counts.idxmin()), counts.idxmin()) if len(counts) else "-"
-            raise ConfigError(
-                f"the training set has {smallest} case(s) of class {which}; {key}={k} needs at "
-                f"least {k} per class: lower {key} (e.g. {key}={max(2, smallest)}) or add cases"
-            )
+    """Every CV inside the fit needs each class in each fold: say so before any work (the rule
+    of the up-front checks, :func:`her2study.split.training_fold_problems`, on the training set
+    itself; a caller that makes its own splits, such as leave-one-site-out, meets it here.
+    LASSO's CV inside a fold falls back to fewer folds with a warning, as it always did)."""
+    from her2study.split import training_fold_problems
+
+    names = {0: str(cfg.data.negative_class), 1: str(cfg.data.positive_class)}
+    k, lasso = int(cfg.evaluation.cv_folds), int(cfg.selection.lasso_cv)
+    problems = training_fold_problems(y_train, k, lasso, names, inside_folds=False)
+    if problems:
+        raise ConfigError(f"{problems[0].message}: {problems[0].fix}")
 
 
 def icc_filter(features: pd.DataFrame, train, sel) -> tuple[pd.DataFrame, pd.DataFrame]:

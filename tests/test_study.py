@@ -178,3 +178,27 @@ def test_split_column_is_used_as_given(compose):
     cfg = compose("split.method=column")
     got = split_from_config(table, cfg.split, "label", 0)
     assert got.tolist() == ["train", "train", "test", "test"]
+
+
+@pytest.mark.parametrize(
+    "n_pos,lasso,fragment", [(8, 10, "selection.lasso_cv=10"), (3, 2, "evaluation.cv_folds=5")]
+)
+def test_fold_guard_of_the_fit_is_the_preflight_rule(compose, n_pos, lasso, fragment):
+    """fit_signatures' own guard (for callers that make their own splits) and the up-front
+    check say the same thing in the same words: one rule (her2study.split)."""
+    from her2study.errors import ConfigError
+    from her2study.preflight import check_paper_folds
+    from her2study.study import check_class_sizes
+
+    cfg = compose("+exp=paper", f"selection.lasso_cv={lasso}", "evaluation.cv_folds=5")
+    y = pd.Series([1] * n_pos + [0] * 40, index=[f"c{i}" for i in range(n_pos + 40)])
+    split = pd.Series("train", index=y.index)
+    split.iloc[[-1, -2]] = "test"
+    split.iloc[[0]] = "test"
+    names = {0: str(cfg.data.negative_class), 1: str(cfg.data.positive_class)}
+    first = check_paper_folds(cfg, y, split, names)
+    first = [p for p in first if "test set" not in p.message][0]
+    with pytest.raises(ConfigError) as info:
+        check_class_sizes(y[split == "train"], cfg)
+    assert str(info.value) == f"{first.message}: {first.fix}"
+    assert fragment in str(info.value) and f"has {n_pos - 1} case(s)" in str(info.value)
