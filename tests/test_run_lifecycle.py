@@ -425,3 +425,51 @@ def test_two_paper_studies_started_at_once_in_a_fresh_folder(tmp_path):
     parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("task")]
     assert sorted(r.info.run_name for r in parents) == ["paper rings=1mm", "paper rings=2mm"]
     assert {r.info.status for r in parents} == {"FINISHED"}
+
+
+def test_a_run_that_fails_after_opening_has_its_config_params(tmp_path, monkeypatch):
+    """task=paper opens its run, then the up-front checks fail (24 cases: too few per class
+    for LASSO's 10-fold CV): the FAILED run in the SQLite store already has the config as
+    params, not only tags; what the task learns later (the cohort's size) is not there."""
+    from conftest import compose_config, noise_features
+
+    from her2study import __version__
+    from her2study.__main__ import run
+
+    X, clinical, y = noise_features(n=24, p=5)
+    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(
+        "+exp=paper",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "data.clinical_columns=[age]",
+        "execution.progress=false",
+        f"tracking.tracking_uri={uri}",
+        "study=fails",
+    )
+    assert run(cfg) == 2
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("fails").experiment_id]
+    )
+    assert len(runs) == 1
+    failed = runs[0]
+    assert failed.info.status == "FAILED" and failed.data.tags[ERROR_CLASS] == "PreflightError"
+    params = failed.data.params
+    assert params["seed"] == "42" and params["study"] == "fails"
+    assert params["selection.lasso_cv"] == str(cfg.selection.lasso_cv)
+    assert params["data.clinical_columns"] == "['age']" and params["task.name"] == "paper"
+    assert params["her2study.version"] == __version__
+    assert "data.n_cases" not in params  # never reached
+
+
+def test_a_param_logged_again_is_kept_and_a_changed_one_resolved(tmp_path):
+    """MLflow refuses to change a param: the tracker logs the same value once and a value the
+    task resolved later as ``resolved.<key>`` beside the configured one."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "exp", study="s", params={"seed": 1, "space": "[0, 1]"}) as tr:
+        tr.log_params({"seed": 1, "space": "[0]", "n_cases": 30})
+        tr.log_params({"space": "[0]"})
+    params = MlflowClient(uri).get_run(tr.run_id).data.params
+    assert params == {"seed": "1", "space": "[0, 1]", "resolved.space": "[0]", "n_cases": "30"}

@@ -204,7 +204,9 @@ def open_run(cfg, task: str, run_name: str, **tags):
     """The task's MLflow parent run, to enter when the task starts (before extraction, search or
     fit), so that its Duration is the study's and an error or a signal ends it FAILED or KILLED
     instead of leaving no run; runs of the study left RUNNING by a dead process are marked
-    FAILED on entry. A no-op tracker with ``tracking=off``."""
+    FAILED on entry. The config (:func:`config_params`) is logged as params when it opens, so
+    a run that fails later still says how it was configured. A no-op tracker with
+    ``tracking=off``."""
     from her2study.tracking import Tracker
 
     return Tracker(
@@ -214,6 +216,7 @@ def open_run(cfg, task: str, run_name: str, **tags):
         run_name=run_name,
         tags=run_tags(task, cfg, **tags),
         study=cfg.study,
+        params=config_params(cfg) if cfg.tracking.enabled else None,
     )
 
 
@@ -234,22 +237,23 @@ def sweep_id(cfg) -> str:
     return f"{cfg.study}/run:{Path(hc.runtime.output_dir).name}"
 
 
-def log_run_config(tracker, cfg, cohort, n_cases: int) -> None:
-    """The resolved config (secrets redacted) as params and as ``config/resolved.yaml``."""
+def config_params(cfg) -> dict:
+    """The resolved config (secrets redacted) as flat params, with the her2study version."""
     from her2study import __version__
     from her2study.tracking import flatten_config
 
+    return {**flatten_config(public_config(cfg)), "her2study.version": __version__}
+
+
+def log_run_config(tracker, cfg, cohort, n_cases: int) -> None:
+    """The resolved config (secrets redacted) as params and as ``config/resolved.yaml``, with
+    the cohort's size. The params logged when the run opened are not repeated; a setting the
+    task changed since (a search space adapted to the data) is logged as ``resolved.<key>``."""
     if not tracker.enabled:
         return
     public = public_config(cfg)
-    params = flatten_config(public)
-    params.update(
-        {
-            "data.n_cases": n_cases,
-            "data.synthetic": cohort.synthetic,
-            "her2study.version": __version__,
-        }
-    )
+    params = config_params(cfg)
+    params.update({"data.n_cases": n_cases, "data.synthetic": cohort.synthetic})
     tracker.log_params(params)
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(public)), "config/resolved.yaml")
 

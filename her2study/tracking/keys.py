@@ -86,6 +86,21 @@ def _param_str(v: Any) -> str:
     return str(v)
 
 
+def params_to_log(logged: Mapping[str, str], flat: Mapping[str, Any]) -> dict[str, str]:
+    """The params of ``flat`` still to log on a run that has ``logged``: keys sanitised, values
+    stringified; a key already there with the same value is skipped, with another value (MLflow
+    refuses to change a param) it becomes ``resolved.<key>`` (logged once: a later change of
+    that is dropped)."""
+    new: dict[str, str] = {}
+    for key, v in zip(_unique_keys(flat.keys()), flat.values(), strict=True):
+        value = _param_str(v)
+        if key in logged and logged[key] != value:
+            key = f"resolved.{key}"
+        if key not in logged and key not in new:
+            new[key] = value
+    return new
+
+
 def _tag_values(tags: Mapping[str, Any] | None) -> dict[str, str]:
     """Tags as MLflow takes them (sanitised keys, string values; MLflow truncates long values)."""
     return {sanitize_key(k): _param_str(v) for k, v in (tags or {}).items()}

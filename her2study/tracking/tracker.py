@@ -24,6 +24,7 @@ from her2study.tracking.keys import (
     _to_markdown,
     _to_plain,
     _unique_keys,
+    params_to_log,
 )
 from her2study.tracking.lifecycle import (
     ENDED_BY,
@@ -83,10 +84,13 @@ class Tracker:
         study: the study the runs belong to (default: the experiment name). Runs of the same
             study left RUNNING by a dead process of this host are marked FAILED on entry
             (:func:`~her2study.tracking.lifecycle.reap_dead_runs`).
+        params: params of the parent run, logged when it opens (the run's config: a run that
+            fails later still says how it was configured).
 
     Every run (parent and children) carries its owner (pid, host, start time) and study as
     tags, and ``her2study.ended_by`` when it ends; a failed run names the error class and one
-    line of its message (no traceback).
+    line of its message (no traceback). A param logged again with the value it has is skipped;
+    with another value (MLflow refuses to change a param) it is logged as ``resolved.<key>``.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class Tracker:
         artifact_location: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         study: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -108,6 +113,8 @@ class Tracker:
         self.artifact_location = artifact_location
         self.timeout = timeout
         self.study = str(study or experiment)
+        self.params = dict(params or {})
+        self._logged: dict[str, dict[str, str]] = {}  # run id -> params logged on it
         self.reaped: list[str] = []
         self._run_id: str | None = None
         self._experiment_id: str | None = None
@@ -179,6 +186,7 @@ class Tracker:
                     tags={**_tag_values(self.tags), **self._own_tags()},
                 )
                 self._run_id = run.info.run_id
+                self._log_params(self._run_id, self.params)  # before any work: kept on failure
                 self.reaped = reap_dead_runs(
                     self._client, self._experiment_id, self.study, self._run_id
                 )
@@ -329,13 +337,18 @@ class Tracker:
         run_id = self._target()
         if run_id is None or not flat:
             return
+        self._log_params(run_id, flat)
+
+    def _log_params(self, run_id: str, flat: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        params = [
-            Param(k, _param_str(v))
-            for k, v in zip(_unique_keys(flat.keys()), flat.values(), strict=True)
-        ]
-        self._client.log_batch(run_id, params=params)
+        with self._lock:
+            logged = self._logged.setdefault(run_id, {})
+            new = params_to_log(logged, flat)
+        if new:
+            self._client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
+            with self._lock:
+                logged.update(new)
 
     @_guarded
     def log_metrics(self, d: Mapping[str, Any], step: int | None = None) -> None:
