@@ -228,6 +228,23 @@ def test_pruned_search_is_a_nested_search_all_the_same(tmp_path):
         assert res.folds["inner_auc"][k] == study.best_value
 
 
+def test_pruner_is_recorded_and_a_study_is_not_resumed_with_another(tmp_path):
+    """The pruner (with its settings) is a study attr like the design; resuming with another
+    pruner, or the median pruner with other start-up trials, is refused before any trial."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
+    study = open_study(storage, "r/outer0_0", "random", 0, 3, {"data": "d"}, "median")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    stored = optuna.load_study(study_name="r/outer0_0", storage=storage).user_attrs
+    assert stored["pruner"] == "median(n_startup_trials=3, n_warmup_steps=0)"
+    for pruner, startup in (("none", 3), ("successive_halving", 3), ("median", 5)):
+        with pytest.raises(ConfigError, match=r"made with the pruner median\(n_startup_trials=3"):
+            open_study(storage, "r/outer0_0", "random", 0, startup, {"data": "d"}, pruner)
+    resumed = open_study(storage, "r/outer0_0", "random", 0, 3, {"data": "d"}, "median")
+    assert len(resumed.trials) == 2 and isinstance(resumed.pruner, optuna.pruners.MedianPruner)
+    fresh = open_study(storage, "other/outer0_0", "random", 0, 3, {"data": "d"})
+    assert fresh.user_attrs["pruner"] == "none"
+
+
 # ------------------------------------------------------------------------------------------
 # the storage through Optuna's public API (what optuna-dashboard reads)
 # ------------------------------------------------------------------------------------------
@@ -270,6 +287,30 @@ def test_study_storage_reads_with_optunas_public_api(searched):
     final = optuna.load_study(study_name="d/final", storage=url)
     assert final.user_attrs["chosen"]["model"] in ("logistic", "ridge")
     assert "mean_outer_auc" in final.user_attrs["nested_estimate"]
+
+
+def test_nested_search_records_its_pruner_and_refuses_another_on_resume(searched):
+    """Every study of the search (outer folds, final) records the median pruner it ran with; the
+    same search resumed with search.pruner=none stops with the reason, nothing added."""
+    url = searched
+    for summary in optuna.get_all_study_summaries(url):
+        attrs = optuna.load_study(study_name=summary.study_name, storage=url).user_attrs
+        assert attrs["pruner"] == "median(n_startup_trials=2, n_warmup_steps=0)"
+    cfg = compose_config(
+        *SEARCH,
+        "search.n_trials=4",
+        "search.n_startup_trials=2",
+        "search.pruner=none",
+        "search.outer_folds=2",
+        "search.inner_folds=3",
+        space=MODELS_ONLY,
+    )
+    n_before = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)}
+    with pytest.raises(ConfigError, match="made with the pruner median.*now none"):
+        nested_search(
+            cfg, _noise_design(40, 10), open_storage(url), "d", final=True, progress=lambda s: None
+        )
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)} == n_before
 
 
 @pytest.mark.server

@@ -230,6 +230,16 @@ def make_pruner(kind: str, n_startup_trials: int = 10):
     raise ConfigError(f"search.pruner={kind!r}: choose one of {', '.join(PRUNERS)}")
 
 
+def pruner_label(kind: str, n_startup_trials: int = 10) -> str:
+    """The pruner of :func:`make_pruner` with its settings, as recorded in a study's attrs."""
+    kind = str(kind)
+    if kind == "median":
+        return f"median(n_startup_trials={int(n_startup_trials)}, n_warmup_steps=0)"
+    if kind == "successive_halving":
+        return "successive_halving(min_resource=1, reduction_factor=2)"
+    return kind
+
+
 def open_study(
     storage,
     name: str,
@@ -240,10 +250,12 @@ def open_study(
     pruner: str = "none",
 ):
     """Create or load study ``name`` (sampler seeded with ``seed``, ``pruner`` of
-    :func:`make_pruner`); refuse to resume a study made with another design or on other data
-    (``attrs["data"]``: feature values, columns, case ids, labels, extractor settings)."""
+    :func:`make_pruner`); refuse to resume a study made with another design, another pruner
+    (recorded as attr ``pruner``: which trials were stopped early depends on it) or on other
+    data (``attrs["data"]``: feature values, columns, case ids, labels, extractor settings)."""
     if str(sampler) not in SAMPLERS:
         raise ConfigError(f"search.sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    attrs = {**attrs, "pruner": pruner_label(pruner, n_startup_trials)}
     study = optuna.create_study(
         storage=storage,
         study_name=name,
@@ -264,6 +276,12 @@ def open_study(
                     f"Optuna study '{name}' was made on other data (digest {existing[key]!r}, "
                     f"now {value!r}: feature values, feature columns, case ids, labels or "
                     f"extractor settings differ), so its trials do not score these data. {fix}"
+                )
+            if key == "pruner":
+                raise ConfigError(
+                    f"Optuna study '{name}' was made with the pruner {existing[key]} (now "
+                    f"{value}): which of its trials stopped early depends on it. Resume with "
+                    f"the search.pruner (and search.n_startup_trials) it had. {fix}"
                 )
             raise ConfigError(
                 f"Optuna study '{name}' exists with another {key} ({existing[key]!r}, now "
