@@ -244,3 +244,31 @@ def test_optimism_correction_recovers_the_test_auc():
     apparent, corrected, test = rows[:, :3].mean(axis=0)
     assert apparent > test + 0.1
     assert abs(corrected - test) < 0.05
+
+
+def test_a_warning_of_every_refit_is_logged_once_whatever_its_numbers(caplog):
+    """Rare-valued columns are constant in some bootstrap samples and not in others, so the
+    refits' CorrelationFilter drops 1, 2 or 3 constant features: one entry with the count of
+    refits that dropped any, in one log line for the whole validation."""
+    from her2study.selection import CorrelationFilter
+
+    rng = np.random.default_rng(4)
+    n = 60
+    X = rng.standard_normal((n, 4))
+    y = (X[:, 0] + rng.normal(scale=0.8, size=n) > 0).astype(int)
+    rare = np.zeros((n, 3))
+    for j, case in enumerate((3, 17, 41)):  # one non-zero case each: often not drawn
+        rare[case, j] = 1.0
+    X = np.hstack([X, rare])
+    pipe = make_pipeline(CorrelationFilter(threshold=0.95), LogisticRegression())
+    with caplog.at_level(logging.WARNING, logger="her2study.evaluation.validation"):
+        res = optimism_bootstrap(pipe, X, y, n_boot=20, seed=0)
+    drops = {k: v for k, v in res.warnings.items() if "CorrelationFilter" in k}
+    assert list(drops) == ["UserWarning: CorrelationFilter dropped <n> constant feature(s)."]
+    assert 1 <= drops[next(iter(drops))] <= 20
+    # the design does give refits different counts (1, 2 or 3 of the rare cases left out)
+    draws = (np.random.default_rng(k).integers(0, n, n) for k in range(20))
+    dropped = {sum(case not in set(idx) for case in (3, 17, 41)) for idx in draws}
+    assert len(dropped - {0}) >= 2, dropped
+    lines = [r.getMessage() for r in caplog.records if "CorrelationFilter" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].count("CorrelationFilter") == 1, lines

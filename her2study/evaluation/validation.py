@@ -37,6 +37,7 @@ Indices (rows):
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ class ValidationResult:
         Reason -> count for the excluded repetitions.
     warnings : dict
         ``"Category: message"`` -> count of the warnings raised while refitting (they are
-        collected rather than repeated ``n_boot`` times).
+        collected rather than repeated ``n_boot`` times). Numbers in a message are ``<n>``,
+        so one kind of warning is one entry whatever count or p-value each refit had
+        (``CorrelationFilter dropped <n> constant feature(s).``: once per validation).
     boot_training, boot_test : ndarray of shape (n_boot - n_failed, n_index)
         Per-repetition indices, for diagnostics.
     """
@@ -262,8 +265,15 @@ def _one_repetition(estimator, X, y, y01, idx, seed, fit_kwargs):
     )
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
 def _warning_keys(caught) -> list[str]:
-    return [f"{w.category.__name__}: {str(w.message).splitlines()[0][:100]}" for w in caught]
+    """One key per kind of warning: its category and first line, numbers as ``<n>``."""
+    return [
+        f"{w.category.__name__}: {_NUMBER.sub('<n>', str(w.message).splitlines()[0])[:100]}"
+        for w in caught
+    ]
 
 
 def optimism_bootstrap(
