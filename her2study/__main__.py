@@ -150,6 +150,41 @@ def _task_settings_problem(argv: list[str]) -> str | None:
     )
 
 
+def _may_set_hydra(names: list[str], argv: list[str]) -> bool:
+    """Whether an experiment file of ``names`` (or one it includes) may set Hydra's settings:
+    a cheap text look at the files on the search path (package ``conf/exp``, ``outputs/configs``
+    or the command line's ``hydra.searchpath``) that spares composing for the shipped ones. A
+    file not found there, or a search path other than ``file://``, counts as may."""
+    import re
+    from importlib import resources
+    from pathlib import Path
+
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("hydra.searchpath=")]
+    entries = given[-1].strip("[]").split(",") if given else ["file://outputs/configs"]
+    folders = [resources.files("her2study.conf").joinpath("exp")]
+    for entry in (e.strip().strip("'\"") for e in entries if e.strip()):
+        if not entry.startswith("file://"):
+            return True
+        folders.append(Path(entry[len("file://") :]) / "exp")
+    todo, seen = [n.strip().strip("'\"") for n in names], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name == "_self_":
+            continue
+        seen.add(name)
+        files = [f for f in (d.joinpath(f"{name}.yaml") for d in folders) if f.is_file()]
+        if not files:
+            return True
+        for f in files:
+            text = f.read_text(encoding="utf-8")
+            if "hydra" in text:
+                return True
+            # defaults entries of the exp group: "- other", "- /exp/other", "override /exp: x"
+            todo += re.findall(r"^\s*-\s*(?:/exp/)?([\w./-]+)\s*$", text, re.M)
+            todo += re.findall(r"^\s*-\s*(?:override\s+)?/?exp\s*:\s*([\w./-]+)", text, re.M)
+    return False
+
+
 def _output_dir_problem(argv: list[str]) -> str | None:
     """The run (or sweep) folder Hydra will create, checked before Hydra creates it (Hydra's own
     failure is a traceback): under /proc or /sys, under a regular file, on a read-only file
@@ -170,7 +205,7 @@ def _output_dir_problem(argv: list[str]) -> str | None:
     folder = given[-1] if given else ("multirun" if multirun else "outputs")
     source = ""
     exp = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("exp=")]
-    if exp and not given:  # an experiment file may set the folder: compose as Hydra will
+    if exp and not given and _may_set_hydra(exp, argv):  # compose as Hydra will
         composed = _compose([a for a in argv if "=" in a and not a.startswith("-")], True)
         if composed is not None:
             from omegaconf import OmegaConf

@@ -544,6 +544,25 @@ def test_output_folder_set_in_an_experiment_file(where, tmp_path):
     assert _output_dir_problem(ok) is None
 
 
+def test_output_folder_set_in_an_included_experiment_file(tmp_path, monkeypatch):
+    """An experiment file whose defaults list includes one that sets hydra.run.dir is seen as
+    well; the shipped experiment files set nothing of Hydra's, so they are not composed."""
+    from her2study.__main__ import _may_set_hydra, _output_dir_problem
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    exp = tmp_path / "outputs" / "configs" / "exp"
+    exp.mkdir(parents=True)
+    (exp / "blocked.yaml").write_text(EXP_SETS_RUN_DIR.format(run_dir=tmp_path / "afile"))
+    (exp / "outer.yaml").write_text("# @package _global_\ndefaults:\n  - blocked\n  - _self_\n")
+    monkeypatch.chdir(tmp_path)
+    problem = _output_dir_problem(["+exp=outer", "tracking=off"])
+    assert problem is not None and "afile is a file" in problem and "+exp=outer" in problem
+    assert _may_set_hydra(["outer"], ["+exp=outer"])
+    for name in ("paper", "paper_exact", "search"):
+        assert not _may_set_hydra([name], [f"+exp={name}"])
+        assert _output_dir_problem([f"+exp={name}"]) is None
+
+
 @pytest.mark.slow
 def test_full_disk_names_the_file_and_leaves_no_partial_result_set(
     tmp_path, tiny_mount, monkeypatch, compose, caplog
