@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> int:
             "cannot write %s: %s. Free disk space or choose a writable folder "
             "(cache_dir=..., hydra.run.dir=..., tracking.tracking_uri=...); inputs were not "
             "modified.",
-            err.filename or "",
+            err.filename2 or err.filename or "",  # a failed copy names (source, target)
             err.strerror,
         )
         return 3

@@ -662,3 +662,40 @@ def test_predict_failing_after_its_first_file_leaves_no_partial_result_set(
     assert out.is_dir() and not list(out.iterdir())  # no manifest_checked.csv left behind
     assert not [p for p in (work / "outputs").iterdir() if p.name.startswith(".")]
     assert {**_hashes(tmp_path / "cohort"), **_hashes(tmp_path / "model")} == inputs
+
+
+def test_export_into_a_full_run_folder_names_the_model_file_and_leaves_nothing(
+    tmp_path, tiny_mount, monkeypatch, caplog
+):
+    """The model folder is written into the results' temporary folder on a disk that fills:
+    exit 3 naming the file by its place in the run folder (not the temporary copy MLflow made
+    elsewhere), no model, metrics or features list left, the features table only read."""
+    import logging
+
+    from conftest import noise_features
+
+    from her2study.__main__ import run
+
+    X, clinical, y = noise_features(n=80, p=5)
+    X.join(clinical).assign(label=y).reset_index().to_csv(tmp_path / "f.csv", index=False)
+    inputs = _hashes(tmp_path)
+    full = tiny_mount("full", "size=40k")
+    monkeypatch.chdir(full)
+    cfg = compose_config(
+        "execution.progress=false",
+        "task=export",
+        "search.export_source=config",
+        "data=features",
+        f"data.features_table={tmp_path / 'f.csv'}",
+        "data.clinical_columns=[age]",
+        "tracking=off",
+        "study=ex",
+    )
+    with caplog.at_level(logging.ERROR, logger="her2study"):
+        assert run(cfg) == 3
+    errors = _errors(caplog)
+    assert len(errors) == 1 and "No space left" in errors[0], errors
+    assert "cannot write outputs/ex/" in errors[0], errors  # in the run folder, by its place
+    out = full / "outputs" / "ex"
+    assert not list(out.iterdir()) and not list((full / "outputs").glob(".*"))
+    assert _hashes(tmp_path)[tmp_path / "f.csv"] == inputs[tmp_path / "f.csv"]

@@ -36,7 +36,8 @@ def result_set(out: Path):
     """Write a task's results into the yielded temporary folder beside ``out``; they are moved
     into ``out`` when the block ends without error (the report last), so a failed run leaves
     no partial result set. A write error with no file name (a full disk) names the file that
-    was being written. Log MLflow artifacts from ``out`` afterwards (:func:`final_paths`)."""
+    was being written, and a file of the temporary folder is named by its place in ``out``.
+    Log MLflow artifacts from ``out`` afterwards (:func:`final_paths`)."""
     out = Path(out)
     stage = out.parent / f".{out.name}.results.tmp"
     shutil.rmtree(stage, ignore_errors=True)
@@ -48,6 +49,10 @@ def result_set(out: Path):
         shutil.rmtree(stage, ignore_errors=True)
         if err.filename is None and newest is not None:
             raise OSError(err.errno, err.strerror, str(out / newest)) from None
+        written = err.filename2 or err.filename  # a copy's error names its source first
+        if written is not None and Path(written).is_relative_to(stage):
+            shown = out / Path(written).relative_to(stage)  # where it was to be
+            raise OSError(err.errno, err.strerror, str(shown)) from None
         raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
