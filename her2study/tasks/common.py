@@ -362,9 +362,11 @@ def image_qa(cohort, specs, cfg):
 
 
 def clinical_columns(cfg) -> list[str]:
-    """The run's clinical columns: ``model.clinical.columns``, else ``data.clinical_columns``."""
-    cols = cfg.model.clinical.columns
-    return list(cols) if cols is not None else list(cfg.data.clinical_columns)
+    """The run's clinical columns: ``model.clinical.columns``, else ``data.clinical_columns``
+    (the rule the up-front checks use: ``search.preflight.configured_clinical``)."""
+    from her2study.search.preflight import configured_clinical
+
+    return configured_clinical(cfg)
 
 
 def load_design(cfg):
