@@ -30,6 +30,7 @@ models only from trusted sources, as with any MLflow model.
 """
 
 from her2study.model_artifact._format import FORMAT_VERSION, ModelArtifactError
+from her2study.model_artifact.portable import model_inputs, portable_pipeline
 from her2study.model_artifact.pyfunc import Her2StudyModel
 from her2study.model_artifact.reading import check_model_folder, describe, load_model
 from her2study.model_artifact.trusted import load_pipeline
@@ -44,6 +45,8 @@ __all__ = [
     "load_model",
     "load_pipeline",
     "log_model",
+    "model_inputs",
+    "portable_pipeline",
     "requirements",
     "save_model",
 ]

@@ -39,7 +39,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from her2study import __version__
 from her2study.errors import ConfigError
-from her2study.model_artifact import log_model, save_model
+from her2study.model_artifact import log_model, portable_pipeline, save_model
 from her2study.search import (
     Candidate,
     _plain,
@@ -295,6 +295,9 @@ def run(cfg) -> float:
         pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
         out = output_dir(cfg)
         card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
+        # what a model file holds: no case-id lookups, no perturbed features (model_artifact)
+        pipe, inputs = portable_pipeline(pipe, card["columns"], cfg.data.get("site_column"))
+        card.update(inputs)
         folder = save_model(out / "model", pipe, card, metrics["threshold"])
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)

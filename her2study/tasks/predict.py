@@ -53,7 +53,67 @@ def _absolute(df: pd.DataFrame, root: Path, columns) -> pd.DataFrame:
     return df
 
 
-def checked_cohort(manifest: Path, data_cfg, clinical: list[str], out: Path):
+def check_devices(path: Path, card: dict, site_column: str | None) -> None:
+    """A model that harmonises across devices needs each new case's device: the file must have
+    the column, and devices the model was not fitted on are refused when the model says so
+    (``selection.harmonise_unseen=error``). Read before any case is processed."""
+    if not card.get("site_column"):
+        return
+    from her2study.cohort.table import read_table
+
+    devices = [str(d) for d in card["harmonise"]["devices"]]
+    df = read_table(path)
+    if site_column not in df.columns:
+        raise ConfigError(
+            f"{str(path)!r} has no '{site_column}' column: the model harmonises features "
+            f"across devices (ComBat fitted on devices {', '.join(devices)}) and needs each new "
+            f"case's device -> fix: add a '{site_column}' column naming each case's device or "
+            "site, or name the column that holds it with data.site_column=<column>"
+        )
+    given = df[site_column].dropna().astype(str).str.strip()
+    unseen = sorted(set(given[given != ""]) - set(devices))
+    if unseen and card["harmonise"].get("unseen") == "error":
+        raise ConfigError(
+            f"{str(path)!r}: device(s) {unseen} in column '{site_column}' were not among the "
+            f"model's training devices ({', '.join(devices)}) and this model refuses other "
+            "devices (selection.harmonise_unseen=error) -> fix: predict only cases of those "
+            "devices, or export a model with selection.harmonise_unseen=reference"
+        )
+
+
+def _harmonise_inputs(X, table, card, site_column, failed) -> pd.DataFrame:
+    """The device column the model reads; cases of an unseen device it cannot harmonise (fewer
+    than 2 of them with features) are moved to ``failed``."""
+    site = card["site_column"]
+    given = table.loc[X.index, site_column]
+    for cid in X.index[given.isna() | (given.astype(str).str.strip() == "")]:
+        failed[cid] = f"no {site_column} given: the model needs each case's device"
+    X = X.assign(**{site: given.astype(str).str.strip()}).loc[lambda d: ~d.index.isin(failed)]
+    devices = set(map(str, card["harmonise"]["devices"]))
+    counts = X[site].value_counts()
+    for device, n in counts.items():
+        if device in devices:
+            continue
+        log.warning(
+            "device %s was not among the model's training devices: its %d case(s) are "
+            "harmonised to the training data together (ComBat reference batch, from their own "
+            "features, no labels): each one's prediction depends on the others given with it",
+            device,
+            n,
+        )
+        if n < 2:
+            for cid in X.index[X[site] == device]:
+                failed[cid] = (
+                    f"device {device!r} was not among the model's training devices and this is "
+                    "its only case: harmonising a new device needs at least 2 of its cases "
+                    "predicted together"
+                )
+    return X.loc[[c for c in X.index if c not in failed]]
+
+
+def checked_cohort(
+    manifest: Path, data_cfg, clinical: list[str], out: Path, site_column: str | None = None
+):
     """(cohort of the good cases, failed case -> reason, labels or None, all ids in order).
 
     Problems of the manifest as a whole (missing columns, duplicate ids) raise
@@ -71,6 +131,7 @@ def checked_cohort(manifest: Path, data_cfg, clinical: list[str], out: Path):
         on_error="collect",
         ignore_columns=("mask_reader2", "split"),  # not needed to apply a model
         max_image_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+        site_column=site_column,
     )
     df = pd.read_csv(manifest, dtype={case_col: str})
     df[case_col] = df[case_col].astype(str).str.strip()
@@ -109,19 +170,26 @@ def features_from_images(cohort, card: dict, cfg):
 
 
 def run(cfg) -> int:
-    from her2study.model_artifact import describe, load_model
+    from her2study.model_artifact import describe, load_model, model_inputs
 
     pc = predict_config(cfg)
     model, card = load_model(str(pc.model_uri), cfg.tracking.tracking_uri)
     log.info("%s: %s", pc.model_uri, describe(card))
     out = output_dir(cfg)
     columns = list(card["columns"])
+    # the covariates a ComBat step protects come from the manifest like clinical columns
     clinical = list(card.get("clinical_columns") or [])
+    clinical += [c for c in card.get("covariate_columns") or [] if c not in clinical]
     given = pc.get("threshold") is not None
     threshold = float(pc.threshold if given else card["threshold"])
     data = cfg.data
+    site_column = None
+    if card.get("site_column"):
+        site_column = str(data.get("site_column") or card["site_column"])
     if data.source == "features":
-        X, failed, labels, order = _from_table(Path(data.features_table), data, columns)
+        check_devices(Path(data.features_table), card, site_column)
+        needed = list(dict.fromkeys(columns + clinical))
+        X, failed, labels, order, meta = _from_table(Path(data.features_table), data, needed)
     else:
         if data.source == "manifest":
             if not data.manifest:
@@ -133,13 +201,15 @@ def run(cfg) -> int:
             manifest = ensure_synthetic(data, n_jobs=cfg.execution.n_jobs)
         if not manifest.is_file():
             raise ConfigError(f"data.manifest: no file at {str(manifest)!r}")
-        cohort, failed, labels, order = checked_cohort(manifest, data, clinical, out)
+        check_devices(manifest, card, site_column)
+        cohort, failed, labels, order = checked_cohort(manifest, data, clinical, out, site_column)
+        meta = cohort.table
         X = pd.DataFrame()
         if cohort.cases:
             X, more = features_from_images(cohort, card, cfg)
             failed.update(more)
-            if clinical:
-                X = X.join(cohort.table[clinical])
+    if clinical and len(X):
+        X = X.join(meta[[c for c in clinical if c not in X.columns]])
     missing = [c for c in columns if c not in X.columns] if len(X) else []
     if missing:
         raise ConfigError(
@@ -147,12 +217,15 @@ def run(cfg) -> int:
             f"e.g. {missing[:3]}: were they extracted with other settings?"
         )
     if len(X):
-        X = X[columns]
+        numeric = [c for c in model_inputs(card) if c != card.get("site_column")]
+        X = X[numeric]
         bad = ~np.isfinite(X.to_numpy(dtype=float)).all(axis=1)
         for cid in X.index[bad]:
-            cols = [c for c in columns if not np.isfinite(float(X.at[cid, c]))]
+            cols = [c for c in numeric if not np.isfinite(float(X.at[cid, c]))]
             failed[cid] = f"non-finite feature value(s): {cols[:5]}"
         X = X[~bad]
+        if site_column:
+            X = _harmonise_inputs(X, meta, card, site_column, failed)
     pred = model.predict(X, params={"threshold": threshold}) if len(X) else pd.DataFrame()
     rows = []
     for cid in order:
@@ -197,6 +270,17 @@ def run(cfg) -> int:
                 "threshold": threshold,
                 "n_ok": n_ok,
                 "n_failed": len(table) - n_ok,
+                **(
+                    {
+                        "harmonise": {
+                            "site_column": site_column,
+                            "training_devices": card["harmonise"]["devices"],
+                            "unseen": card["harmonise"]["unseen"],
+                        }
+                    }
+                    if site_column
+                    else {}
+                ),
             },
             indent=2,
         )
@@ -234,4 +318,4 @@ def _from_table(path: Path, data, columns: list[str]):
             f"features table lacks {len(missing)} model column(s), e.g. {missing[:3]}"
         )
     X = df[columns].apply(pd.to_numeric, errors="coerce")
-    return X, failed, labels, list(df.index)
+    return X, failed, labels, list(df.index), df

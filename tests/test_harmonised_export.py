@@ -1,0 +1,200 @@
+"""Harmonised and robustness-filtered signatures as models (issue 15): the ComBat step keeps only
+per-device statistics and reads the device from an input column once exported; the robustness
+filter becomes a column mask; the one model format carries both (skops, trusted types only)."""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import Pipeline
+
+from her2study.errors import ConfigError
+from her2study.model_artifact import load_model, portable_pipeline, save_model
+from her2study.models import make_pipeline
+from her2study.models.harmonise import ComBatHarmoniser
+from her2study.selection.robustness import RobustnessFilter, perturbed_column
+
+pytest.importorskip("combatlearn")
+from combatlearn.core import ComBatModel  # noqa: E402
+
+FAST = {"lasso_cv": 3, "lasso_n_lambdas": 10, "mw_alpha": 0.5}
+
+
+def cohort(seed=0, n=90, p=12, devices="ABC"):
+    """Device shift and scale on every feature, a label effect on the first three, age and a
+    0/1 covariate; case ids that look like a hospital's (``MRN-...``)."""
+    rng = np.random.default_rng(seed)
+    dev = np.array([devices[i % len(devices)] for i in range(n)])
+    y = rng.integers(0, 2, n)
+    shift = {d: rng.normal(0, 1.5, p) for d in devices}
+    scale = {d: np.exp(rng.normal(0, 0.4, p)) for d in devices}
+    X = np.array([shift[d] + scale[d] * rng.normal(size=p) for d in dev])
+    X[:, :3] += 1.5 * y[:, None]
+    ids = [f"MRN-{483920 + 7 * i}" for i in range(n)]
+    cols = [f"intra_original_firstorder_f{j}" for j in range(p)]
+    cov = pd.DataFrame(
+        {"age": rng.normal(55, 10, n), "postmenopausal": rng.integers(0, 2, n)}, index=ids
+    )
+    X = pd.DataFrame(X, index=ids, columns=cols)
+    X["intra_original_firstorder_f4"] += 0.1 * (cov["age"] - 55)
+    return X, pd.Series(y, index=ids), pd.Series(dev, index=ids, name="device"), cov
+
+
+def test_the_stored_statistics_apply_combatlearn_s_fit():
+    """The step fits with combatlearn and keeps arrays; applying them gives combatlearn's own
+    transform, with and without protected covariates, and an unseen device harmonised from the
+    reference's mean, variance and size equals ComBat's reference fit on the harmonised rows."""
+    X, _, dev, cov = cohort()
+    seen = dev != "C"
+    step = ComBatHarmoniser(batch=dev).fit(X[seen])
+    model = ComBatModel(method="johnson").fit(
+        X[seen].reset_index(drop=True), batch=dev[seen].reset_index(drop=True)
+    )
+    expected = model.transform(
+        X[seen].reset_index(drop=True), batch=dev[seen].reset_index(drop=True)
+    )
+    np.testing.assert_allclose(step.transform(X[seen]).to_numpy(), expected, rtol=0, atol=1e-9)
+
+    with_cov = ComBatHarmoniser(batch=dev, covariates=cov, discrete=["postmenopausal"])
+    with_cov.fit(X[seen])
+    disc = cov.loc[seen, ["postmenopausal"]].astype(str).reset_index(drop=True)
+    cont = cov.loc[seen, ["age"]].reset_index(drop=True)
+    fortin = ComBatModel(method="fortin").fit(
+        X[seen].reset_index(drop=True),
+        batch=dev[seen].reset_index(drop=True),
+        discrete_covariates=disc,
+        continuous_covariates=cont,
+    )
+    expected = fortin.transform(
+        X[seen].reset_index(drop=True),
+        batch=dev[seen].reset_index(drop=True),
+        discrete_covariates=disc,
+        continuous_covariates=cont,
+    )
+    np.testing.assert_allclose(with_cov.transform(X[seen]).to_numpy(), expected, atol=1e-9)
+
+    # the unseen device C: ComBat with the harmonised training rows as reference batch
+    harmonised = step.transform(X[seen]).to_numpy()
+    frame = pd.DataFrame(np.vstack([harmonised, X[~seen].to_numpy()]))
+    batch = pd.Series(["ref"] * int(seen.sum()) + ["C"] * int((~seen).sum()))
+    ref = ComBatModel(method="johnson", reference_batch="ref").fit(frame, batch=batch)
+    expected = np.asarray(ref.transform(frame, batch=batch))[int(seen.sum()) :]
+    out = step.transform(X)
+    np.testing.assert_allclose(out[~seen].to_numpy(), expected, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        step.transform(X[~seen].iloc[:1])
+
+
+def _strings(obj, seen=None) -> set[str]:
+    """Every string reachable from a fitted estimator (attributes, parameters, arrays)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return set()
+    seen.add(id(obj))
+    if isinstance(obj, str):
+        return {obj}
+    if isinstance(obj, (pd.Series, pd.DataFrame, pd.Index)):
+        return {"<pandas object>"} | {str(v) for v in np.asarray(obj.index, dtype=str)}
+    if isinstance(obj, np.ndarray):
+        return {str(v) for v in obj.ravel()} if obj.dtype == object else set()
+    if isinstance(obj, dict):
+        out = set()
+        for k, v in obj.items():
+            out |= _strings(k, seen) | _strings(v, seen)
+        return out
+    if isinstance(obj, (list, tuple, set)):
+        return set().union(*[_strings(v, seen) for v in obj]) if obj else set()
+    if hasattr(obj, "__dict__"):
+        return _strings(vars(obj), seen)
+    return set()
+
+
+def _fitted(X, y, dev, cov=None, train=None, k=2):
+    """A study's pipeline (robustness filter, ComBat by case-id lookup, the signature) fitted on
+    the ``train`` rows; the features with their perturbed partners for every case."""
+    rng = np.random.default_rng(1)
+    Xp = X.copy()
+    for kk in range(1, k + 1):
+        for j, c in enumerate(X.columns):
+            noise = 0.05 if j % 2 == 0 else 2.0  # odd features move with the contour
+            Xp[perturbed_column(kk, c)] = X[c] + rng.normal(0, noise, len(X))
+    steps = [
+        ("robust", RobustnessFilter(threshold=0.9)),
+        ("harmonise", ComBatHarmoniser(batch=dev, covariates=cov, unseen="reference")),
+        *make_pipeline(FAST, "logistic").steps,
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = X.index if train is None else train
+        return Pipeline(steps).fit(Xp.loc[rows], y.loc[rows]), Xp
+
+
+def test_an_exported_harmonised_robust_signature_predicts_as_in_memory_without_case_ids(
+    tmp_path,
+):
+    X, y, dev, cov = cohort(n=120)
+    train = X.index[:90]
+    pipe, Xp = _fitted(X, y, dev, cov[["age"]], train)
+    kept = list(pipe.named_steps["robust"].get_feature_names_out())
+    assert kept == [c for i, c in enumerate(X.columns) if i % 2 == 0]  # the mask dropped the rest
+    # a study's fitted steps hold the cohort's case ids (the lookups)
+    assert set(train) <= _strings(pipe)
+    with pytest.raises(ValueError, match="portable_pipeline"):
+        save_model(tmp_path / "raw", pipe, {"columns": list(Xp.columns), "extraction": {}}, 0.5)
+
+    stored, inputs = portable_pipeline(pipe, list(Xp.columns), site_column="device")
+    assert inputs["columns"] == kept and inputs["site_column"] == "device"
+    assert inputs["covariate_columns"] == ["age"]
+    assert inputs["harmonise"]["devices"] == ["A", "B", "C"]
+    assert [name for name, _ in stored.steps][0] == "harmonise"
+    assert not {str(c) for c in X.index} & _strings(stored)  # no case id anywhere
+    card = {**inputs, "extraction": {"regions": ["intra"]}}
+    folder = save_model(tmp_path / "model", stored, card, 0.5)
+    for path in folder.rglob("*"):  # grep every file, and every member of the skops zip
+        if path.is_file():
+            blobs = [path.read_bytes()]
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as z:
+                    blobs += [z.read(m) for m in z.namelist()]
+            for blob in blobs:
+                assert b"MRN-" not in blob, path
+
+    model, card = load_model(folder)
+    new = X.index[90:]  # new cases: only the kept columns, their device and age
+    given = X.loc[new, kept].assign(device=dev.loc[new], age=cov.loc[new, "age"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pipe.predict_proba(Xp.loc[new])[:, 1]  # in memory: perturbed columns too
+        got = model.predict(given)["probability"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+    # a device the model never saw: harmonised to the training reference (M-ComBat) ...
+    other = given.assign(device="D")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        in_memory = pipe.set_params(harmonise__batch=dev.where(~dev.index.isin(new), "D"))
+        np.testing.assert_allclose(
+            model.predict(other)["probability"].to_numpy(),
+            in_memory.predict_proba(Xp.loc[new])[:, 1],
+            rtol=0,
+            atol=1e-12,
+        )
+    # ... and without the device column the model says what it needs
+    with pytest.raises(ConfigError, match="'device'"):
+        model.predict(given.drop(columns=["device"]))
+
+
+def test_an_unseen_device_is_refused_when_the_model_says_error(tmp_path):
+    X, y, dev, _ = cohort(n=90)
+    pipe, Xp = _fitted(X, y, dev)
+    pipe.set_params(harmonise__unseen="error")
+    stored, inputs = portable_pipeline(pipe, list(Xp.columns), site_column="device")
+    folder = save_model(tmp_path / "m", stored, {**inputs, "extraction": {}}, 0.5)
+    model, _ = load_model(folder)
+    given = X[inputs["columns"]].assign(device="Z")
+    with pytest.raises(ValueError, match=r"\['Z'\]"):
+        model.predict(given)
