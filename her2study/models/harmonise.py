@@ -60,23 +60,32 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
         Parametric empirical-Bayes priors.
     unseen : {"reference", "error"}, default="reference"
         What to do with a device absent from the training rows (see the module docstring).
+    passthrough : list of str, optional
+        Columns left unchanged (e.g. clinical columns beside the features of a search candidate).
 
     Attributes
     ----------
     batches_ : ndarray
         Devices seen in ``fit``.
     passthrough_ : ndarray of bool
-        Features left unchanged (no variance in the training rows).
+        Features left unchanged (no variance in the training rows, or named in ``passthrough``).
     """
 
     def __init__(
-        self, batch=None, covariates=None, discrete=None, parametric=True, unseen="reference"
+        self,
+        batch=None,
+        covariates=None,
+        discrete=None,
+        parametric=True,
+        unseen="reference",
+        passthrough=None,
     ):
         self.batch = batch
         self.covariates = covariates
         self.discrete = discrete
         self.parametric = parametric
         self.unseen = unseen
+        self.passthrough = passthrough
 
     # ---- lookups by case id
     def _rows(self, X):
@@ -114,7 +123,9 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = values.shape[1]
         self.batches_ = np.unique(batch)
-        self.passthrough_ = ~(np.nanstd(values, axis=0) > 1e-12)
+        self.passthrough_ = ~(np.nanstd(values, axis=0) > 1e-12) | np.isin(
+            self.feature_names_in_, list(self.passthrough or [])
+        )
         frame = pd.DataFrame(values[:, ~self.passthrough_])
         self.model_ = _combat_model(self._method(), parametric=self.parametric)
         with warnings.catch_warnings():
