@@ -208,7 +208,7 @@ def fit_signatures(
             for c in features.columns
             if column_region(c) in regions and not _excluded(c, outside, cfg)
         ]
-        if {c.split("_", 1)[0] for c in cols} != set(regions):
+        if {column_region(c) for c in cols} != set(regions):
             cols = []  # a tumour + ring signature needs both regions (not the tumour's alone)
         if not cols:  # said once, before the work (planned_signatures, her2study.preflight)
             log.debug("signature %s: no feature columns for regions %s; skipped", name, regions)
