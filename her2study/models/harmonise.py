@@ -79,6 +79,8 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
         Parametric empirical-Bayes priors.
     unseen : {"reference", "error"}, default="reference"
         What to do with a device absent from the training rows (see the module docstring).
+    passthrough : list of str, optional
+        Columns left unchanged (e.g. clinical columns beside the features of a search candidate).
     site_column : str, optional
         Read each row's device from this input column instead of ``batch`` (an exported model);
         the column is not a feature.
@@ -92,7 +94,7 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
     batches_ : ndarray of str
         Devices seen in ``fit``.
     passthrough_ : ndarray of bool
-        Features left unchanged (no variance in the training rows).
+        Features left unchanged (no variance in the training rows, or named in ``passthrough``).
     grand_mean_, pooled_var_ : ndarray
         Per harmonised feature: ComBat's grand mean and pooled variance.
     gamma_star_, delta_star_ : ndarray of shape (n_devices, n_harmonised)
@@ -111,6 +113,7 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
         discrete=None,
         parametric=True,
         unseen="reference",
+        passthrough=None,
         site_column=None,
         covariate_columns=None,
     ):
@@ -119,6 +122,7 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
         self.discrete = discrete
         self.parametric = parametric
         self.unseen = unseen
+        self.passthrough = passthrough
         self.site_column = site_column
         self.covariate_columns = covariate_columns
 
@@ -185,7 +189,9 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
         design = self._design(cov, fit=True)
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.n_features_in_ = values.shape[1]
-        self.passthrough_ = ~(np.nanstd(values, axis=0) > 1e-12)
+        self.passthrough_ = ~(np.nanstd(values, axis=0) > 1e-12) | np.isin(
+            self.feature_names_in_, list(self.passthrough or [])
+        )
         active = values[:, ~self.passthrough_]
         with_cov = design is not None and design.shape[1] > 0
         model = _combat_model("fortin" if with_cov else "johnson", parametric=self.parametric)
@@ -289,6 +295,7 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
             discrete=list(self.discrete or []),
             parametric=bool(self.parametric),
             unseen=str(self.unseen),
+            passthrough=list(self.passthrough) if self.passthrough else None,
             site_column=str(site_column),
             covariate_columns=list(self.covariate_names_) or None,
         )

@@ -344,19 +344,36 @@ def clinical_columns(cfg) -> list[str]:
 
 
 def load_design(cfg):
-    """The cohort's features (+ clinical columns) and labels as the search's ``Design``."""
+    """The cohort's features (+ clinical columns) and labels as the search's ``Design``; with
+    ``data.site_column`` each case's site (outer folds by site, ComBat's batch), with
+    ``selection.harmonise_covariates`` ComBat's covariates, with
+    ``selection.robustness_threshold`` the perturbed masks' features (the filter's input)."""
     from her2study.cohort.source import describe_source
     from her2study.search import Design
+    from her2study.split import check_site_config, site_values
 
-    for key in ("robustness_threshold", "harmonise"):  # the paper task's steps, not the search's
-        if cfg.selection.get(key) is not None:
-            raise ConfigError(
-                f"selection.{key} is run by task=paper only; the search's pipelines do not "
-                f"have that step yet -> fix: selection.{key}=null"
-            )
+    site_column = cfg.data.get("site_column")
+    check_site_config(cfg.split, site_column, cfg.selection.get("harmonise"))
+    if cfg.selection.get("harmonise") is not None:  # covariates: clinical columns, never the label
+        import pandas as pd
+
+        from her2study.models import pipeline_from_config
+
+        pipeline_from_config(
+            cfg.selection,
+            cfg.model,
+            int(cfg.seed),
+            sites=pd.Series(dtype=str),
+            covariates=pd.DataFrame(columns=[*clinical_columns(cfg), *cfg.data.clinical_columns]),
+            label_column=str(cfg.data.label_column),
+        )
     cohort, fs = cohort_and_features(cfg)
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None
+    sites = None
+    if site_column:
+        sites = site_values(cohort.table, site_column, str(cfg.split.method))
+    names = list(cfg.selection.get("harmonise_covariates") or [])
     design = Design.from_tables(
         fs.table,
         cohort.labels,
@@ -364,6 +381,8 @@ def load_design(cfg):
         cohort.synthetic,
         describe_source(cohort),
         outside_exclude=tuple(cfg.region.ring_exclude_classes or ()),
+        sites=sites,
+        covariates=cohort.table[[c for c in names if c in cohort.table.columns]] if names else None,
     )
     return design, cohort
 

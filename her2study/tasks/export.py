@@ -101,11 +101,11 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
     X, y = design.X[cols], design.y
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = build_pipeline(cand, seed).fit(X, y)
+        pipe = build_pipeline(cand, seed, design).fit(X, y)  # design: ComBat's side inputs
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        oof = cross_val_predict(build_pipeline(cand, seed), X, y, cv=cv, method="predict_proba")[
-            :, 1
-        ]
+        oof = cross_val_predict(
+            build_pipeline(cand, seed, design), X, y, cv=cv, method="predict_proba"
+        )[:, 1]
     yy = y.to_numpy()
     thr = choose_threshold(yy, oof, method="youden")
     sel = selected_features(pipe)
@@ -297,7 +297,9 @@ def run(cfg) -> float:
         card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
         # what a model file holds: no case-id lookups, no perturbed features (model_artifact)
         pipe, inputs = portable_pipeline(pipe, card["columns"], cfg.data.get("site_column"))
-        card.update(inputs)
+        card.update(
+            inputs, extraction=extraction_settings(run_cfg, inputs["columns"], design.clinical)
+        )
         folder = save_model(out / "model", pipe, card, metrics["threshold"])
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         pd.DataFrame({"feature": sel}).to_csv(out / "selected_features.csv", index=False)
