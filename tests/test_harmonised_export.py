@@ -198,3 +198,170 @@ def test_an_unseen_device_is_refused_when_the_model_says_error(tmp_path):
     given = X[inputs["columns"]].assign(device="Z")
     with pytest.raises(ValueError, match=r"\['Z'\]"):
         model.predict(given)
+
+
+# ------------------------------------------------------------------------------------------
+# end to end: task=paper logs the model to a real MLflow store, task=predict applies it
+# ------------------------------------------------------------------------------------------
+
+E2E = [
+    "+exp=paper",
+    "extractor=fast",
+    "data.synthetic.n_cases=48",
+    "data.synthetic.devices=3",
+    "data.site_column=device",
+    "data.clinical_columns=[age]",
+    "region.ring_widths_mm=[1.0]",
+    "region.signature_kinds=[tumour+ring]",
+    "region.annotation_check=false",
+    "selection.harmonise=combat",
+    "selection.harmonise_covariates=[age]",
+    "selection.robustness_threshold=0.8",
+    "region.perturb.n=2",
+    "evaluation.cv_folds=3",
+    "selection.lasso_cv=3",
+    "evaluation.bootstrap_reps=0",
+    "execution.n_jobs=1",
+    "execution.progress=false",
+]
+# new cases: another seed, and a fourth device the model never saw
+NEW = ["data.synthetic.seed=7", "data.synthetic.n_cases=16", "data.synthetic.devices=4"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(1800)
+@pytest.mark.filterwarnings("ignore")
+def test_paper_logs_harmonised_robust_models_that_predict_new_devices_as_in_memory(
+    tmp_path, monkeypatch, compose
+):
+    """task=paper with in-fold ComBat (age protected) and the contour-robustness filter logs its
+    signature to MLflow (SQLite); task=predict applies it from the store to new synthetic cases
+    (other seed, devices A-D) from their images without perturbed masks, and gives the in-memory
+    pipeline's probabilities (which needs the perturbed features); the logged files hold no case
+    id; a manifest without the device column is one message and exit code 2."""
+    import mlflow
+    from conftest import run_cli
+    from mlflow import MlflowClient
+    from omegaconf import open_dict
+
+    from her2study.cohort.source import ensure_synthetic
+    from her2study.split import site_values, split_from_config
+    from her2study.study import fit_signatures
+    from her2study.tasks.common import cohort_and_features
+    from her2study.tasks.paper import run as paper
+    from her2study.tasks.predict import run as predict
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = [*E2E, f"cache_dir={tmp_path / 'cache'}"]
+    cfg = compose(*common, f"tracking.tracking_uri={uri}", "study=train")
+    paper(cfg)
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("train")  # tracking.experiment = the study
+    logged = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert len(logged) == 1  # the one radiomics signature (tumour + 1 mm ring)
+    model_uri = f"models:/{logged[0].model_id}"
+    name = client.get_run(logged[0].source_run_id).data.tags["signature"]
+    model, card = load_model(model_uri, uri)
+    assert card["site_column"] == "device" and card["covariate_columns"] == ["age"]
+    assert card["harmonise"]["devices"] == ["A", "B", "C"]
+    assert card["robustness"]["n_perturbations"] == 2
+    assert not any(c.startswith("perturb") for c in card["columns"])  # the original columns only
+    assert card["extraction"]["regions"] == ["intra", "peri1mm"]
+
+    # the logged model's files (the store's artifacts) hold no case id of the training cohort
+    # (code/ is her2study's own source, the same for every model: its docstrings name SYN0001)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    local = tmp_path / "downloaded"
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri, dst_path=str(local), tracking_uri=uri
+    )
+    ids = [c.encode() for c in cohort_and_features(cfg)[0].ids]
+    files = [
+        p for p in local.rglob("*") if p.is_file() and "code" not in p.relative_to(local).parts
+    ]
+    assert any(p.name == "pipeline.skops" for p in files)
+    for path in files:
+        blobs = [path.read_bytes()]
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                blobs += [z.read(m) for m in z.namelist()]
+        assert not any(i in blob for i in ids for blob in blobs), path
+
+    # predict the new cases from their images (no perturbed masks), through the task
+    new_cfg = compose(*common, *NEW, "tracking=off")
+    manifest = ensure_synthetic(new_cfg.data)
+    pcfg = compose(
+        "task=predict",
+        "extractor=fast",
+        "execution.progress=false",
+        "data=manifest",
+        f"data.manifest={manifest}",
+        f"cache_dir={tmp_path / 'predict-cache'}",
+        f"tracking.tracking_uri={uri}",
+        "study=pred",
+    )
+    with open_dict(pcfg):
+        pcfg.predict.model_uri = model_uri
+    predict(pcfg)
+    pred = pd.read_csv(tmp_path / "outputs" / "pred" / "predictions.csv", dtype={"case_id": str})
+    assert (pred["status"] == "ok").all(), pred
+    assert not list((tmp_path / "predict-cache").rglob("perturbed_masks"))
+
+    # in memory: the same fit (same config and seed), its ComBat step looking the new cases'
+    # devices up by case id, fed the new cases' features with their perturbed partners
+    cohort, fs = cohort_and_features(cfg)
+    split = split_from_config(cohort.table, cfg.split, cohort.label_column, int(cfg.seed), "device")
+    sites = site_values(cohort.table, "device", "site")
+    fits = fit_signatures(
+        fs.table,
+        cohort.table[["age"]],
+        cohort.labels,
+        split,
+        [1.0],
+        cfg,
+        [],
+        sites=sites,
+        covariates=cohort.table,
+    )
+    fit = next(f for f in fits if f.name == name)
+    # (the new cases' features only: inner-loop sizes made to pass the study's preflight)
+    new_cohort, new_fs = cohort_and_features(
+        compose(*common, *NEW, "tracking=off", "evaluation.cv_folds=2", "selection.lasso_cv=2")
+    )
+    new_sites = site_values(new_cohort.table, "device", "site")
+    assert set(new_sites) == {"A", "B", "C", "D"}
+    pipe = fit.model.set_params(
+        harmonise__batch=new_sites, harmonise__covariates=new_cohort.table[["age"]]
+    )
+    expected = pipe.predict_proba(new_fs.table.loc[pred["case_id"], fit.columns])[:, 1]
+    np.testing.assert_allclose(pred["probability"].to_numpy(), expected, rtol=0, atol=1e-10)
+
+    # a manifest without the device column: one message naming the file and the fix, exit 2
+    bad = tmp_path / "user" / "no_device.csv"
+    bad.parent.mkdir()
+    src = pd.read_csv(manifest)
+    for col in ("image", "mask", "mask_reader2"):
+        src[col] = [str((manifest.parent / p).resolve()) for p in src[col]]
+    src.drop(columns=["device"]).to_csv(bad, index=False)
+    before = bad.read_bytes()
+    res = run_cli(
+        [
+            "task=predict",
+            f"predict.model_uri={model_uri}",
+            f"tracking.tracking_uri={uri}",
+            "data=manifest",
+            f"data.manifest={bad}",
+            f"cache_dir={tmp_path / 'predict-cache'}",
+            "execution.progress=false",
+            "hydra.run.dir=nodev",
+        ],
+        tmp_path,
+        code=2,
+    )
+    text = res.stdout + res.stderr
+    assert "no_device.csv" in text and "has no 'device' column" in text
+    assert "add a 'device' column" in text and "Traceback" not in text
+    assert bad.read_bytes() == before  # the user's file only read
