@@ -113,8 +113,9 @@ def test_robustness_filter_drops_the_rim_features_and_keeps_the_band_on_the_gene
     drawn contour of label-1 cases, the 0-1 mm band, no other signal) with 4 perturbed masks per
     case extracted through the cache; the ICC(2,1) filter fitted inside each signature's pipeline
     on training cases drops every tumour feature the rim drives (AUC off 0.5 by more than 0.4 on
-    the training cases: without the rim no tumour feature gets there, experiments/robustness/
-    README.md) and keeps the band's ring Mean and Median and most of its other ring features."""
+    the training cases; without the rim only Maximum and Range get there, from the band's blur
+    across the lesion edge, and they are contour-sensitive too: experiments/robustness/README.md)
+    and keeps the band's ring Mean and Median and most of its other ring features."""
     from her2study.study import fit_signatures
     from her2study.tasks.common import cohort_and_features
 
