@@ -365,3 +365,61 @@ def test_paper_logs_harmonised_robust_models_that_predict_new_devices_as_in_memo
     assert "no_device.csv" in text and "has no 'device' column" in text
     assert "add a 'device' column" in text and "Traceback" not in text
     assert bad.read_bytes() == before  # the user's file only read
+
+
+def test_predict_from_a_features_table_needs_the_device_and_refuses_what_the_model_refuses(
+    tmp_path, monkeypatch, compose
+):
+    """task=predict with data=features and a harmonising model: the table must name each case's
+    device (one message naming the file and the fix, before anything is predicted); an unseen
+    device alone in the table cannot be harmonised (that case fails with the reason, the others
+    are predicted); a model exported with unseen=error refuses the table up front."""
+    from omegaconf import open_dict
+
+    from her2study.tasks.predict import run as predict
+
+    monkeypatch.chdir(tmp_path)
+    X, y, dev, cov = cohort(n=110)
+    train, new = X.index[:90], X.index[90:]
+    pipe, Xp = _fitted(X, y, dev, cov[["age"]], train)
+    stored, inputs = portable_pipeline(pipe, list(Xp.columns), site_column="device")
+    folder = save_model(tmp_path / "model", stored, {**inputs, "extraction": {}}, 0.5)
+    table = X.loc[new, inputs["columns"]].assign(device=dev.loc[new], age=cov.loc[new, "age"])
+    table.loc[new[-1], "device"] = "Z"  # a device the model never saw, alone in the table
+    table.rename_axis("case_id").reset_index().to_csv(tmp_path / "new.csv", index=False)
+    table.drop(columns=["device"]).rename_axis("case_id").reset_index().to_csv(
+        tmp_path / "no_device.csv", index=False
+    )
+
+    def run(path, model=folder, study="p"):
+        cfg = compose(
+            "task=predict",
+            "data=features",
+            f"data.features_table={path}",
+            "tracking=off",
+            f"study={study}",
+        )
+        with open_dict(cfg):
+            cfg.predict.model_uri = str(model)
+        predict(cfg)
+        return pd.read_csv(tmp_path / "outputs" / study / "predictions.csv", dtype={"case_id": str})
+
+    with pytest.raises(
+        ConfigError, match=r"no_device\.csv.*has no 'device' column.*add a 'device'"
+    ):
+        run(tmp_path / "no_device.csv")
+    pred = run(tmp_path / "new.csv").set_index("case_id")
+    assert pred.loc[new[-1], "status"] == "failed" and "at least 2" in pred.loc[new[-1], "problem"]
+    ok = new[:-1]
+    assert (pred.loc[ok, "status"] == "ok").all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pipe.predict_proba(Xp.loc[ok])[:, 1]
+    np.testing.assert_allclose(pred.loc[ok, "probability"].to_numpy(), expected, atol=1e-12)
+
+    pipe.set_params(harmonise__unseen="error")
+    strict, inputs = portable_pipeline(pipe, list(Xp.columns), site_column="device")
+    strict_folder = save_model(tmp_path / "strict", strict, {**inputs, "extraction": {}}, 0.5)
+    with pytest.raises(ConfigError, match=r"\['Z'\].*selection.harmonise_unseen=error"):
+        run(tmp_path / "new.csv", strict_folder, "q")
+    assert not (tmp_path / "outputs" / "q" / "predictions.csv").exists()  # refused before work
