@@ -54,6 +54,9 @@ cohort whose right margin answer is "a region reaching the band", to test that a
 comparison finds it. It is the same generator with other spec values, so the default cohort is
 untouched.
 
+A third, the **contour phantom** (``data=contour_phantom``, :mod:`her2study.cohort.contour`), adds
+a planted contour-sensitive rim on the drawn contour (off by default: the cohort as before).
+
 What each case draws (lesion geometry, tissue, noise fields, clinical covariates) is in
 :mod:`her2study.cohort.phantom`; this module labels the cohort, assembles and writes the cases.
 """

@@ -10,7 +10,13 @@ extraction settings (pyradiomics parameters, regions, field of view), feature co
 threshold come with it (its card), so new cases are processed exactly as the training cases were.
 
 Labels are not needed (``load_cohort(require_labels=False)``); when the manifest has them, they
-are copied to the output. Cases are checked one by one: a case that fails (missing or unreadable
+are copied to the output. A model that harmonises across devices (ComBat, card ``site_column``)
+needs each new case's device in that column of the manifest or table (``data.site_column``
+names another); without it, or with a device the model refuses (``harmonise_unseen=error``), the
+run stops before any case is processed (exit 2). A device the model was not fitted on is
+otherwise harmonised to the training data from its own cases' features, all of them together
+(so each one's prediction depends on the others given with it; a lone case of such a device
+fails with the reason). Cases are checked one by one: a case that fails (missing or unreadable
 file, empty mask, too small a region, missing clinical value, non-finite feature) is listed in
 ``predictions.csv`` with ``status=failed`` and the reason, never dropped silently. The user's files
 are only read: a copy of the manifest with absolute paths is written to the run folder.
