@@ -240,4 +240,4 @@ def test_search_by_site_end_to_end_on_three_synthetic_devices(tmp_path):
     est = json.loads((out / "nested_estimate.json").read_text())
     assert est["estimate_kind"] == "nested leave-one-site-out" and "estimate_kind" in est["kinds"]
     html = (out / "report.html").read_text()
-    assert "nested leave-one-site-out" in html and "by_site.csv" in html
+    assert "nested leave-one-site-out" in html and "Per site (AUC, calibration" in html

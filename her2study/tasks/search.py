@@ -117,6 +117,10 @@ def run(cfg) -> float:
         if result.final_inner_auc is not None:
             metrics["final_inner_auc"] = result.final_inner_auc
         metrics.update({f"time_{k}": v for k, v in result.timings.items()})
+        if by_site is not None:  # the winners' AUC per site: <set>.<site>.auc
+            won = by_site[(by_site["signature"] == "nested search") & by_site["auc"].notna()]
+            won = won[won["site"].isin(set(design.sites))]
+            metrics.update({f"{r.set}.{r.site}.auc": float(r.auc) for r in won.itertuples()})
         tracker.log_metrics(metrics)
         for path in tables:
             tracker.log_artifact(path, "tables")
@@ -191,7 +195,7 @@ def site_tables(by_site: pd.DataFrame | None) -> dict:
         return {}
     from her2study.report.transport import site_display
 
-    return {"per site (by_site.csv; kind = the estimate's kind)": site_display(by_site)}
+    return {"per site (AUC, calibration; kind: the estimate's)": site_display(by_site)}
 
 
 def _pooled(result):
