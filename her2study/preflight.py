@@ -183,7 +183,7 @@ def check_data(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]:
             problems += check_paper_folds(cfg, y, split, names)
         problems += _check_signatures(cfg, cohort, table, file)
     else:
-        problems += check_search_folds(cfg, y, names, task, _sites(cfg, cohort))
+        problems += check_search_folds(cfg, y, names, task, cohort.table)
         if cfg.get("search") is not None and task == "search":
             problems += adapt_search_space(cfg, cohort, table)
     return problems
@@ -344,19 +344,10 @@ def check_paper_folds(cfg, y: pd.Series, split: pd.Series, names: dict) -> list[
     return problems
 
 
-def _sites(cfg, cohort) -> pd.Series | None:
-    """The cases' sites when ``data.site_column`` names a cohort column."""
-    column = OmegaConf.select(cfg, "data.site_column", default=None)
-    if not column or column not in cohort.table.columns:
-        return None
-    return cohort.table[column].astype(str).str.strip()
-
-
-def check_search_folds(cfg, y: pd.Series, names: dict, task: str, sites=None) -> list[Problem]:
-    """Class counts of the nested search: outer folds on all cases (by site: both classes in
-    each held-out site, ``search.inner_folds`` per class in its training sites), inner folds in
-    each outer training fold, LASSO's CV in each inner training fold (and the final study on all
-    cases)."""
+def check_search_folds(cfg, y: pd.Series, names: dict, task: str, table=None) -> list[Problem]:
+    """Class counts of the nested search: outer folds on all cases (by site: each held-out site
+    and its training sites, :func:`~her2study.search.outer.site_fold_problems`), inner folds in
+    each outer training fold, LASSO's CV in each inner training fold (and the final study)."""
     n, cls = _smallest(y, names)
     lasso = int(cfg.selection.lasso_cv)
     if task == "export" or cfg.get("search") is None:
@@ -366,11 +357,7 @@ def check_search_folds(cfg, y: pd.Series, names: dict, task: str, sites=None) ->
     from her2study.search.outer import outer_method, site_fold_problems
 
     if outer_method(cfg) != "stratified":
-        try:
-            found = site_fold_problems(cfg, y, sites, names)
-        except ConfigError as exc:  # no site column, unknown or too few sites
-            return [_problem(str(exc), "")]
-        return [_problem(message, fix) for message, fix in found]
+        return [_problem(*found) for found in site_fold_problems(cfg, y, table, names)]
     s = cfg.search
     outer, inner = int(s.outer_folds), int(s.inner_folds)
     if n < outer:

@@ -17,7 +17,7 @@ from conftest import compose_config, run_cli
 
 from her2study.errors import ConfigError
 from her2study.search import Design, InnerCV, nested_search, open_storage
-from her2study.search.candidate import build_pipeline, candidate_from_params
+from her2study.search.candidate import build_pipeline, candidate_from_params, permuted_design
 from her2study.search.outer import outer_folds, site_fold_problems
 from her2study.selection.robustness import perturbed_column
 
@@ -241,3 +241,30 @@ def test_search_by_site_end_to_end_on_three_synthetic_devices(tmp_path):
     assert est["estimate_kind"] == "nested leave-one-site-out" and "estimate_kind" in est["kinds"]
     html = (out / "report.html").read_text()
     assert "nested leave-one-site-out" in html and "Per site (AUC, calibration" in html
+
+
+def test_labels_are_permuted_within_each_site():
+    design = device_design()
+    y = design.y.copy()
+    y[(design.sites == "A").to_numpy() & (np.arange(len(y)) % 3 == 0)] = 1  # A: more positives
+    design = design.__class__(**{**design.__dict__, "y": y})
+    perm = permuted_design(design, 0, 0).y
+    assert not perm.equals(y)
+    pd.testing.assert_series_equal(perm.groupby(design.sites).sum(), y.groupby(design.sites).sum())
+
+
+def test_preflight_counts_classes_per_held_out_site():
+    from her2study.preflight import check_search_folds
+
+    cfg = compose_config(*SEARCH, *BY_SITE, "search.inner_folds=3")
+    design = device_design()
+    table = pd.DataFrame({"device": design.sites})
+    names = {0: "neg", 1: "pos"}
+    assert check_search_folds(cfg, design.y, names, "search", table) == []
+    y = design.y.copy()
+    y[design.sites == "C"] = 0
+    problems = check_search_folds(cfg, y, names, "search", table)
+    assert [p.message for p in problems] == ["held-out site C has 0 case(s) of class pos"]
+    assert "split.test_sites" in problems[0].fix
+    gone = check_search_folds(cfg, y, names, "search", table.rename(columns={"device": "x"}))
+    assert "data.site_column='device' is not a cohort column" in gone[0].message
