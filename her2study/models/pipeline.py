@@ -18,6 +18,7 @@ from sklearn.svm import SVC
 from sklearn.utils import ClassifierTags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from her2study.choices import ICCKind
 from her2study.errors import ConfigError
 from her2study.models._base import _expit, _LogOddsClassifierMixin  # noqa: F401
 from her2study.selection import (
@@ -237,6 +238,7 @@ def _site_steps(sel: dict, sites, covariates, passthrough, label_column) -> list
     threshold = sel.get("robustness_threshold")
     if threshold is not None:
         kind = str(sel.get("robustness_kind") or "ICC(2,1)")
+        kind = ICCKind[kind].value if kind in ICCKind.__members__ else kind  # name or value
         steps.append(("robust", RobustnessFilter(threshold=float(threshold), kind=kind)))
     if sel.get("harmonise") is None:
         return steps

@@ -434,7 +434,17 @@ def space_regions(dims: list[Dim], defaults: dict) -> list[tuple]:
 
 
 def permuted_design(design: Design, seed: int, k: int) -> Design:
-    """The design with its labels permuted (plain permutation, seeded by ``seed`` and ``k``)."""
+    """The design with its labels permuted, seeded by ``seed`` and ``k``: a plain permutation,
+    or within each site when the design has sites (each site keeps its class counts, so every
+    held-out site of an outer loop by site still has both classes, and a site-label association
+    is part of the null, not of the signal tested)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 104_729, int(k)]))
-    y = pd.Series(rng.permutation(design.y.to_numpy()), index=design.y.index, name=design.y.name)
+    values = design.y.to_numpy().copy()
+    if design.sites is None:
+        values = rng.permutation(values)
+    else:
+        for site in sorted(set(design.sites)):
+            at = np.flatnonzero((design.sites == site).to_numpy())
+            values[at] = rng.permutation(values[at])
+    y = pd.Series(values, index=design.y.index, name=design.y.name)
     return dataclasses.replace(design, y=y)

@@ -52,7 +52,8 @@ KINDS = {
     "refitted, scored once on the outer test fold), mean over outer folds, Nadeau-Bengio "
     "interval; the regions got unequal trial budgets",
     "permutation_p": "permutation test of the whole nested procedure: (1 + #{permuted "
-    "mean_outer_auc >= observed}) / (1 + permutations)",
+    "mean_outer_auc >= observed}) / (1 + permutations); labels permuted within each site when "
+    "data.site_column is set",
 }
 
 

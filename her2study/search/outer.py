@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from her2study.errors import ConfigError
-from her2study.split import site_split, site_splits
+from her2study.split import site_split, site_splits, site_values
 
 SITE_METHODS = ("leave_one_site_out", "site")
 
@@ -62,13 +62,22 @@ def site_test_sets(cfg, sites: pd.Series | None) -> dict[str, pd.Series]:
     return {",".join(sorted(set(sites[split == "test"]))): split}
 
 
-def site_fold_problems(cfg, y: pd.Series, sites: pd.Series, names: dict) -> list[tuple]:
+def site_fold_problems(cfg, y: pd.Series, sites, names: dict) -> list[tuple]:
     """(message, fix) of every outer fold by site whose classes cannot give the estimate: a
     held-out site needs both classes (its AUC), its training sites ``search.inner_folds`` cases
-    of each class (the inner CV). Made before any work (:mod:`her2study.preflight`)."""
+    of each class (the inner CV); also a missing site column or too few sites. ``sites``: the
+    cases' sites, or the cohort table (its ``data.site_column``). Made before any work
+    (:mod:`her2study.preflight`)."""
     inner = int(cfg.search.inner_folds)
     out = []
-    for held, split in site_test_sets(cfg, sites).items():
+    try:
+        if isinstance(sites, pd.DataFrame):
+            sites = site_values(sites, cfg.data.get("site_column"), str(cfg.split.method))
+        tests = site_test_sets(cfg, sites)
+    except ConfigError as exc:
+        message, _, fix = str(exc).partition(" -> fix: ")
+        return [(message, fix)]
+    for held, split in tests.items():
         for part, need in (("test", 1), ("train", inner)):
             counts = y[split.loc[y.index] == part].value_counts()
             for cls in (0, 1):
@@ -109,7 +118,8 @@ def outer_folds(cfg, y: pd.Series, sites: pd.Series | None, seed: int) -> list[O
         ]
     problems = site_fold_problems(cfg, y, sites, {})
     if problems:
-        raise ConfigError(f"{problems[0][0]} -> fix: {problems[0][1]}")
+        message, fix = problems[0]
+        raise ConfigError(f"{message} -> fix: {fix}" if fix else message)
     folds = []
     for k, (held, split) in enumerate(site_test_sets(cfg, sites).items()):
         where = split.loc[y.index].to_numpy()
