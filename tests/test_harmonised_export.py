@@ -113,15 +113,21 @@ def _strings(obj, seen=None) -> set[str]:
     return set()
 
 
-def _fitted(X, y, dev, cov=None, train=None, k=2):
-    """A study's pipeline (robustness filter, ComBat by case-id lookup, the signature) fitted on
-    the ``train`` rows; the features with their perturbed partners for every case."""
+def _perturbed(X, k=2):
+    """The features with ``k`` perturbed partners each: odd features move with the contour."""
     rng = np.random.default_rng(1)
     Xp = X.copy()
     for kk in range(1, k + 1):
         for j, c in enumerate(X.columns):
-            noise = 0.05 if j % 2 == 0 else 2.0  # odd features move with the contour
+            noise = 0.05 if j % 2 == 0 else 2.0
             Xp[perturbed_column(kk, c)] = X[c] + rng.normal(0, noise, len(X))
+    return Xp
+
+
+def _fitted(X, y, dev, cov=None, train=None, k=2):
+    """A study's pipeline (robustness filter, ComBat by case-id lookup, the signature) fitted on
+    the ``train`` rows; the features with their perturbed partners for every case."""
+    Xp = _perturbed(X, k)
     steps = [
         ("robust", RobustnessFilter(threshold=0.9)),
         ("harmonise", ComBatHarmoniser(batch=dev, covariates=cov, unseen="reference")),
@@ -423,3 +429,37 @@ def test_predict_from_a_features_table_needs_the_device_and_refuses_what_the_mod
     with pytest.raises(ConfigError, match=r"\['Z'\].*selection.harmonise_unseen=error"):
         run(tmp_path / "new.csv", strict_folder, "q")
     assert not (tmp_path / "outputs" / "q" / "predictions.csv").exists()  # refused before work
+
+
+def test_task_export_fits_a_harmonised_robust_candidate_and_stores_it_portable(tmp_path, compose):
+    """What task=export does with a searched configuration that harmonises and filters by
+    robustness (the search carries both): fitted with the design's sites as ComBat's side input,
+    stored without the lookups and the perturbed columns, predicting as the fitted pipeline."""
+    from her2study.search import Design, candidate_from_config
+    from her2study.tasks.export import fit_candidate
+
+    X, y, dev, _ = cohort(n=90)
+    Xp = _perturbed(X)
+    design = Design.from_tables(Xp, y, None, sites=dev)
+    cfg = compose(
+        "task=export",
+        "search.export_source=config",
+        "selection.harmonise=combat",
+        "selection.robustness_threshold=0.9",
+        "region.ring_widths_mm=[]",
+        "selection.lasso_cv=3",
+        "selection.mw_alpha=0.5",
+    )
+    cand = candidate_from_config(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe, metrics, _ = fit_candidate(cand, design, 0, 3)
+    assert [n for n, _ in pipe.steps][:2] == ["robust", "harmonise"]
+    stored, inputs = portable_pipeline(pipe, design.columns(cand), site_column="device")
+    model, card = load_model(save_model(tmp_path / "m", stored, {**inputs, "extraction": {}}, 0.5))
+    assert card["columns"] == [c for i, c in enumerate(X.columns) if i % 2 == 0]
+    given = X[card["columns"]].assign(device=dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pipe.predict_proba(Xp[design.columns(cand)])[:, 1]
+    np.testing.assert_allclose(model.predict(given)["probability"], expected, atol=1e-12)
