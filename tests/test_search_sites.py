@@ -119,11 +119,11 @@ def test_combat_in_the_outer_refit_and_the_inner_cv_learns_from_training_rows_on
         return model
 
     own, everyone = combat(train), combat(design.X.index)
-    for attr in ("_grand_mean", "_gamma_star", "_delta_star"):
+    for attr in ("_grand_mean", "_gamma_star", "_delta_star"):  # the step keeps them as arrays
         np.testing.assert_allclose(
-            np.asarray(getattr(step.model_, attr)), np.asarray(getattr(own, attr))
+            np.asarray(getattr(step, attr[1:] + "_")), np.asarray(getattr(own, attr))
         )
-    assert not np.allclose(np.asarray(step.model_._grand_mean), np.asarray(everyone._grand_mean))
+    assert not np.allclose(step.grand_mean_, np.asarray(everyone._grand_mean))
     # the inner CV: stratified within the training sites, ComBat refitted in each inner fold;
     # the memoised prefixes give what whole pipelines refitted per fold give
     inner = InnerCV(design, train, 3, seed, reuse=True)
