@@ -170,6 +170,7 @@ def test_an_exported_harmonised_robust_signature_predicts_as_in_memory_without_c
                 assert b"MRN-" not in blob, path
 
     model, card = load_model(folder)
+    assert card["robustness"]["by_region"][0]["n_kept"] == len(kept)  # a number, not text
     new = X.index[90:]  # new cases: only the kept columns, their device and age
     given = X.loc[new, kept].assign(device=dev.loc[new], age=cov.loc[new, "age"])
     with warnings.catch_warnings():
@@ -274,6 +275,11 @@ def test_paper_logs_harmonised_robust_models_that_predict_new_devices_as_in_memo
     assert card["site_column"] == "device" and card["covariate_columns"] == ["age"]
     assert card["harmonise"]["devices"] == ["A", "B", "C"]
     assert card["robustness"]["n_perturbations"] == 2
+    by_region = {r["region"]: r for r in card["robustness"]["by_region"]}
+    assert set(by_region) == {"intra", "peri1mm"}
+    assert all(
+        isinstance(r["n_kept"], int) and r["n_kept"] <= r["n_features"] for r in by_region.values()
+    )
     assert not any(c.startswith("perturb") for c in card["columns"])  # the original columns only
     assert card["extraction"]["regions"] == ["intra", "peri1mm"]
 

@@ -46,7 +46,10 @@ def portable_pipeline(pipeline, columns, site_column: str | None = None) -> tupl
                 "icc_kind": str(step.kind),
                 "n_perturbations": int(step.n_perturbations_),
                 "fitted_on": "the training rows of the fit (ICC across contour perturbations)",
-                "by_region": robustness_by_region(step).to_dict(orient="records"),
+                "by_region": [
+                    {k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+                    for row in robustness_by_region(step).to_dict(orient="records")
+                ],  # plain numbers (the card is JSON)
                 "at_prediction": "a column mask: the kept original features only",
             }
             continue
