@@ -268,3 +268,29 @@ def test_preflight_counts_classes_per_held_out_site():
     assert "split.test_sites" in problems[0].fix
     gone = check_search_folds(cfg, y, names, "search", table.rename(columns={"device": "x"}))
     assert "data.site_column='device' is not a cohort column" in gone[0].message
+
+
+@pytest.mark.parametrize(
+    "over, words",
+    [
+        (["split.method=leave_one_site_out"], "needs data.site_column"),
+        (["selection.harmonise=combat"], "needs each case's device or site"),
+        (
+            ["data.site_column=device", "selection.harmonise=combat"]
+            + ["selection.harmonise_covariates=[label]"],
+            "must not hold the label",
+        ),
+        (
+            ["data.site_column=device", "selection.harmonise=combat"]
+            + ["selection.harmonise_covariates=[bmi]"],
+            "data.clinical_columns",
+        ),
+    ],
+)
+def test_a_site_config_error_is_refused_before_any_work(tmp_path, monkeypatch, over, words):
+    from her2study.tasks.search import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=words):
+        run(compose_config("+exp=search", *SEARCH, f"cache_dir={tmp_path / 'cache'}", *over))
+    assert not (tmp_path / "cache").exists()  # no cohort written, nothing extracted

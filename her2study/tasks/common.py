@@ -343,23 +343,18 @@ def clinical_columns(cfg) -> list[str]:
     return list(cols) if cols is not None else list(cfg.data.clinical_columns)
 
 
-def load_design(cfg):
-    """The cohort's features (+ clinical columns) and labels as the search's ``Design``; with
-    ``data.site_column`` each case's site (outer folds by site, ComBat's batch), with
-    ``selection.harmonise_covariates`` ComBat's covariates, with
-    ``selection.robustness_threshold`` the perturbed masks' features (the filter's input)."""
-    from her2study.cohort.source import describe_source
-    from her2study.search import Design
-    from her2study.split import check_site_config, site_values
+def check_design_config(cfg) -> None:
+    """What the config alone says about the site column, the split by site and ComBat's
+    covariates (clinical columns, never the label): before any run opens or any work."""
+    from her2study.split import check_site_config
 
-    site_column = cfg.data.get("site_column")
-    check_site_config(cfg.split, site_column, cfg.selection.get("harmonise"))
-    if cfg.selection.get("harmonise") is not None:  # covariates: clinical columns, never the label
+    check_site_config(cfg.split, cfg.data.get("site_column"), cfg.selection.get("harmonise"))
+    if cfg.selection.get("harmonise") is not None:
         import pandas as pd
 
         from her2study.models import pipeline_from_config
 
-        pipeline_from_config(
+        pipeline_from_config(  # the factory's own checks, on a stand-in of the clinical columns
             cfg.selection,
             cfg.model,
             int(cfg.seed),
@@ -367,6 +362,19 @@ def load_design(cfg):
             covariates=pd.DataFrame(columns=[*clinical_columns(cfg), *cfg.data.clinical_columns]),
             label_column=str(cfg.data.label_column),
         )
+
+
+def load_design(cfg):
+    """The cohort's features (+ clinical columns) and labels as the search's ``Design``; with
+    ``data.site_column`` each case's site (outer folds by site, ComBat's batch), with
+    ``selection.harmonise_covariates`` ComBat's covariates, with
+    ``selection.robustness_threshold`` the perturbed masks' features (the filter's input)."""
+    from her2study.cohort.source import describe_source
+    from her2study.search import Design
+    from her2study.split import site_values
+
+    check_design_config(cfg)
+    site_column = cfg.data.get("site_column")
     cohort, fs = cohort_and_features(cfg)
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None

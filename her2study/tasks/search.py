@@ -33,6 +33,7 @@ from her2study.search import (
     storage_url,
 )
 from her2study.tasks.common import (
+    check_design_config,
     final_paths,
     load_design,
     log_run_config,
@@ -64,6 +65,7 @@ def run(cfg) -> float:
     # before the run opens, so a config error leaves no MLflow run; the data checks follow in
     # load_design (her2study.preflight), inside the run, before any extraction
     raise_config_problems(cfg)
+    check_design_config(cfg)  # site column, split by site, ComBat's covariates
     with open_run(cfg, "search", f"search {cfg.study}", optuna_storage=url) as tracker:
         design, cohort = load_design(cfg)
         out = output_dir(cfg)
