@@ -90,6 +90,10 @@ class SyntheticSpec:
     device_strength: float = 1.0  # scales every device's departure from device A (0 = none)
     device_label_shift: float = 0.0  # share of each class moved to one device (0 = balanced;
     # > 0 confounds device and label: label 1 to device A, label 0 to the last device)
+    # --- planted contour-sensitive rim (off by default: 0 keeps the cohort bit-identical) ---
+    rim_strength_db: float = 0.0  # label-1 cases: a bright rim of this many dB (x a per-case
+    # factor) on reader 1's contour, inside the mask (cohort/contour.py; data=contour_phantom)
+    rim_width_mm: float = 0.2  # the rim's width inside the drawn contour, mm
 
 
 @dataclass

@@ -149,7 +149,7 @@ def check_data(cfg, cohort, table: pd.DataFrame | None) -> list[Problem]:
             problems += check_paper_folds(cfg, y, split, names)
         problems += _check_signatures(cfg, cohort, table, file)
     else:
-        problems += check_search_folds(cfg, y, names, task)
+        problems += check_search_folds(cfg, y, names, task, cohort.table)
         if cfg.get("search") is not None and task == "search":
             problems += adapt_search_space(cfg, cohort, table)
     return problems

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.pipeline import Pipeline
 
 from her2study.errors import ConfigError
 from her2study.evaluation import auc_delong
@@ -205,7 +204,7 @@ def fit_signatures(
             for c in features.columns
             if column_region(c) in regions and not _excluded(c, outside, cfg)
         ]
-        if {c.split("_", 1)[0] for c in cols} != set(regions):
+        if {column_region(c) for c in cols} != set(regions):
             cols = []  # a tumour + ring signature needs both regions (not the tumour's alone)
         if not cols:  # said once, before the work (planned_signatures, her2study.preflight)
             log.debug("signature %s: no feature columns for regions %s; skipped", name, regions)
@@ -256,45 +255,18 @@ def fit_signatures(
 
 
 def signature_pipeline(cfg, sites=None, covariates=None):
-    """The configured radiomics pipeline (unfitted); with ``selection.harmonise=combat`` a
-    ComBat step across ``sites`` (fitted on each fit's training rows) comes first."""
-    from her2study.models.harmonise import ComBatHarmoniser
-    from her2study.selection.robustness import RobustnessFilter
-
-    pipe = pipeline_from_config(cfg.selection, cfg.model, int(cfg.seed))
-    sel = cfg.selection
-    threshold = getattr(sel, "robustness_threshold", None)
-    if threshold is not None:  # first: it needs the perturbed columns, which it then drops
-        robust = RobustnessFilter(threshold=float(threshold), kind=str(sel.robustness_kind))
-        pipe = Pipeline([("robust", robust), *pipe.steps])
-    if getattr(sel, "harmonise", None) is None:
-        return pipe
-    if sites is None:
-        raise ConfigError(
-            "selection.harmonise=combat needs each case's device or site -> fix: set "
-            "data.site_column (e.g. data.site_column=device)"
-        )
-    names = list(sel.harmonise_covariates or [])
-    if cfg.data.label_column in names:
-        raise ConfigError(
-            f"selection.harmonise_covariates must not hold the label ({cfg.data.label_column}): "
-            "it is unknown when a new case is predicted, and protecting it on all cases leaks"
-        )
-    cov = None
-    if names:
-        missing = [c for c in names if covariates is None or c not in covariates.columns]
-        if missing:
-            raise ConfigError(
-                f"selection.harmonise_covariates {missing} are not clinical columns -> fix: "
-                "add them to data.clinical_columns"
-            )
-        cov = covariates[names]
-    discrete = [c for c in (sel.harmonise_discrete or []) if c in names]
-    step = ComBatHarmoniser(
-        batch=sites, covariates=cov, discrete=discrete, unseen=str(sel.harmonise_unseen)
+    """The configured radiomics pipeline (unfitted), from the one factory
+    (:func:`~her2study.models.pipeline_from_config`): with ``selection.robustness_threshold`` a
+    contour-robustness filter and with ``selection.harmonise=combat`` a ComBat step across
+    ``sites`` (each fitted on each fit's training rows) come first."""
+    return pipeline_from_config(
+        cfg.selection,
+        cfg.model,
+        int(cfg.seed),
+        sites=sites,
+        covariates=covariates,
+        label_column=str(cfg.data.label_column),
     )
-    at = 1 if threshold is not None else 0  # after the robustness filter (raw features' ICC)
-    return Pipeline([*pipe.steps[:at], ("harmonise", step), *pipe.steps[at:]])
 
 
 def signature_groups(cfg, ring_widths_mm, bands_mm=()) -> dict[str, tuple[str, list[str]]]:

@@ -161,7 +161,7 @@ def test_selection_harmonise_puts_combat_first_in_every_radiomics_pipeline(compo
     step = intra.model.named_steps["harmonise"]
     assert intra.model.steps[0][0] == "harmonise" and list(step.covariates.columns) == ["age"]
     assert set(step.batches_) == {"A", "B", "C"}
-    assert len(step.reference_) == (split == "train").sum()  # fitted on training rows only
+    assert step.reference_n_ == (split == "train").sum()  # fitted on training rows only
     with pytest.raises(ConfigError, match="data.site_column"):
         signature_pipeline(cfg, None, clinical)
     bad = compose(

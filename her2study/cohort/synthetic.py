@@ -54,6 +54,9 @@ cohort whose right margin answer is "a region reaching the band", to test that a
 comparison finds it. It is the same generator with other spec values, so the default cohort is
 untouched.
 
+A third, the **contour phantom** (``data=contour_phantom``, :mod:`her2study.cohort.contour`), adds
+a planted contour-sensitive rim on the drawn contour (off by default: the cohort as before).
+
 What each case draws (lesion geometry, tissue, noise fields, clinical covariates) is in
 :mod:`her2study.cohort.phantom`; this module labels the cohort, assembles and writes the cases.
 """
@@ -75,6 +78,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from her2study.cohort.contour import RIM_FIELDS, add_contour_rim, rim_level_db, rim_on
 from her2study.cohort.phantom import (
     _REQUIRED_MARGIN_MM,
     PAPER_N,
@@ -293,6 +297,8 @@ def synthesize_case(
     top_db = 17.0  # display: glandular tissue (mean -2.5 dB in log domain) near grey 155
     gray = 255.0 * (20 * np.log10(env + 1e-12) - (top_db - spec.dynamic_range_db))
     gray /= spec.dynamic_range_db
+    rim_db = rim_level_db(spec, label, _spare)  # a planted rim on the drawn contour (default off)
+    gray = add_contour_rim(gray, masks[0], spacing, rim_db, spec)
     image = np.clip(np.round(gray), 1, 255).astype(np.uint8)  # 0 is kept for "outside the FOV"
 
     truth = {
@@ -307,6 +313,8 @@ def synthesize_case(
     }
     if device is not None:
         truth["device"] = device.name
+    if rim_on(spec):
+        truth["rim_db"] = rim_db
     return {
         "case_id": case_id_of(index),
         "index": index,
@@ -360,13 +368,13 @@ def _with_devices(df: pd.DataFrame, spec: SyntheticSpec) -> pd.DataFrame:
 
 
 def spec_fields(spec: SyntheticSpec) -> dict:
-    """The spec as a dict, without the device fields when devices are off: the record (and so the
-    cached cohort's folder and ``spec.json``) of a device-free spec stays what it was before
-    devices existed."""
+    """The spec as a dict, without the device (rim) fields when devices (the rim) are off: the
+    record (and so the cached cohort's folder and ``spec.json``) of a spec without them stays
+    what it was before they existed."""
     record = dataclasses.asdict(spec)
     if not spec.devices:
         record = {k: v for k, v in record.items() if not k.startswith("device")}
-    return record
+    return record if rim_on(spec) else {k: v for k, v in record.items() if k not in RIM_FIELDS}
 
 
 def _spec_record(spec: SyntheticSpec) -> dict:
@@ -388,6 +396,8 @@ def _validate(spec: SyntheticSpec) -> None:
     device_profiles(spec)  # at most as many devices as profiles
     if not 0 <= spec.device_label_shift <= 1:
         raise ValueError("device_label_shift must be within 0..1")
+    if rim_on(spec) and not spec.rim_width_mm > 0:
+        raise ValueError("rim_width_mm must be positive")
 
 
 def _is_complete(out_dir: Path, record: dict) -> bool:

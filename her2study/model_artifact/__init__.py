@@ -13,8 +13,17 @@ the MLflow store) and read by ``task=predict`` (:func:`load_model`). The folder:
       input_example.json, serving_input_example.json   one row of zeros (never a patient)
       requirements.txt, python_env.yaml, conda.yaml
 
+A study's signature is stored as :func:`portable_pipeline` makes it: a fitted contour-robustness
+filter becomes the column mask it is (the card's ``columns`` are the original features it kept;
+no perturbed masks at prediction time), and a ComBat step its portable copy holding per-device
+statistics only (no case id, no row, no covariate value) that reads each case's device from the
+card's ``site_column`` (and the protected covariates from ``covariate_columns``); the card says
+which devices it was fitted on and what it does with another (``harmonise``). Saving refuses a
+pipeline that still holds a study's case-id lookups.
+
 Its :class:`Her2StudyModel` (an :class:`mlflow.pyfunc.PythonModel`) returns, for a DataFrame of
-the card's columns, a DataFrame with ``probability`` (P(label = 1)) and ``predicted_class``
+the card's columns (and its device and covariate columns, :func:`model_inputs`), a DataFrame
+with ``probability`` (P(label = 1)) and ``predicted_class``
 (probability >= the exported threshold; a ``threshold`` param overrides it), whether it is called
 in Python, through ``mlflow.pyfunc.load_model`` or by ``mlflow models serve -m model
 --env-manager local``.
@@ -30,6 +39,7 @@ models only from trusted sources, as with any MLflow model.
 """
 
 from her2study.model_artifact._format import FORMAT_VERSION, ModelArtifactError
+from her2study.model_artifact.portable import model_inputs, portable_pipeline
 from her2study.model_artifact.pyfunc import Her2StudyModel
 from her2study.model_artifact.reading import check_model_folder, describe, load_model
 from her2study.model_artifact.trusted import load_pipeline
@@ -44,6 +54,8 @@ __all__ = [
     "load_model",
     "load_pipeline",
     "log_model",
+    "model_inputs",
+    "portable_pipeline",
     "requirements",
     "save_model",
 ]

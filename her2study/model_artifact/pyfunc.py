@@ -14,6 +14,7 @@ from her2study.model_artifact._format import (
     PIPELINE,
     ModelArtifactError,
 )
+from her2study.model_artifact.portable import model_inputs
 from her2study.model_artifact.trusted import load_pipeline
 
 
@@ -65,12 +66,25 @@ class Her2StudyModel(PythonModel):
         )
 
     def _design(self, model_input) -> pd.DataFrame:
+        """The model's input columns: features and covariates as floats, the device (when the
+        model harmonises) as text."""
         X = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        columns = self.columns
-        missing = [c for c in columns if c not in X.columns]
+        inputs = model_inputs(self.card)
+        missing = [c for c in inputs if c not in X.columns]
+        site = self.card.get("site_column")
+        if site in missing:
+            raise ModelArtifactError(
+                f"the model harmonises features across devices and needs each case's device "
+                f"in a column '{site}' (training devices: "
+                f"{', '.join(self.card['harmonise']['devices'])})"
+            )
         if missing:
             raise ModelArtifactError(
-                f"{len(missing)} of the model's {len(columns)} input column(s) missing, e.g. "
+                f"{len(missing)} of the model's {len(inputs)} input column(s) missing, e.g. "
                 f"{missing[:3]}"
             )
-        return X[columns].astype(np.float64)
+        numeric = [c for c in inputs if c != site]
+        out = X[numeric].astype(np.float64)
+        if site:
+            out[site] = X[site].astype(str).str.strip()
+        return out[inputs]

@@ -216,7 +216,14 @@ def load_model(uri: str | Path, tracking_uri: str | None = None) -> tuple[Her2St
 
 def describe(card: dict[str, Any]) -> str:
     """One line about a model card (for logs)."""
+    harmonise = card.get("harmonise") or {}
     return (
         f"her2study {card.get('her2study_version')} model: {len(card['columns'])} columns, "
         f"threshold {float(card['threshold']):.4f}, estimate: {card.get('estimate_kind')}"
+        + (
+            f"; ComBat across devices {', '.join(map(str, harmonise.get('devices', [])))} "
+            f"(column '{card.get('site_column')}', unseen devices: {harmonise.get('unseen')})"
+            if harmonise
+            else ""
+        )
     )

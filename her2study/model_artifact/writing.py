@@ -25,6 +25,7 @@ from her2study.model_artifact._format import (
     REQUIRED_CARD_KEYS,
     ModelArtifactError,
 )
+from her2study.model_artifact.portable import model_inputs
 from her2study.model_artifact.reading import _check_mlmodel, quiet_downloads
 from her2study.model_artifact.trusted import _dump_pipeline
 
@@ -41,6 +42,31 @@ def requirements() -> list[str]:
         except PackageNotFoundError:
             continue
     return reqs
+
+
+def _input_example(card: dict) -> pd.DataFrame:
+    """One row of zeros (never a patient's values); the first training device, if any."""
+    inputs = model_inputs(card)
+    example = pd.DataFrame(np.zeros((1, len(inputs))), columns=inputs)
+    if card.get("site_column"):
+        example[card["site_column"]] = str(card["harmonise"]["devices"][0])
+    return example
+
+
+def _check_portable(pipeline) -> None:
+    """Refuse a pipeline holding a study's case-id lookups or needing perturbed features."""
+    from her2study.models.harmonise import ComBatHarmoniser
+    from her2study.selection.robustness import RobustnessFilter
+
+    for _, step in getattr(pipeline, "steps", []):
+        lookup = isinstance(step, ComBatHarmoniser) and (
+            step.site_column is None or step.batch is not None or step.covariates is not None
+        )
+        if lookup or isinstance(step, RobustnessFilter):
+            raise ValueError(
+                f"{type(step).__name__} as fitted in a study cannot be stored (case-id lookups "
+                "or perturbed features): pass the pipeline through portable_pipeline first"
+            )
 
 
 def _full_card(card: dict, threshold: float) -> dict:
@@ -62,12 +88,15 @@ def _full_card(card: dict, threshold: float) -> dict:
     return json.loads(json.dumps(full, default=str))  # plain JSON values only
 
 
-def _schema(columns: list[str], threshold: float):
+def _schema(card: dict, threshold: float):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    site = card.get("site_column")
     return ModelSignature(
-        inputs=Schema([ColSpec("double", c) for c in columns]),
+        inputs=Schema(
+            [ColSpec("string" if c == site else "double", c) for c in model_inputs(card)]
+        ),
         outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "predicted_class")]),
         params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
     )
@@ -78,19 +107,19 @@ def _staged(pipeline, card: dict, threshold: float, pip_requirements) -> Iterato
     """The keyword arguments of ``mlflow.pyfunc.save_model`` / ``Model.log``, files in a temp
     folder for the duration."""
     card = _full_card(card, threshold)
+    _check_portable(pipeline)
     with tempfile.TemporaryDirectory(prefix="her2study-model-") as tmp:
         tmp = Path(tmp)
         _dump_pipeline(pipeline, tmp / "pipeline.skops")
         (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (tmp / CODE_FILE).write_text(CODE_TEXT, encoding="utf-8")
-        columns = list(card["columns"])
         yield {
             "python_model": str(tmp / CODE_FILE),
             "artifacts": {PIPELINE: str(tmp / "pipeline.skops"), CARD: str(tmp / "card.json")},
             "code_paths": [str(Path(__file__).resolve().parents[1])],  # the her2study package
-            "signature": _schema(columns, card["threshold"]),
+            "signature": _schema(card, card["threshold"]),
             # synthetic: names and dtypes only, never a patient's values
-            "input_example": pd.DataFrame(np.zeros((1, len(columns))), columns=columns),
+            "input_example": _input_example(card),
             "pip_requirements": list(pip_requirements or requirements()),
             "metadata": {
                 MARKER: {

@@ -1,5 +1,6 @@
-"""The radiomics signature: one pipeline factory (scaling, correlation and Mann-Whitney filters,
-LASSO, a classifier) from the typed selection and model config; rad-scores and coefficients."""
+"""The radiomics signature: one pipeline factory (contour-robustness filter and ComBat across
+sites when configured, scaling, correlation and Mann-Whitney filters, LASSO, a classifier) from
+the typed selection and model config; rad-scores and coefficients."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from sklearn.svm import SVC
 from sklearn.utils import ClassifierTags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from her2study.choices import ICCKind
+from her2study.errors import ConfigError
 from her2study.models._base import _expit, _LogOddsClassifierMixin  # noqa: F401
 from her2study.selection import (
     CorrelationFilter,
@@ -156,7 +159,17 @@ def make_radiomics_pipeline(
     return Pipeline(steps)
 
 
-def make_pipeline(selection, model, model_params=None, seed=0) -> Pipeline:
+def make_pipeline(
+    selection,
+    model,
+    model_params=None,
+    seed=0,
+    *,
+    sites=None,
+    covariates=None,
+    passthrough=(),
+    label_column=None,
+) -> Pipeline:
     """The one radiomics pipeline factory, used by every task (paper, search, export, predict).
 
     Parameters
@@ -165,13 +178,27 @@ def make_pipeline(selection, model, model_params=None, seed=0) -> Pipeline:
         The ``selection`` config (or any mapping with its keys): ``corr_threshold``,
         ``corr_method``, ``corr_rule``, ``mw_alpha``, ``mw_correction``, ``lasso_rule``,
         ``lasso_cv``, ``lasso_scoring``, ``lasso_n_lambdas``, ``max_features``; missing keys take
-        the steps' defaults.
+        the steps' defaults. With ``robustness_threshold`` (and ``robustness_kind``) a ``robust``
+        step comes first (:class:`~her2study.selection.robustness.RobustnessFilter`: it needs the
+        ``perturb<k>__*`` columns, which it drops); with ``harmonise=combat`` (and
+        ``harmonise_covariates``, ``harmonise_discrete``, ``harmonise_unseen``) a ``harmonise``
+        step (:class:`~her2study.models.harmonise.ComBatHarmoniser`) follows it, before ``scale``.
     model : str
         A name of :data:`MODEL_FACTORIES`.
     model_params : mapping, optional
         Keyword arguments of the model's estimator.
     seed : int
         Seeds the LASSO folds and solver and the random forest.
+    sites : pandas.Series, optional
+        Device / site of every case that may be seen, indexed by case id: ComBat's batch, looked
+        up for the rows each fit sees (a side input, never a column of ``X``); needed with
+        ``harmonise``.
+    covariates : pandas.DataFrame, optional
+        Indexed by case id, holding the ``harmonise_covariates`` columns.
+    passthrough : sequence of str
+        Columns ComBat leaves unchanged (the clinical columns a search candidate adds).
+    label_column : str, optional
+        The outcome's column name, refused as a covariate.
     """
     sel = {k: _value(v) for k, v in dict(selection).items()}
     args = {
@@ -186,10 +213,71 @@ def make_pipeline(selection, model, model_params=None, seed=0) -> Pipeline:
     valid = pipe.get_params()
     extra = {step: sel[key] for key, step in _STEP_PARAMS.items() if key in sel}
     pipe.set_params(**{k: v for k, v in extra.items() if k in valid})
-    return pipe
+    first = _site_steps(sel, sites, covariates, passthrough, label_column)
+    return Pipeline([*first, *pipe.steps]) if first else pipe
 
 
-def pipeline_from_config(selection_cfg, model_cfg, seed: int) -> Pipeline:
+# the selection keys of the steps before ``scale`` (what a search candidate carries besides its
+# searched dimensions)
+SITE_STEP_KEYS = (
+    "robustness_threshold",
+    "robustness_kind",
+    "harmonise",
+    "harmonise_covariates",
+    "harmonise_discrete",
+    "harmonise_unseen",
+)
+
+
+def _site_steps(sel: dict, sites, covariates, passthrough, label_column) -> list:
+    """``robust`` (raw features' ICC across contour perturbations) then ``harmonise``."""
+    from her2study.models.harmonise import ComBatHarmoniser
+    from her2study.selection.robustness import RobustnessFilter
+
+    steps = []
+    threshold = sel.get("robustness_threshold")
+    if threshold is not None:
+        kind = str(sel.get("robustness_kind") or "ICC(2,1)")
+        kind = ICCKind[kind].value if kind in ICCKind.__members__ else kind  # name or value
+        steps.append(("robust", RobustnessFilter(threshold=float(threshold), kind=kind)))
+    if sel.get("harmonise") is None:
+        return steps
+    if sites is None:
+        raise ConfigError(
+            "selection.harmonise=combat needs each case's device or site -> fix: set "
+            "data.site_column (e.g. data.site_column=device)"
+        )
+    names = [str(c) for c in sel.get("harmonise_covariates") or []]
+    if label_column is not None and label_column in names:
+        raise ConfigError(
+            f"selection.harmonise_covariates must not hold the label ({label_column}): "
+            "it is unknown when a new case is predicted, and protecting it on all cases leaks"
+        )
+    cov = None
+    if names:
+        missing = [c for c in names if covariates is None or c not in covariates.columns]
+        if missing:
+            raise ConfigError(
+                f"selection.harmonise_covariates {missing} are not clinical columns -> fix: "
+                "add them to data.clinical_columns"
+            )
+        cov = covariates[names]
+    discrete = [c for c in (sel.get("harmonise_discrete") or []) if c in names]
+    if steps:  # ComBat looks each row's site up by case id: the filter hands on a DataFrame
+        steps[0][1].set_output(transform="pandas")
+    step = ComBatHarmoniser(
+        batch=sites,
+        covariates=cov,
+        discrete=discrete,
+        unseen=str(sel.get("harmonise_unseen") or "reference"),
+        passthrough=list(passthrough) or None,
+    )
+    return [*steps, ("harmonise", step)]
+
+
+def pipeline_from_config(
+    selection_cfg, model_cfg, seed: int, *, sites=None, covariates=None, label_column=None
+) -> Pipeline:
     """:func:`make_pipeline` from the typed ``selection`` and ``model`` configs of a run."""
     from omegaconf import OmegaConf
 
@@ -198,7 +286,15 @@ def pipeline_from_config(selection_cfg, model_cfg, seed: int) -> Pipeline:
             return OmegaConf.to_container(node, resolve=True)
         return dict(node or {})
 
-    return make_pipeline(plain(selection_cfg), model_cfg.name, plain(model_cfg.params), seed)
+    return make_pipeline(
+        plain(selection_cfg),
+        model_cfg.name,
+        plain(model_cfg.params),
+        seed,
+        sites=sites,
+        covariates=covariates,
+        label_column=label_column,
+    )
 
 
 def estimator_params(model: str) -> set[str]:

@@ -4,8 +4,10 @@ The paper chose its margins and thresholds once, on one split. Here the choice i
 cross-validated:
 
 * **Outer loop** -- repeated stratified K-fold (``search.outer_folds`` x ``search.outer_repeats``,
-  ``search.seed``). Each outer test fold is used once, to score the configuration chosen on the
-  other folds; the search never sees it.
+  ``search.seed``), or by site (``split.method=leave_one_site_out``: each site of
+  ``data.site_column`` one outer fold; ``split.method=site``: one fold; :mod:`.outer`). Each
+  outer test fold is used once, to score the configuration chosen on the other folds; the
+  search never sees it.
 * **Inner loop** -- inside each outer training fold an Optuna study (TPE by default, seeded)
   maximises the mean inner stratified K-fold AUC (``search.inner_folds``) over the space
   (``search.space``); its best trial is refitted on the whole outer training fold and scored on

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from her2study.errors import ConfigError
 from her2study.models import make_pipeline
+from her2study.models.pipeline import SITE_STEP_KEYS
 
 if TYPE_CHECKING:
     from her2study.search.space import Dim
@@ -170,8 +171,17 @@ def _short(v) -> str:
 
 
 def base_selection(cfg) -> dict:
+    """The ``selection`` keys a candidate carries: the searchable ones and, when switched on,
+    the contour-robustness filter's and ComBat's (left out when off, so that a search without
+    them keeps the studies and digests it had)."""
     sel = _plain(cfg.selection)
-    return {k: sel[k] for k in SELECTION_DIMS if k in sel}
+    out = {k: sel[k] for k in SELECTION_DIMS if k in sel}
+    on = {"robustness": sel.get("robustness_threshold") is not None}
+    on["harmonise"] = sel.get("harmonise") is not None
+    for k in SITE_STEP_KEYS:
+        if k in sel and on[k.split("_", 1)[0]]:
+            out[k] = sel[k]
+    return out
 
 
 def config_band(cfg) -> str | None:
@@ -250,21 +260,36 @@ def candidate_from_config(cfg) -> Candidate:
     )
 
 
-def build_pipeline(cand: Candidate, seed: int):
-    """The unfitted scikit-learn Pipeline of a candidate (the one factory every task uses)."""
-    return make_pipeline(cand.selection, cand.model, cand.model_params, int(seed))
+def build_pipeline(cand: Candidate, seed: int, design: Design | None = None):
+    """The unfitted scikit-learn Pipeline of a candidate (the one factory every task uses);
+    ``design`` gives ComBat's side inputs (each case's site, the covariates) and the clinical
+    columns it leaves unchanged."""
+    if design is None:
+        return make_pipeline(cand.selection, cand.model, cand.model_params, int(seed))
+    return make_pipeline(
+        cand.selection,
+        cand.model,
+        cand.model_params,
+        int(seed),
+        sites=design.sites,
+        covariates=design.covariates,
+        passthrough=design.clinical if cand.use_clinical else (),
+    )
 
 
 @dataclass
 class Design:
-    """Features (+ clinical columns) and labels the search works on."""
+    """Features (+ clinical columns) and labels the search works on; with ``data.site_column``
+    each case's site (the outer folds by site, ComBat's batch) and ComBat's covariates."""
 
     X: pd.DataFrame
     y: pd.Series
-    regions: dict[str, list[str]]  # region name (column prefix) -> columns
+    regions: dict[str, list[str]]  # region name (column prefix) -> columns (perturbed included)
     clinical: list[str]
     synthetic: bool = False
     source: str = ""
+    sites: pd.Series | None = None  # case id -> site (str); never a column of X
+    covariates: pd.DataFrame | None = None  # case id -> selection.harmonise_covariates
 
     @classmethod
     def from_tables(
@@ -275,9 +300,15 @@ class Design:
         synthetic: bool = False,
         source: str = "",
         outside_exclude=(),
+        sites: pd.Series | None = None,
+        covariates: pd.DataFrame | None = None,
     ) -> Design:
         """``outside_exclude``: feature classes left out of ring and band regions
-        (``region.ring_exclude_classes``, shape2D by default: a ring's shape is the tumour's)."""
+        (``region.ring_exclude_classes``, shape2D by default: a ring's shape is the tumour's).
+        Perturbed copies (``perturb<k>__<column>``, the contour-robustness filter's input) belong
+        to their column's region."""
+        from her2study.selection.robustness import column_region
+
         # the second reader's features (reader2__*, for the ICC) are never predictors
         features = features[[c for c in features.columns if not str(c).startswith("reader2__")]]
         if outside_exclude:
@@ -285,18 +316,25 @@ class Design:
                 [
                     c
                     for c in features.columns
-                    if str(c).split("_", 1)[0] == "intra"
+                    if column_region(str(c)) == "intra"
                     or not any(f"_{k}_" in str(c) for k in outside_exclude)
                 ]
             ]
         regions: dict[str, list[str]] = {}
         for c in features.columns:
-            regions.setdefault(str(c).split("_", 1)[0], []).append(c)
+            regions.setdefault(column_region(str(c)), []).append(c)
         clin = list(clinical.columns) if clinical is not None else []
         X = features.join(clinical) if clin else features.copy()
         X = X.loc[y.index]
         return cls(
-            X=X, y=y.astype(int), regions=regions, clinical=clin, synthetic=synthetic, source=source
+            X=X,
+            y=y.astype(int),
+            regions=regions,
+            clinical=clin,
+            synthetic=synthetic,
+            source=source,
+            sites=None if sites is None else sites.loc[y.index].astype(str),
+            covariates=None if covariates is None else covariates.loc[y.index],
         )
 
     def columns(self, cand: Candidate) -> list[str]:
@@ -396,7 +434,17 @@ def space_regions(dims: list[Dim], defaults: dict) -> list[tuple]:
 
 
 def permuted_design(design: Design, seed: int, k: int) -> Design:
-    """The design with its labels permuted (plain permutation, seeded by ``seed`` and ``k``)."""
+    """The design with its labels permuted, seeded by ``seed`` and ``k``: a plain permutation,
+    or within each site when the design has sites (each site keeps its class counts, so every
+    held-out site of an outer loop by site still has both classes, and a site-label association
+    is part of the null, not of the signal tested)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 104_729, int(k)]))
-    y = pd.Series(rng.permutation(design.y.to_numpy()), index=design.y.index, name=design.y.name)
+    values = design.y.to_numpy().copy()
+    if design.sites is None:
+        values = rng.permutation(values)
+    else:
+        for site in sorted(set(design.sites)):
+            at = np.flatnonzero((design.sites == site).to_numpy())
+            values[at] = rng.permutation(values[at])
+    y = pd.Series(values, index=design.y.index, name=design.y.name)
     return dataclasses.replace(design, y=y)

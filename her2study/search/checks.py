@@ -24,6 +24,8 @@ def data_digest(design: Design, cfg=None) -> str:
     (features + clinical), and -- when the features were extracted -- the extractor settings
     (``extractor``, and the content of ``extractor.params_file``)."""
     h = hashlib.sha256(design.digest(list(design.X.columns)).encode())
+    if design.sites is not None:  # ComBat's batches and the outer folds by site
+        h.update(json.dumps([str(v) for v in design.sites]).encode())
     if cfg is not None and str(OmegaConf.select(cfg, "data.source", default="")) != "features":
         ext = _plain(OmegaConf.select(cfg, "extractor", default=None))
         params_file = ext.get("params_file") if isinstance(ext, dict) else None

@@ -25,6 +25,11 @@ DIFFERENCE_COLUMNS = ["region", "width_mm", "reference", "auc_difference", "ci_l
 
 # what each number of the estimate is (written with it: nested_estimate.json "kinds")
 KINDS = {
+    "estimate_kind": "the outer loop: 'nested stratified K-fold' (outer test folds drawn from all "
+    "cases), 'nested leave-one-site-out' (each outer test fold is exactly one site of "
+    "data.site_column, which neither the search nor the refit saw: performance on a site never "
+    "seen) or 'nested train-on-sites test-on-sites' (one outer fold: split.train_sites -> "
+    "split.test_sites); by site, J is the number of held-out sites and n_test differs by site",
     "mean_outer_auc": "nested CV estimate: mean AUC of the J = outer_folds x outer_repeats outer "
     "test folds, each scored once by the configuration its inner search chose; estimates the "
     "performance of the whole procedure (search + fit) trained on about n_train cases",
@@ -47,7 +52,8 @@ KINDS = {
     "refitted, scored once on the outer test fold), mean over outer folds, Nadeau-Bengio "
     "interval; the regions got unequal trial budgets",
     "permutation_p": "permutation test of the whole nested procedure: (1 + #{permuted "
-    "mean_outer_auc >= observed}) / (1 + permutations)",
+    "mean_outer_auc >= observed}) / (1 + permutations); labels permuted within each site when "
+    "data.site_column is set",
 }
 
 
@@ -116,6 +122,12 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
     from her2study.evaluation.evaluate import evaluate, prefixed
 
     n_train, n_test = _fold_sizes(folds)
+    by_site = "held_out_site" in folds and folds["held_out_site"].notna().any()
+    kind = "nested stratified K-fold"
+    if by_site:
+        kind = {"leave_one_site_out": "nested leave-one-site-out"}.get(
+            str(cfg.split.method), "nested train-on-sites test-on-sites"
+        )
     nb = corrected_t_interval(folds["outer_auc"], n_train, n_test)
     naive = naive_t_interval(folds["outer_auc"])
     pooled = oof.groupby("case_id").agg(label=("label", "first"), prob=("prob", "mean"))
@@ -130,10 +142,11 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
     ]
     mean_per_repeat = [float(v) for v in folds.groupby("repeat")["outer_auc"].mean()]
     est = {
+        "estimate_kind": kind,
         "n_cases": int(len(pooled)),
         "n_outer": int(len(folds)),
-        "outer_folds": int(cfg.search.outer_folds),
-        "outer_repeats": int(cfg.search.outer_repeats),
+        "outer_folds": int(len(folds) if by_site else cfg.search.outer_folds),
+        "outer_repeats": int(1 if by_site else cfg.search.outer_repeats),
         "n_train_mean": n_train,
         "n_test_mean": n_test,
         "mean_outer_auc": nb["mean"],
@@ -156,6 +169,8 @@ def summarise(oof: pd.DataFrame, folds: pd.DataFrame, cfg) -> dict:
         "region_counts": _counts(folds["region"]) if "region" in folds else {},
         "model_counts": _counts(folds["model"]),
     }
+    if by_site:
+        est["held_out_sites"] = [str(v) for v in folds["held_out_site"]]
     return est
 
 

@@ -150,7 +150,7 @@ class InnerCV:
         seed = self.seed if seed is None else int(seed)
         cols = tuple(self.design.columns(cand))
         cols_key = (cand.region()[0], cand.use_clinical)  # region choice: its columns
-        pipe = build_pipeline(cand, seed)
+        pipe = build_pipeline(cand, seed, self.design)
         for i in range(len(self.splits)):
             if self.reuse:
                 yield self._prob_reuse(i, cols, cols_key, pipe)

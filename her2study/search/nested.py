@@ -13,11 +13,9 @@ import json
 import time
 import warnings
 
-import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import RepeatedStratifiedKFold
 
 from her2study.errors import ConfigError
 from her2study.evaluation.resampling import (
@@ -55,6 +53,7 @@ from her2study.search.estimates import (  # noqa: F401
     summarise,
 )
 from her2study.search.memo import InnerCV
+from her2study.search.outer import outer_design, outer_folds
 from her2study.search.space import parse_space, resolve, space_digest
 from her2study.search.storage import (
     FIT_ERRORS,
@@ -74,7 +73,7 @@ def _fit_predict(cand: Candidate, design: Design, tr, te, seed: int) -> tuple:
     y = design.y
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = build_pipeline(cand, seed).fit(design.X.iloc[tr][cols], y.iloc[tr])
+        pipe = build_pipeline(cand, seed, design).fit(design.X.iloc[tr][cols], y.iloc[tr])
         prob = pipe.predict_proba(design.X.iloc[te][cols])[:, 1]
     return pipe, prob
 
@@ -123,14 +122,11 @@ def _outer_loop(
     fold."""
     s = cfg.search
     y = design.y
-    outer = RepeatedStratifiedKFold(
-        n_splits=s.outer_folds, n_repeats=s.outer_repeats, random_state=seed
-    )
     rows, oof_rows, selections, region_rows, region_oof, warns = [], [], [], [], [], []
     cache_stats = {"hits": 0, "misses": 0, "fits": 0}
     idx = design.X.index
-    for j, (tr, te) in enumerate(outer.split(np.zeros(len(y)), y.to_numpy())):
-        r, k = divmod(j, s.outer_folds)
+    for fold in outer_folds(cfg, y, design.sites, seed):  # stratified, or by site
+        r, k, tr, te = fold.repeat, fold.fold, fold.train, fold.test
         name = f"{study_name}/outer{r}_{k}"
         t_fold = time.monotonic()
         sampler_seed = study_seed(seed, name, attrs["data"])
@@ -173,6 +169,7 @@ def _outer_loop(
             row = {
                 "repeat": r,
                 "fold": k,
+                "held_out_site": fold.site,
                 "study": name,
                 "n_train": len(tr),
                 "n_test": len(te),
@@ -339,17 +336,11 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
             "search.outer_folds and search.inner_folds must be >= 2, "
             "search.outer_repeats and search.n_trials >= 1"
         )
-    y = design.y
-    minority = int(min(y.sum(), len(y) - y.sum()))
-    if minority < s.outer_folds:
-        raise ConfigError(
-            f"search.outer_folds={s.outer_folds} exceeds the minority class count ({minority})"
-        )
     attrs = {
         "space": space_digest(dims),
         "cohort": design.digest(),
         "data": data_digest(design, cfg),
-        "design": f"outer {s.outer_folds}x{s.outer_repeats} inner {s.inner_folds} seed {seed}",
+        "design": outer_design(cfg, design.sites, seed),
         "selection": json.dumps(defaults, sort_keys=True, default=str),
     }
     t0 = time.monotonic()

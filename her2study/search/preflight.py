@@ -71,15 +71,20 @@ def check_search_settings(cfg, extracts: bool) -> list[Problem]:
     return problems
 
 
-def check_search_folds(cfg, y: pd.Series, names: dict, task: str) -> list[Problem]:
-    """Class counts of the nested search: outer folds on all cases, inner folds in each outer
-    training fold, LASSO's CV in each inner training fold (and the final study on all cases)."""
+def check_search_folds(cfg, y: pd.Series, names: dict, task: str, table=None) -> list[Problem]:
+    """Class counts of the nested search: outer folds on all cases (by site: each held-out site
+    and its training sites, :func:`~her2study.search.outer.site_fold_problems`), inner folds in
+    each outer training fold, LASSO's CV in each inner training fold (and the final study)."""
     n, cls = smallest_class(y, names)
     lasso = int(cfg.selection.lasso_cv)
     if task == "export" or cfg.get("search") is None:
         if n < lasso:
             return [class_size_problem("the cohort", n, cls, "selection.lasso_cv", lasso)]
         return []
+    from her2study.search.outer import outer_method, site_fold_problems
+
+    if outer_method(cfg) != "stratified":
+        return [config_problem(*found) for found in site_fold_problems(cfg, y, table, names)]
     s = cfg.search
     outer, inner = int(s.outer_folds), int(s.inner_folds)
     if n < outer:

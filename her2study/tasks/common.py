@@ -369,20 +369,45 @@ def clinical_columns(cfg) -> list[str]:
     return configured_clinical(cfg)
 
 
+def check_design_config(cfg) -> None:
+    """What the config alone says about the site column, the split by site and ComBat's
+    covariates (clinical columns, never the label): before any run opens or any work."""
+    from her2study.split import check_site_config
+
+    check_site_config(cfg.split, cfg.data.get("site_column"), cfg.selection.get("harmonise"))
+    if cfg.selection.get("harmonise") is not None:
+        import pandas as pd
+
+        from her2study.models import pipeline_from_config
+
+        pipeline_from_config(  # the factory's own checks, on a stand-in of the clinical columns
+            cfg.selection,
+            cfg.model,
+            int(cfg.seed),
+            sites=pd.Series(dtype=str),
+            covariates=pd.DataFrame(columns=[*clinical_columns(cfg), *cfg.data.clinical_columns]),
+            label_column=str(cfg.data.label_column),
+        )
+
+
 def load_design(cfg):
-    """The cohort's features (+ clinical columns) and labels as the search's ``Design``."""
+    """The cohort's features (+ clinical columns) and labels as the search's ``Design``; with
+    ``data.site_column`` each case's site (outer folds by site, ComBat's batch), with
+    ``selection.harmonise_covariates`` ComBat's covariates, with
+    ``selection.robustness_threshold`` the perturbed masks' features (the filter's input)."""
     from her2study.cohort.source import describe_source
     from her2study.search import Design
+    from her2study.split import site_values
 
-    for key in ("robustness_threshold", "harmonise"):  # the paper task's steps, not the search's
-        if cfg.selection.get(key) is not None:
-            raise ConfigError(
-                f"selection.{key} is run by task=paper only; the search's pipelines do not "
-                f"have that step yet -> fix: selection.{key}=null"
-            )
+    check_design_config(cfg)
+    site_column = cfg.data.get("site_column")
     cohort, fs = cohort_and_features(cfg)
     cols = clinical_columns(cfg)
     clinical = cohort.table[cols] if cols else None
+    sites = None
+    if site_column:
+        sites = site_values(cohort.table, site_column, str(cfg.split.method))
+    names = list(cfg.selection.get("harmonise_covariates") or [])
     design = Design.from_tables(
         fs.table,
         cohort.labels,
@@ -390,6 +415,8 @@ def load_design(cfg):
         cohort.synthetic,
         describe_source(cohort),
         outside_exclude=tuple(cfg.region.ring_exclude_classes or ()),
+        sites=sites,
+        covariates=cohort.table[[c for c in names if c in cohort.table.columns]] if names else None,
     )
     return design, cohort
 

@@ -39,7 +39,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from her2study import __version__
 from her2study.errors import ConfigError
-from her2study.model_artifact import log_model, save_model
+from her2study.model_artifact import log_model, portable_pipeline, save_model
 from her2study.search import (
     Candidate,
     _plain,
@@ -103,11 +103,11 @@ def fit_candidate(cand: Candidate, design, seed: int, folds: int) -> tuple[objec
     X, y = design.X[cols], design.y
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = build_pipeline(cand, seed).fit(X, y)
+        pipe = build_pipeline(cand, seed, design).fit(X, y)  # design: ComBat's side inputs
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        oof = cross_val_predict(build_pipeline(cand, seed), X, y, cv=cv, method="predict_proba")[
-            :, 1
-        ]
+        oof = cross_val_predict(
+            build_pipeline(cand, seed, design), X, y, cv=cv, method="predict_proba"
+        )[:, 1]
     yy = y.to_numpy()
     thr = choose_threshold(yy, oof, method="youden")
     sel = selected_features(pipe)
@@ -298,6 +298,11 @@ def run(cfg) -> float:
         pipe, metrics, sel = fit_candidate(cand, design, seed, folds)
         out = output_dir(cfg)
         card = model_card(run_cfg, cand, design, cohort, metrics, estimate, origin)
+        # what a model file holds: no case-id lookups, no perturbed features (model_artifact)
+        pipe, inputs = portable_pipeline(pipe, card["columns"], cfg.data.get("site_column"))
+        card.update(
+            inputs, extraction=extraction_settings(run_cfg, inputs["columns"], design.clinical)
+        )
         model_uri = None
         tracker.set_tags(run_tags("export", cfg, cohort, export_source=origin["kind"]))
         tracker.log_params(

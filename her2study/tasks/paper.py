@@ -16,7 +16,7 @@ from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
 from her2study.features.qa import annotation_summary
 from her2study.fitcache import use_fit_cache
-from her2study.model_artifact import log_model
+from her2study.model_artifact import log_model, portable_pipeline
 from her2study.report import paper_report
 from her2study.report.transport import (
     leave_one_site_out_report,
@@ -389,9 +389,6 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     kind = "synthetic" if cohort.synthetic else str(cfg.data.source)
     tracker.log_dataset(frame, f"{kind}-features", targets="label")
     widths = [float(w) for w in cfg.region.ring_widths_mm]
-    harmonised = cfg.selection.get("harmonise") is not None or (
-        cfg.selection.get("robustness_threshold") is not None
-    )
     flat = {}
     for _, r in metrics.iterrows():
         flat.update(_numbers(r, f"{r['signature']}.{r['set']}."))
@@ -433,22 +430,19 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
             if fit.coefficients is not None:
                 coef = fit.coefficients.rename_axis("feature").reset_index()
                 tracker.log_table(coef, "selected_features.csv")
-            if cfg.tracking.log_model and fit.kind == "radiomics" and harmonised:
-                log.info(
-                    "%s: model not logged (a ComBat step holds the cohort's case ids and "
-                    "devices, a robustness step needs perturbed features: task=predict passes "
-                    "neither yet)",
-                    fit.name,
-                )
-            elif cfg.tracking.log_model and fit.kind == "radiomics":
+            if cfg.tracking.log_model and fit.kind == "radiomics":
                 thr = metrics.loc[metrics["signature"] == fit.name, "threshold"].iloc[0]
+                # no case-id lookups, no perturbed features: what predicting a new case needs
+                pipe, inputs = portable_pipeline(
+                    fit.model, fit.columns, cfg.data.get("site_column")
+                )
                 card = {
                     "study": cfg.study,
                     "signature": fit.name,
-                    "columns": list(fit.columns),
-                    "extraction": extraction_settings(cfg, fit.columns),
+                    **inputs,
+                    "extraction": extraction_settings(cfg, inputs["columns"]),
                     "estimate_kind": "fitted on the training split; its estimates are the "
                     "parent run's metrics (apparent, out-of-fold, test)",
                 }
                 with tracker.mlflow_operation():  # a SIGTERM waits until it is written
-                    log_model(tracker, "model", fit.model, card, float(thr))
+                    log_model(tracker, "model", pipe, card, float(thr))

@@ -33,6 +33,7 @@ from her2study.search import (
     storage_url,
 )
 from her2study.tasks.common import (
+    check_design_config,
     final_paths,
     load_design,
     log_run_config,
@@ -64,6 +65,7 @@ def run(cfg) -> float:
     # before the run opens, so a config error leaves no MLflow run; the data checks follow in
     # load_design (her2study.preflight), inside the run, before any extraction
     raise_config_problems(cfg)
+    check_design_config(cfg)  # site column, split by site, ComBat's covariates
     with open_run(cfg, "search", f"search {cfg.study}", optuna_storage=url) as tracker:
         design, cohort = load_design(cfg)
         out = output_dir(cfg)
@@ -74,11 +76,21 @@ def run(cfg) -> float:
         log_run_config(tracker, cfg, cohort, len(design.y))
         result = nested_search(cfg, design, storage, cfg.study, tracker, progress=_progress)
         est = result.estimate
+        by_site = by_site_table(result, design)
+        items = search_design_items(cfg, len(design.y))
+        if est.get("held_out_sites"):
+            items["Outer CV (the estimate)"] = (
+                f"{est['estimate_kind']}: one outer fold per held-out site of "
+                f"{cfg.data.site_column} ({', '.join(est['held_out_sites'])}); the search and "
+                "the refit see the other sites only"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # tight_layout notes of the figures
             figures = make_figures(result, cfg, note)
         with result_set(out) as stage:  # moved into out at the end: no partial result set
             tables = write_tables(stage, result, source, cfg)
+            if by_site is not None:
+                tables += save_table(stage, "by_site", by_site, source, True)
             for name, fig in figures.items():
                 fig.savefig(stage / f"{name}.png", dpi=120)
             report = search_report(
@@ -86,7 +98,7 @@ def run(cfg) -> float:
                 title=f"{cfg.study}: nested search",
                 source=source,
                 synthetic=cohort.synthetic,
-                design=search_design_items(cfg, len(design.y)),
+                design=items,
                 tables={
                     "nested estimate": {
                         k: v
@@ -97,6 +109,7 @@ def run(cfg) -> float:
                     "per ring width minus tumour only (paired)": result.region_differences,
                     "outer folds": result.folds,
                     "feature selection frequency": result.features.head(50),
+                    **site_tables(by_site),
                 },
                 figures=figures,
                 notes=result.warnings,
@@ -106,6 +119,10 @@ def run(cfg) -> float:
         if result.final_inner_auc is not None:
             metrics["final_inner_auc"] = result.final_inner_auc
         metrics.update({f"time_{k}": v for k, v in result.timings.items()})
+        if by_site is not None:  # the winners' AUC per site: <set>.<site>.auc
+            won = by_site[(by_site["signature"] == "nested search") & by_site["auc"].notna()]
+            won = won[won["site"].isin(set(design.sites))]
+            metrics.update({f"{r.set}.{r.site}.auc": float(r.auc) for r in won.itertuples()})
         tracker.log_metrics(metrics)
         for path in tables:
             tracker.log_artifact(path, "tables")
@@ -129,6 +146,58 @@ NOT_SHOWN = ("warnings", "region_estimates", "permutation_aucs")
 
 def _progress(line: str) -> None:
     (log.warning if line.startswith("WARNING") else log.info)(line)
+
+
+def by_site_table(result, design) -> pd.DataFrame | None:
+    """``by_site.csv`` of the search (the paper task's per-site rows, :func:`site_rows`): per
+    site the pooled outer-fold predictions of the winners (``nested search``) and of each
+    region's best trial; by site (``split.method=leave_one_site_out`` / ``site``) each site's
+    cases were predicted by the outer fold that held that site out (set ``held_out_site``),
+    otherwise by stratified outer folds (set ``nested_oof``); ``kind`` is the estimate's kind.
+    None without ``data.site_column``."""
+    from her2study.results import POOLED, _site_frame, site_rows
+
+    if design.sites is None or not len(result.oof):
+        return None
+    kind = str(result.estimate["estimate_kind"])
+    held = result.folds.set_index(["repeat", "fold"])["held_out_site"]
+    by_site = held.notna().any()
+    set_name = "held_out_site" if by_site else "nested_oof"
+    parts = [("nested search", result.oof)]
+    if len(result.region_oof):
+        parts += list(result.region_oof.groupby("region", sort=False))
+    rows, tags = [], []
+    for name, oof in parts:
+        pooled = oof.groupby("case_id", sort=False).agg(
+            label=("label", "first"),
+            prob=("prob", "mean"),
+            repeat=("repeat", "first"),
+            fold=("fold", "first"),
+        )
+        ids = pooled.index
+        fold_of = held.reindex(pd.MultiIndex.from_frame(pooled[["repeat", "fold"]]))
+        sites = design.sites.loc[ids]
+        for where in (sites, pd.Series(POOLED, index=ids)):
+            for r in site_rows(str(name), set_name, pooled["label"], pooled["prob"], where, kind):
+                rows.append(r)
+                if not by_site:
+                    tags.append("-")
+                elif r["site"] == POOLED:
+                    tags.append("each")
+                else:  # the outer fold that held this site out
+                    tags.append(str(fold_of.to_numpy()[(sites == r["site"]).to_numpy()][0]))
+    table = _site_frame(rows)
+    table.insert(0, "held_out", tags)
+    return table
+
+
+def site_tables(by_site: pd.DataFrame | None) -> dict:
+    """The per-site table of the search report (AUC and calibration with CIs, as text)."""
+    if by_site is None:
+        return {}
+    from her2study.report.transport import site_display
+
+    return {"per site (AUC, calibration; kind: the estimate's)": site_display(by_site)}
 
 
 def _pooled(result):
@@ -245,9 +314,13 @@ def region_figure(regions: pd.DataFrame, note=None):
 def print_summary(result, cfg, out) -> None:
     e = result.estimate
     s = cfg.search
+    outer = (
+        f"{e['estimate_kind']}: held out {', '.join(e['held_out_sites'])}"
+        if e.get("held_out_sites")
+        else f"{s.outer_folds}-fold x {s.outer_repeats} outer"
+    )
     log.info(
-        f"\nNested estimate ({s.outer_folds}-fold x {s.outer_repeats} outer; the search never saw"
-        f" the outer test folds):\n"
+        f"\nNested estimate ({outer}; the search never saw the outer test folds):\n"
         f"  mean outer AUC {e['mean_outer_auc']:.3f} (95% CI {e['ci_low']:.3f}-"
         f"{e['ci_high']:.3f}, Nadeau-Bengio corrected t across {e['n_outer']} folds; naive t "
         f"{e['naive_t_ci_low']:.3f}-{e['naive_t_ci_high']:.3f})\n"
