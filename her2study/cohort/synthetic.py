@@ -69,7 +69,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +97,7 @@ from her2study.cohort.phantom import (
     device_profiles,
 )
 from her2study.config import SyntheticSpec
+from her2study.folders import remove_stale_siblings, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -414,30 +414,6 @@ def _is_complete(out_dir: Path, record: dict) -> bool:
     return len(cols) == 3 and all((out_dir / p).is_file() for c in cols for p in df[c])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_partials(out_dir: Path) -> None:
-    """Remove temporary siblings left by killed runs (their process is gone)."""
-    for marker in (_PARTIAL, _OLD):
-        prefix = f".{out_dir.name}{marker}"
-        for p in out_dir.parent.glob(f"{prefix}*"):
-            try:
-                pid = int(p.name[len(prefix) :].split("-")[0])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not _pid_alive(pid):
-                log.info("removing stale temporary synthetic cohort %s", p)
-                shutil.rmtree(p, ignore_errors=True)
-
-
 def _write_case(spec: SyntheticSpec, index: int, label: int, root: str) -> dict:
     case = synthesize_case(spec, index, case_rng(spec, index), label=label)
     ext = ".nii.gz" if spec.image_format == "nifti" else ".png"
@@ -480,7 +456,7 @@ def write_synthetic_cohort(spec: SyntheticSpec, out_dir: str | Path, n_jobs: int
                 "choose an empty or new directory for the synthetic cohort"
             )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_partials(out_dir)
+    remove_stale_siblings(out_dir, (_PARTIAL, _OLD))
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{out_dir.name}{_PARTIAL}{os.getpid()}-", dir=out_dir.parent)
     )
@@ -505,13 +481,7 @@ def write_synthetic_cohort(spec: SyntheticSpec, out_dir: str | Path, n_jobs: int
         if _is_complete(out_dir, record):  # a concurrent run finished first
             shutil.rmtree(tmp, ignore_errors=True)
             return out_dir / "manifest.csv"
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}{_OLD}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir, _OLD)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

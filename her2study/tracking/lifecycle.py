@@ -24,6 +24,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from her2study.folders import pid_alive
 from her2study.tracking.probe import TrackingError, _mlflow, _sqlite_path
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,8 @@ def owner_alive(tags: dict) -> bool:
         pid = int(tags[OWNER_PID])
     except (KeyError, ValueError):
         return True  # not ours to judge
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass  # exists, another user's
     recorded, now = tags.get(OWNER_PROC_START), _proc_start(pid)
     return not (recorded and now and recorded != now)
 
