@@ -1,11 +1,16 @@
-"""A content-addressed cache of deterministic results: bootstrap validations, fits' numbers.
+"""A content-addressed cache of deterministic results: bootstrap validations, fits' numbers,
+fitted estimators.
 
 A result is stored under the digest of everything it depends on: the data (values, index,
 columns and dtypes), the estimator's class and parameters, the seed and settings, the library
 versions and the code version (a digest of every ``her2study`` source file, so any edit of the
 code misses). Values are NumPy arrays in an ``.npz`` read with ``allow_pickle=False`` plus a small
-JSON document: a cache entry can never run code. Entries are written atomically (temporary file
-and rename); one that cannot be read is treated as absent and recomputed.
+JSON document: a cache entry can never run code. A fitted estimator (:func:`cached_fit`) is kept
+as its skops file's bytes (a zip of JSON and ``.npy`` arrays, not pickle), read back trusting
+only classes of scikit-learn, NumPy, SciPy and her2study's estimators
+(:mod:`her2study.trusted_types`); an estimator skops cannot store is simply refitted each time.
+Entries are written atomically (temporary file and rename); one that cannot be read is treated as
+absent and recomputed.
 
 Activate a cache for a block with :func:`use_fit_cache`; code below it (e.g.
 :func:`her2study.evaluation.validation.optimism_bootstrap`) consults :func:`active_fit_cache`.
@@ -156,3 +161,77 @@ def use_fit_cache(root: str | Path | None):
 
 def active_fit_cache() -> FitCache | None:
     return _ACTIVE.get()
+
+
+def cached_fit(estimator, X, y, **fit_kwargs):
+    """``clone(estimator).fit(X, y, **fit_kwargs)``, or the same fitted estimator read back from
+    the active cache (its key: the estimator's class and parameters, ``X`` and ``y`` bytes,
+    ``fit_kwargs``, the skops, library and code versions). Without an active cache, or for an
+    estimator skops cannot store (e.g. one holding statsmodels results), a plain fit."""
+    from sklearn.base import clone
+
+    cache = active_fit_cache()
+    if cache is None:
+        return clone(estimator).fit(X, y, **fit_kwargs)
+    import skops
+
+    key = content_key(  # y by values and index (not its name: the fit does not see it)
+        "fit",
+        estimator=estimator,
+        X=X,
+        y=np.asarray(y),
+        y_index=getattr(y, "index", None),
+        skops=skops.__version__,
+        **{f"fit_{k}": v for k, v in fit_kwargs.items()},
+    )
+    stored = cache.get(key)
+    if stored is not None:
+        fitted = _from_skops(stored[0].get("skops"), stored[1])
+        if fitted is not None:
+            return fitted
+    fitted = clone(estimator).fit(X, y, **fit_kwargs)
+    data = _to_skops(fitted)
+    if data is not None:
+        cache.put(key, {"skops": np.frombuffer(data, dtype=np.uint8)}, {"kind": "skops"})
+    return fitted
+
+
+def _to_skops(fitted) -> bytes | None:
+    """The skops bytes of ``fitted``; None when skops cannot store it or it would hold a type
+    :func:`_from_skops` refuses."""
+    import skops.io as sio
+
+    from her2study.trusted_types import refused_types
+
+    try:
+        data = sio.dumps(fitted)
+        bad = refused_types(sio.get_untrusted_types(data=data))
+    except Exception as exc:  # noqa: BLE001 - not storable: refitted on every run instead
+        log.debug("fit cache: %s not stored (%s)", type(fitted).__name__, exc)
+        return None
+    if bad:
+        log.debug("fit cache: %s not stored (types %s)", type(fitted).__name__, bad)
+        return None
+    return data
+
+
+def _from_skops(array, meta: dict):
+    """The estimator stored by :func:`cached_fit`; None (refit) if the entry is not a skops
+    file of trusted types only."""
+    import skops.io as sio
+
+    from her2study.trusted_types import refused_types
+
+    if array is None or meta.get("kind") != "skops":
+        return None
+    data = np.asarray(array, dtype=np.uint8).tobytes()
+    try:
+        types = sio.get_untrusted_types(data=data)
+        bad = refused_types(types)
+        if bad:
+            log.warning("fit cache entry names untrusted types %s: refitted", bad[:5])
+            return None
+        return sio.loads(data, trusted=types)
+    except Exception as exc:  # noqa: BLE001 - a damaged entry is refitted
+        log.warning("fit cache entry unreadable (%s): refitted", exc)
+        return None

@@ -20,6 +20,7 @@ STAGES = {
     "config": 0,
     "privacy": 0,
     "filenames": 0,
+    "trusted_types": 0,
     "cohort": 1,
     "regions": 2,
     "split": 2,
