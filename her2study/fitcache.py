@@ -25,6 +25,8 @@ import hashlib
 import io
 import json
 import logging
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +65,12 @@ def _update(h, obj) -> None:
         _update(h, [str(c) for c in obj.columns])
         _update(h, [str(t) for t in obj.dtypes])
         _update(h, obj.index)
-        for col in obj.columns:
-            _update(h, obj[col].to_numpy())
+        kinds = {t.kind if isinstance(t, np.dtype) else "x" for t in obj.dtypes}
+        if obj.shape[1] and len(set(obj.dtypes)) == 1 and kinds <= set("fiub"):
+            _update(h, obj.to_numpy())  # one dtype: its values in one block (wide tables)
+        else:
+            for col in obj.columns:
+                _update(h, obj[col].to_numpy())
     elif isinstance(obj, pd.Series):
         h.update(b"series")
         _update(h, [str(obj.name), str(obj.dtype)])
@@ -85,8 +91,20 @@ def _update(h, obj) -> None:
             [f"{type(obj).__module__}.{type(obj).__qualname__}"]
             + sorted((k, _param_text(v)) for k, v in params.items()),
         )
+    elif isinstance(obj, Mapping):
+        h.update(f"map{len(obj)}".encode())
+        for k in sorted(obj, key=str):
+            _update(h, str(k))
+            _update(h, obj[k])
+    elif isinstance(obj, (list, tuple)) and not all(isinstance(v, _PLAIN) for v in obj):
+        h.update(f"seq{len(obj)}".encode())  # e.g. (y, scores) pairs: each array by its bytes
+        for v in obj:
+            _update(h, v)
     else:
         h.update(json.dumps(obj, sort_keys=True, default=repr).encode())
+
+
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def _param_text(value) -> str:
@@ -188,12 +206,26 @@ def cached_fit(estimator, X, y, **fit_kwargs):
     if stored is not None:
         fitted = _from_skops(stored[0].get("skops"), stored[1])
         if fitted is not None:
+            _SKOPS[fitted] = stored[0]["skops"].tobytes()
             return fitted
     fitted = clone(estimator).fit(X, y, **fit_kwargs)
     data = _to_skops(fitted)
     if data is not None:
         cache.put(key, {"skops": np.frombuffer(data, dtype=np.uint8)}, {"kind": "skops"})
+        _SKOPS[fitted] = data
     return fitted
+
+
+_SKOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def skops_bytes(fitted) -> bytes | None:
+    """The skops file of an estimator :func:`cached_fit` returned (stored or read back; its types
+    checked), so that a model file need not be written again; None for any other object."""
+    try:
+        return _SKOPS.get(fitted)
+    except TypeError:  # not weak-referenceable: not one of ours
+        return None
 
 
 def _to_skops(fitted) -> bytes | None:

@@ -289,13 +289,15 @@ def test_bootstrap_validation_is_reused_from_the_fit_cache_identically(tmp_path)
 
 def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
     """The paper's signatures (Clinic, Intra, IntraPeri 1/2 mm, Nomogram) with bootstrap
-    validation, fitted twice on one tiny table: the second run reuses out-of-fold predictions
-    and validations, and every prediction, fold AUC and validation row is the same."""
+    validation, fitted twice on one tiny table, and their figures drawn twice: the second run
+    reuses the final fits (skops), out-of-fold predictions, validations and rendered figures,
+    and every prediction, coefficient, fold AUC, validation row and figure is the same."""
     import pandas as pd
     from conftest import noise_features
 
-    from her2study.fitcache import use_fit_cache
+    from her2study.fitcache import skops_bytes, use_fit_cache
     from her2study.study import fit_signatures
+    from her2study.tasks.paper import make_figures
 
     X, clinical, y = noise_features(n=64, p=10)
     split = pd.Series(np.where(np.arange(len(y)) % 4 == 0, "test", "train"), index=y.index)
@@ -312,12 +314,17 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
         warnings.simplefilter("ignore")
         with use_fit_cache(cfg.cache_dir):  # as task=paper runs it
             cold = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+            cold_figs = make_figures(cold, y, split, cfg, "SYNTHETIC test")
         stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")}
-        with use_fit_cache(cfg.cache_dir):
+        with use_fit_cache(cfg.cache_dir) as cache:
             warm = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
-    assert len(stored) > len(cold)  # out-of-fold and bootstrap entries were stored
+            warm_figs = make_figures(warm, y, split, cfg, "SYNTHETIC test")
+        with use_fit_cache(None):
+            drawn = make_figures(cold, y, split, cfg, "SYNTHETIC test")  # no cache: all drawn
+    assert len(stored) > len(cold) + len(cold_figs)  # fits, out-of-fold, bootstrap, figures
     # ... and all reused: a miss would have written (replaced) its entry again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")} == stored
+    assert cache.misses == 0 and cache.hits > 0
     assert [f.name for f in warm] == [f.name for f in cold]
     assert {"Clinic", "Intra", "Nomogram"} <= {f.name for f in cold}
     for a, b in zip(cold, warm, strict=True):
@@ -325,3 +332,47 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
         pd.testing.assert_series_equal(a.oof, b.oof, check_exact=True)
         pd.testing.assert_frame_equal(a.validation, b.validation, check_exact=True)
         pd.testing.assert_frame_equal(a.details["cv_folds"], b.details["cv_folds"])
+        if a.kind == "radiomics":  # the fitted pipeline read back from its skops bytes
+            assert b.model is not a.model and skops_bytes(b.model) == skops_bytes(a.model)
+            pd.testing.assert_series_equal(a.coefficients, b.coefficients, check_exact=True)
+            pd.testing.assert_frame_equal(a.details["lasso_cv"], b.details["lasso_cv"])
+            Xt = a.inputs.loc[split.index[split == "test"]]
+            np.testing.assert_array_equal(a.model.predict_proba(Xt), b.model.predict_proba(Xt))
+    assert {"roc_test", "nomogram", "lasso_cv_Intra"} <= set(cold_figs)
+    assert warm_figs == cold_figs == drawn  # the same PNG bytes, cached or drawn
+    assert all(png.startswith(b"\x89PNG") for png in cold_figs.values())
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_warm_paper_run_equals_the_cold_one_tables_figures_and_model(synthetic_cache_copy):
+    """``+exp=paper`` twice in one folder (tracking on, SQLite, bootstrap validation): the warm
+    run reuses every fit, validation, figure and model check (it writes no cache entry) and
+    gives the same bytes in every result table, every figure and every logged model file."""
+    import hashlib
+    import shutil
+
+    from conftest import QUICK_FIT, SMALL, run_cli, tree_state
+
+    cache = synthetic_cache_copy
+    shutil.rmtree(cache / "fits", ignore_errors=True)  # features cached, no fit yet
+    work = cache.parent / "work"
+    work.mkdir()
+    args = ["+exp=paper", *SMALL, *QUICK_FIT, "evaluation.bootstrap_reps=2", f"cache_dir={cache}"]
+    run_cli(args, work)
+    fits = tree_state(cache / "fits")
+    run_cli(args, work)
+    assert tree_state(cache / "fits") == fits  # nothing recomputed: no entry (re)written
+
+    cold, warm = sorted((work / "outputs" / "paper").iterdir())
+    results = sorted(p.name for p in cold.iterdir() if p.suffix in (".csv", ".md", ".png"))
+    assert {"table3.csv", "metrics.csv", "validation.csv", "roc_test.png"} <= set(results)
+    assert results == sorted(p.name for p in warm.iterdir() if p.suffix in (".csv", ".md", ".png"))
+    for name in results:
+        assert (cold / name).read_bytes() == (warm / name).read_bytes(), name
+    # each radiomics signature's model, logged by both runs: the same pipeline file
+    logged = [
+        hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (work / "mlartifacts").rglob("pipeline.skops")
+    ]
+    assert len(logged) == 6 and all(logged.count(h) == 2 for h in logged)
