@@ -324,7 +324,9 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
     assert len(stored) > len(cold) + len(cold_figs)  # fits, out-of-fold, bootstrap, figures
     # ... and all reused: a miss would have written (replaced) its entry again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")} == stored
-    assert cache.misses == 0 and cache.hits > 0
+    # only the clinical model's final fit is looked up in vain: its statsmodels results are
+    # not storable by skops, so it is refitted (cheap: a few logistic fits)
+    assert cache.misses == 1 and cache.hits > 0
     assert [f.name for f in warm] == [f.name for f in cold]
     assert {"Clinic", "Intra", "Nomogram"} <= {f.name for f in cold}
     for a, b in zip(cold, warm, strict=True):
