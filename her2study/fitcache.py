@@ -203,15 +203,21 @@ def cached_fit(estimator, X, y, **fit_kwargs):
         **{f"fit_{k}": v for k, v in fit_kwargs.items()},
     )
     stored = cache.get(key)
+    if stored is not None and stored[1].get("kind") == "not_storable":
+        return clone(estimator).fit(X, y, **fit_kwargs)  # known: no skops attempt again
     if stored is not None:
         fitted = _from_skops(stored[0].get("skops"), stored[1])
         if fitted is not None:
             _SKOPS[fitted] = stored[0]["skops"].tobytes()
             return fitted
     fitted = clone(estimator).fit(X, y, **fit_kwargs)
-    data = _to_skops(fitted)
-    if data is not None:
-        cache.put(key, {"skops": np.frombuffer(data, dtype=np.uint8)}, {"kind": "skops"})
+    data, types = _to_skops(fitted)
+    if data is None:
+        cache.put(key, {}, {"kind": "not_storable"})
+    else:
+        cache.put(
+            key, {"skops": np.frombuffer(data, dtype=np.uint8)}, {"kind": "skops", "types": types}
+        )
         _SKOPS[fitted] = data
     return fitted
 
@@ -228,42 +234,43 @@ def skops_bytes(fitted) -> bytes | None:
         return None
 
 
-def _to_skops(fitted) -> bytes | None:
-    """The skops bytes of ``fitted``; None when skops cannot store it or it would hold a type
-    :func:`_from_skops` refuses."""
+def _to_skops(fitted) -> tuple[bytes | None, list[str]]:
+    """The skops bytes of ``fitted`` and the types they name beyond skops' defaults; None when
+    skops cannot store it or it would hold a type :func:`_from_skops` refuses."""
     import skops.io as sio
 
     from her2study.trusted_types import refused_types
 
     try:
         data = sio.dumps(fitted)
-        bad = refused_types(sio.get_untrusted_types(data=data))
+        types = sio.get_untrusted_types(data=data)
     except Exception as exc:  # noqa: BLE001 - not storable: refitted on every run instead
         log.debug("fit cache: %s not stored (%s)", type(fitted).__name__, exc)
-        return None
+        return None, []
+    bad = refused_types(types)
     if bad:
         log.debug("fit cache: %s not stored (types %s)", type(fitted).__name__, bad)
-        return None
-    return data
+        return None, []
+    return data, types
 
 
 def _from_skops(array, meta: dict):
     """The estimator stored by :func:`cached_fit`; None (refit) if the entry is not a skops
-    file of trusted types only."""
+    file of trusted types only. The types the entry lists are checked against the trust list
+    and given to ``skops.io.loads``, which refuses a file naming any other type."""
     import skops.io as sio
 
     from her2study.trusted_types import refused_types
 
     if array is None or meta.get("kind") != "skops":
         return None
-    data = np.asarray(array, dtype=np.uint8).tobytes()
+    types = [str(t) for t in meta.get("types", [])]
+    bad = refused_types(types)
+    if bad:
+        log.warning("fit cache entry names untrusted types %s: refitted", bad[:5])
+        return None
     try:
-        types = sio.get_untrusted_types(data=data)
-        bad = refused_types(types)
-        if bad:
-            log.warning("fit cache entry names untrusted types %s: refitted", bad[:5])
-            return None
-        return sio.loads(data, trusted=types)
-    except Exception as exc:  # noqa: BLE001 - a damaged entry is refitted
+        return sio.loads(np.asarray(array, dtype=np.uint8).tobytes(), trusted=types)
+    except Exception as exc:  # noqa: BLE001 - damaged, or other types inside: refitted
         log.warning("fit cache entry unreadable (%s): refitted", exc)
         return None
