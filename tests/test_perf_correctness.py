@@ -378,6 +378,23 @@ def test_warm_paper_run_equals_the_cold_one_tables_figures_and_model(synthetic_c
         for p in (work / "mlartifacts").rglob("pipeline.skops")
     ]
     assert len(logged) == 6 and all(logged.count(h) == 2 for h in logged)
+    # ... and every model folder, the warm run's (logged without MLflow's repeated input check,
+    # from the cached bytes) as the cold run's, loads through her2study's loader and predicts
+    import pandas as pd
+
+    from her2study.model_artifact import load_model
+
+    predicted = {}
+    for mlmodel in (work / "mlartifacts").rglob("MLmodel"):
+        model, card = load_model(mlmodel.parent)
+        zeros = pd.DataFrame(np.zeros((2, len(card["columns"]))), columns=card["columns"])
+        skops = hashlib.sha256((mlmodel.parent / "artifacts" / "pipeline.skops").read_bytes())
+        prob = model.predict(zeros)["probability"].to_numpy()
+        assert np.isfinite(prob).all()
+        predicted.setdefault(skops.hexdigest(), []).append(prob)
+    assert len(predicted) == 3 and all(len(v) == 2 for v in predicted.values())
+    for cold_prob, warm_prob in predicted.values():
+        np.testing.assert_array_equal(cold_prob, warm_prob)
 
 
 def test_a_cached_fit_is_read_back_only_with_trusted_types(tmp_path, caplog):
