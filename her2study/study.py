@@ -25,6 +25,7 @@ from sklearn.base import clone
 
 from her2study.errors import ConfigError
 from her2study.evaluation import auc_delong
+from her2study.fitcache import cached_fit
 from her2study.models import (
     ClinicalModel,
     CombinedModel,
@@ -341,9 +342,10 @@ def cv_folds_table(estimator, X, y, repeats, oof_first, n_jobs: int = 1) -> pd.D
 
 
 def clone_fit(estimator, X, y):
+    """A fitted clone of ``estimator`` (reused from the active fit cache when it holds one)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return clone(estimator).fit(X, y)
+        return cached_fit(estimator, X, y)
 
 
 def _choose_ring(rings, ytr, ncfg):

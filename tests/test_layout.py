@@ -21,6 +21,7 @@ STAGES = {
     "privacy": 0,
     "filenames": 0,
     "folders": 0,
+    "trusted_types": 0,
     "cohort": 1,
     "regions": 2,
     "split": 2,

@@ -289,13 +289,15 @@ def test_bootstrap_validation_is_reused_from_the_fit_cache_identically(tmp_path)
 
 def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
     """The paper's signatures (Clinic, Intra, IntraPeri 1/2 mm, Nomogram) with bootstrap
-    validation, fitted twice on one tiny table: the second run reuses out-of-fold predictions
-    and validations, and every prediction, fold AUC and validation row is the same."""
+    validation, fitted twice on one tiny table, and their figures drawn twice: the second run
+    reuses the final fits (skops), out-of-fold predictions, validations and rendered figures,
+    and every prediction, coefficient, fold AUC, validation row and figure is the same."""
     import pandas as pd
     from conftest import noise_features
 
-    from her2study.fitcache import use_fit_cache
+    from her2study.fitcache import skops_bytes, use_fit_cache
     from her2study.study import fit_signatures
+    from her2study.tasks.paper import make_figures
 
     X, clinical, y = noise_features(n=64, p=10)
     split = pd.Series(np.where(np.arange(len(y)) % 4 == 0, "test", "train"), index=y.index)
@@ -312,12 +314,19 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
         warnings.simplefilter("ignore")
         with use_fit_cache(cfg.cache_dir):  # as task=paper runs it
             cold = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
+            cold_figs = make_figures(cold, y, split, cfg, "SYNTHETIC test")
         stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")}
-        with use_fit_cache(cfg.cache_dir):
+        with use_fit_cache(cfg.cache_dir) as cache:
             warm = fit_signatures(X, clinical, y, split, [1.0, 2.0], cfg)
-    assert len(stored) > len(cold)  # out-of-fold and bootstrap entries were stored
+            warm_figs = make_figures(warm, y, split, cfg, "SYNTHETIC test")
+        with use_fit_cache(None):
+            drawn = make_figures(cold, y, split, cfg, "SYNTHETIC test")  # no cache: all drawn
+    assert len(stored) > len(cold) + len(cold_figs)  # fits, out-of-fold, bootstrap, figures
     # ... and all reused: a miss would have written (replaced) its entry again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fits").glob("*/*.npz")} == stored
+    # (the clinical model's statsmodels results are not storable by skops: its entry only says
+    # so, and it is refitted, cheaply, without another attempt to store it)
+    assert cache.misses == 0 and cache.hits > 0
     assert [f.name for f in warm] == [f.name for f in cold]
     assert {"Clinic", "Intra", "Nomogram"} <= {f.name for f in cold}
     for a, b in zip(cold, warm, strict=True):
@@ -325,3 +334,101 @@ def test_paper_signatures_warm_equal_cold_from_the_fit_cache(compose, tmp_path):
         pd.testing.assert_series_equal(a.oof, b.oof, check_exact=True)
         pd.testing.assert_frame_equal(a.validation, b.validation, check_exact=True)
         pd.testing.assert_frame_equal(a.details["cv_folds"], b.details["cv_folds"])
+        if a.kind == "radiomics":  # the fitted pipeline read back from its skops bytes
+            assert b.model is not a.model and skops_bytes(b.model) == skops_bytes(a.model)
+            pd.testing.assert_series_equal(a.coefficients, b.coefficients, check_exact=True)
+            pd.testing.assert_frame_equal(a.details["lasso_cv"], b.details["lasso_cv"])
+            Xt = a.inputs.loc[split.index[split == "test"]]
+            np.testing.assert_array_equal(a.model.predict_proba(Xt), b.model.predict_proba(Xt))
+    assert {"roc_test", "nomogram", "lasso_cv_Intra"} <= set(cold_figs)
+    assert warm_figs == cold_figs == drawn  # the same PNG bytes, cached or drawn
+    assert all(png.startswith(b"\x89PNG") for png in cold_figs.values())
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_warm_paper_run_equals_the_cold_one_tables_figures_and_model(synthetic_cache_copy):
+    """``+exp=paper`` twice in one folder (tracking on, SQLite, bootstrap validation): the warm
+    run reuses every fit, validation, figure and model check (it writes no cache entry) and
+    gives the same bytes in every result table, every figure and every logged model file."""
+    import hashlib
+    import shutil
+
+    from conftest import QUICK_FIT, SMALL, run_cli, tree_state
+
+    cache = synthetic_cache_copy
+    shutil.rmtree(cache / "fits", ignore_errors=True)  # features cached, no fit yet
+    work = cache.parent / "work"
+    work.mkdir()
+    args = ["+exp=paper", *SMALL, *QUICK_FIT, "evaluation.bootstrap_reps=2", f"cache_dir={cache}"]
+    run_cli(args, work)
+    fits = tree_state(cache / "fits")
+    run_cli(args, work)
+    assert tree_state(cache / "fits") == fits  # nothing recomputed: no entry (re)written
+
+    cold, warm = sorted((work / "outputs" / "paper").iterdir())
+    results = sorted(p.name for p in cold.iterdir() if p.suffix in (".csv", ".md", ".png"))
+    assert {"table3.csv", "metrics.csv", "validation.csv", "roc_test.png"} <= set(results)
+    assert results == sorted(p.name for p in warm.iterdir() if p.suffix in (".csv", ".md", ".png"))
+    for name in results:
+        assert (cold / name).read_bytes() == (warm / name).read_bytes(), name
+    # each radiomics signature's model, logged by both runs: the same pipeline file
+    logged = [
+        hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (work / "mlartifacts").rglob("pipeline.skops")
+    ]
+    assert len(logged) == 6 and all(logged.count(h) == 2 for h in logged)
+    # ... and every model folder, the warm run's (logged without MLflow's repeated input check,
+    # from the cached bytes) as the cold run's, loads through her2study's loader and predicts
+    import pandas as pd
+
+    from her2study.model_artifact import load_model
+
+    predicted = {}
+    for mlmodel in (work / "mlartifacts").rglob("MLmodel"):
+        model, card = load_model(mlmodel.parent)
+        zeros = pd.DataFrame(np.zeros((2, len(card["columns"]))), columns=card["columns"])
+        skops = hashlib.sha256((mlmodel.parent / "artifacts" / "pipeline.skops").read_bytes())
+        prob = model.predict(zeros)["probability"].to_numpy()
+        assert np.isfinite(prob).all()
+        predicted.setdefault(skops.hexdigest(), []).append(prob)
+    assert len(predicted) == 3 and all(len(v) == 2 for v in predicted.values())
+    for cold_prob, warm_prob in predicted.values():
+        np.testing.assert_array_equal(cold_prob, warm_prob)
+
+
+def test_a_cached_fit_is_read_back_only_with_trusted_types(tmp_path, caplog):
+    """A fitted pipeline in the fit cache is skops bytes plus the types it names: an entry that
+    names a type outside scikit-learn/NumPy/SciPy/her2study estimators, or hides one skops
+    would have to trust, is refused (and the estimator refitted), never loaded."""
+    import json
+
+    import pandas as pd
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from her2study.fitcache import cached_fit, skops_bytes, use_fit_cache
+    from her2study.selection.correlation import CorrelationFilter as CF
+
+    X, y = _blocky(n=40, p=16, seed=1)
+    X = pd.DataFrame(np.delete(X, 5, axis=1))
+    est = make_pipeline(StandardScaler(), CF(threshold=0.9))
+    with use_fit_cache(tmp_path) as cache:
+        first = cached_fit(est, X, y)
+        (path,) = (tmp_path / "fits").glob("*/*.npz")
+        again = cached_fit(est, X, y)
+        assert (cache.hits, cache.misses) == (1, 1) and again is not first
+        assert skops_bytes(again) == skops_bytes(first)
+        np.testing.assert_array_equal(again.transform(X), first.transform(X))
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = dict(npz)
+        meta = json.loads(arrays.pop("__meta__").tobytes())
+        assert "her2study.selection.correlation.CorrelationFilter" in meta["types"]
+        for types in (["os.system", *meta["types"]], []):  # a foreign type; a hidden one
+            forged = np.frombuffer(json.dumps({**meta, "types": types}).encode(), np.uint8)
+            np.savez(path, __meta__=forged, **arrays)
+            with caplog.at_level("WARNING", logger="her2study.fitcache"):
+                refit = cached_fit(est, X, y)
+            assert "refitted" in caplog.text and cache.misses == 1  # not loaded: fitted again
+            np.testing.assert_array_equal(refit.transform(X), first.transform(X))
+            caplog.clear()

@@ -22,9 +22,13 @@ lines:
   DeLong tests, tables and figures written);
 * MLflow: ``Data:`` -> process exit (MLflow import, SQLite store creation or migration check,
   parent + child runs with params, metrics, artifacts, figures and sklearn models; interpreter
-  exit). The log line ``MLflow run <id> ...`` splits it into set-up and logging.
+  exit). The run opens before any work (its ``MLflow run <id> (experiment ...)`` line comes
+  first); the task's closing ``MLflow run <id>, experiment ...`` line, logged once everything
+  is logged, splits this phase into logging and interpreter exit.
 
-Target from the issue: < 5 min cold and < 30 s warm on 2 cores (the 209-case default).
+Target from issue 14: warm >= 20x faster than cold (cold wall / warm wall, the two runs side by
+side), tracking on, with the default bootstrap validation (the 209-case default). The earlier
+targets (< 5 min cold, < 30 s warm on 2 cores) are reported beside it.
 ``--quick``: ``data.synthetic.n_cases=40 extractor=fast``.
 """
 
@@ -44,6 +48,7 @@ import _bench  # noqa: E402
 
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[([^\]]+)\]\[(\w+)\] - (.*)")
 TARGET_COLD_S, TARGET_WARM_S = 300.0, 30.0
+TARGET_SPEED_UP = 20.0  # cold wall / warm wall (issue 14)
 
 
 def parse_log(path: Path) -> list[tuple[float, str, str]]:
@@ -67,7 +72,7 @@ def phases(m: _bench.Measured, log: Path | None) -> dict:
     cohort = first(rec, lambda r: r[2].startswith("cohort: "))
     wrote = first(rec, lambda r: r[2].startswith("wrote synthetic cohort"))
     feats = first(rec, lambda r: r[2].startswith("features: "))
-    mlrun = first(rec, lambda r: r[2].startswith("MLflow run "))
+    mlrun = first(reversed(rec), lambda r: r[2].startswith("MLflow run "))  # the closing one
     data = next((t for t, s, text in m.lines if s == "out" and text.startswith("Data: ")), None)
     out: dict = {}
     if cohort:
@@ -86,9 +91,9 @@ def phases(m: _bench.Measured, log: Path | None) -> dict:
         out["modelling_s"] = data - feats[0]
     if data:
         out["mlflow_s"] = m.end - data
-        if mlrun:
-            out["mlflow_setup_s"] = mlrun[0] - data
-            out["mlflow_logging_exit_s"] = m.end - mlrun[0]
+        if mlrun and mlrun[0] >= data:
+            out["mlflow_logging_s"] = mlrun[0] - data
+            out["exit_s"] = m.end - mlrun[0]
     return out
 
 
@@ -180,6 +185,8 @@ def main() -> None:
                 "cold wall s": c["wall_s"],
                 "warm wall s": w["wall_s"],
                 "warm / cold": w["wall_s"] / c["wall_s"],
+                "cold / warm (speed-up)": c["wall_s"] / w["wall_s"],
+                "cold / warm CPU": c["cpu_s"] / w["cpu_s"],
                 "cohort generation s (cold - warm start-up)": gen,
                 "cold peak tree RSS MiB": c["peak_tree_rss_mib"],
                 "warm peak tree RSS MiB": w["peak_tree_rss_mib"],
@@ -187,14 +194,23 @@ def main() -> None:
         )
     worst_cold = max(r["wall_s"] for r in cold)
     worst_warm = max(r["wall_s"] for r in warm)
+    speed_up = min(c["wall_s"] / w["wall_s"] for c, w in zip(cold, warm, strict=True))
+    ratio = (
+        f"speed-up cold / warm {speed_up:.1f}x vs target {TARGET_SPEED_UP:.0f}x: "
+        f"**{'met' if speed_up >= TARGET_SPEED_UP else 'NOT met'}**"
+    )
     if args.quick:
-        verdict = "(quick run: the targets apply to the full 209-case run)"
+        verdict = f"{ratio} (quick run: the targets apply to the full 209-case run)"
     else:
         verdict = (
-            f"cold {worst_cold:.0f} s vs target {TARGET_COLD_S:.0f} s: "
-            f"**{'met' if worst_cold < TARGET_COLD_S else 'NOT met'}**; "
-            f"warm {worst_warm:.1f} s vs target {TARGET_WARM_S:.0f} s: "
-            f"**{'met' if worst_warm < TARGET_WARM_S else 'NOT met'}**"
+            ratio
+            + "; "
+            + (
+                f"cold {worst_cold:.0f} s vs target {TARGET_COLD_S:.0f} s: "
+                f"**{'met' if worst_cold < TARGET_COLD_S else 'NOT met'}**; "
+                f"warm {worst_warm:.1f} s vs target {TARGET_WARM_S:.0f} s: "
+                f"**{'met' if worst_warm < TARGET_WARM_S else 'NOT met'}**"
+            )
         )
     phase_cols = [
         "rep",
@@ -204,8 +220,8 @@ def main() -> None:
         "extraction_s",
         "modelling_s",
         "mlflow_s",
-        "mlflow_setup_s",
-        "mlflow_logging_exit_s",
+        "mlflow_logging_s",
+        "exit_s",
     ]
     other_cols = [
         "rep",
@@ -231,7 +247,8 @@ execution defaults (`execution.n_jobs=2`, loky).
 Machine:
 {_bench.machine_md(info)}
 
-Target: cold < {TARGET_COLD_S:.0f} s, warm < {TARGET_WARM_S:.0f} s on 2 cores -- {verdict}.
+Targets: warm >= {TARGET_SPEED_UP:.0f}x faster than cold; cold < {TARGET_COLD_S:.0f} s, warm <
+{TARGET_WARM_S:.0f} s on 2 cores -- {verdict}.
 
 {_bench.md_table(summary)}
 
@@ -246,9 +263,9 @@ Target: cold < {TARGET_COLD_S:.0f} s, warm < {TARGET_WARM_S:.0f} s on 2 cores --
 `startup_cohort_s`: process start -> `cohort:` log line (interpreter, imports, Hydra compose,
 and in the cold run writing the synthetic cohort); `extraction_s`: `cohort:` -> `features:`;
 `modelling_s`: `features:` -> printed `Data:` line (signatures, metrics, DeLong, tables,
-figures); `mlflow_s`: `Data:` -> exit, split into `mlflow_setup_s` (-> `MLflow run` log line:
-MLflow import, SQLite store set-up, run start) and `mlflow_logging_exit_s` (params, metrics,
-artifacts, figures, child runs with sklearn models, interpreter exit).
+figures); `mlflow_s`: `Data:` -> exit, split into `mlflow_logging_s` (-> the task's closing
+`MLflow run` log line: params, metrics, dataset, artifacts, child runs with sklearn models; the
+run itself opened at start) and `exit_s` (interpreter exit).
 
 ### Other measurements
 

@@ -22,8 +22,6 @@ from her2study.model_artifact import Her2StudyModel
 
 mlflow.models.set_model(Her2StudyModel())
 '''
-# A skops file may name these modules' classes (and nothing else: no functions, no other package).
-TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy", "her2study")
 REQUIRED_CARD_KEYS = ("columns", "extraction")
 OUTPUT_COLUMNS = ("probability", "predicted_class")
 

@@ -73,6 +73,8 @@ def portable_pipeline(pipeline, columns, site_column: str | None = None) -> tupl
             }
         steps.append((name, step))
     card["columns"] = columns
+    if card.keys() == {"columns"}:  # nothing to replace: the fitted object itself (its cached
+        return pipeline, card  # skops file is reused by the model logging)
     return Pipeline(steps), card
 
 

@@ -2,46 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from her2study.model_artifact._format import (
-    TRUSTED_PACKAGES,
-    ModelArtifactError,
-)
-
-
-def _resolve(name: str):
-    """The object a dotted name refers to, importing only modules of TRUSTED_PACKAGES."""
-    parts = name.split(".")
-    if parts[0] not in TRUSTED_PACKAGES:
-        return None
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                return None
-        return obj
-    return None
-
-
-def _refused_types(types: list[str]) -> list[str]:
-    """Those of ``types`` we do not trust: anything not a class of TRUSTED_PACKAGES, and her2study
-    classes that are not scikit-learn estimators."""
-    from sklearn.base import BaseEstimator
-
-    bad = []
-    for name in types:
-        obj = _resolve(name)
-        if not isinstance(obj, type):
-            bad.append(name)
-        elif name.startswith("her2study.") and not issubclass(obj, BaseEstimator):
-            bad.append(name)
-    return bad
+from her2study.model_artifact._format import ModelArtifactError
+from her2study.trusted_types import refused_types
 
 
 def _untrusted(path: Path) -> tuple[list[str], list[str]]:
@@ -51,7 +15,7 @@ def _untrusted(path: Path) -> tuple[list[str], list[str]]:
         types = sio.get_untrusted_types(file=path)
     except Exception as exc:  # not a zip / no schema: not a skops file
         raise ModelArtifactError(f"{str(path)!r} is not a readable skops file ({exc})") from None
-    return types, _refused_types(types)
+    return types, refused_types(types)
 
 
 def load_pipeline(path: str | Path):

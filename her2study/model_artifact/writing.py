@@ -6,6 +6,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,14 +104,20 @@ def _schema(card: dict, threshold: float):
 
 
 @contextlib.contextmanager
-def _staged(pipeline, card: dict, threshold: float, pip_requirements) -> Iterator[dict]:
+def _staged(
+    pipeline, card: dict, threshold: float, pip_requirements, pipeline_bytes=None
+) -> Iterator[dict]:
     """The keyword arguments of ``mlflow.pyfunc.save_model`` / ``Model.log``, files in a temp
-    folder for the duration."""
+    folder for the duration. ``pipeline_bytes``: the pipeline's skops file already written (and
+    its types checked), e.g. by :func:`her2study.fitcache.cached_fit`."""
     card = _full_card(card, threshold)
     _check_portable(pipeline)
     with tempfile.TemporaryDirectory(prefix="her2study-model-") as tmp:
         tmp = Path(tmp)
-        _dump_pipeline(pipeline, tmp / "pipeline.skops")
+        if pipeline_bytes is not None:
+            (tmp / "pipeline.skops").write_bytes(pipeline_bytes)
+        else:
+            _dump_pipeline(pipeline, tmp / "pipeline.skops")
         (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (tmp / CODE_FILE).write_text(CODE_TEXT, encoding="utf-8")
         yield {
@@ -172,13 +179,26 @@ def _replaceable(path: Path) -> bool:
         return {p.name for p in path.iterdir()} <= {"model.joblib", "card.json"}
 
 
-def log_model(target, name: str, pipeline, card: dict, threshold: float, **kwargs) -> str | None:
+def log_model(
+    target,
+    name: str,
+    pipeline,
+    card: dict,
+    threshold: float,
+    *,
+    pipeline_bytes: bytes | None = None,
+    validate: bool = True,
+    **kwargs,
+) -> str | None:
     """Log the model to an MLflow run; returns its URI (``models:/m-...``), None when disabled.
 
     ``target``: a :class:`her2study.tracking.Tracker` (its current run: the innermost open child,
     else the parent; None when tracking is off), a run id, or None for MLflow's active run. The
     run's tracking URI must be the current one (it is inside ``with Tracker(...)``). ``card`` and
     ``threshold`` as in :func:`save_model`; ``kwargs``: ``pip_requirements``.
+    ``pipeline_bytes``: the pipeline's skops file, when already written (see :func:`_staged`).
+    ``validate=False`` skips MLflow's check of the input example through its own loader (which
+    only warns when it fails): for a model whose identical files were checked before.
     """
     if target is None:
         run_id = None
@@ -194,7 +214,21 @@ def log_model(target, name: str, pipeline, card: dict, threshold: float, **kwarg
 
     with (
         quiet_downloads(),
-        _staged(pipeline, card, threshold, kwargs.get("pip_requirements")) as kw,
+        _staged(pipeline, card, threshold, kwargs.get("pip_requirements"), pipeline_bytes) as kw,
     ):
-        info = Model.log(None, mlflow.pyfunc, name=name, run_id=run_id, **kw)
+        if validate:
+            info = Model.log(None, mlflow.pyfunc, name=name, run_id=run_id, **kw)
+        else:
+            info = Model.log(
+                None, _UNVALIDATED, name=name, run_id=run_id, validate_serving_input=False, **kw
+            )
     return info.model_uri
+
+
+def _save_unvalidated(*args, validate_serving_input=False, **kwargs):
+    return mlflow.pyfunc.save_model(*args, **kwargs)
+
+
+# mlflow.pyfunc as Model.log's flavor with validate_serving_input=False: Model.log hands that
+# keyword on to the flavor's save_model, which mlflow.pyfunc.save_model refuses
+_UNVALIDATED = types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_unvalidated)

@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from her2study.fitcache import active_fit_cache, content_key
+from her2study.fitcache import active_fit_cache, cached_fit, content_key
 from her2study.models.clinical import CombinedModel
 from her2study.models.pipeline import rad_score
 
@@ -152,7 +152,7 @@ class NomogramModel(ClassifierMixin, BaseEstimator):
         Xr = X[list(self.radiomics_columns)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.signature_ = clone(self.signature).fit(Xr, y)
+            self.signature_ = cached_fit(self.signature, Xr, y)  # the base signature's own fit
         if self.rad_score == "in_sample":
             scores = pd.Series(rad_score(self.signature_, Xr), index=X.index)
         elif oof_rad_score is not None:

@@ -199,7 +199,9 @@ def kv_html(items: dict) -> str:
 
 
 def figure_png(fig, dpi: int = DPI) -> bytes:
-    """A matplotlib Figure as PNG bytes."""
+    """A matplotlib Figure as PNG bytes (a figure already rendered to PNG bytes as it is)."""
+    if isinstance(fig, bytes):
+        return fig
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     return buf.getvalue()
@@ -211,6 +213,8 @@ def figure_html(fig, alt: str = "figure") -> str:
 
 
 def _is_figure(block) -> bool:
+    if isinstance(block, bytes):
+        return block.startswith(b"\x89PNG\r\n\x1a\n")  # rendered once (tasks' figures)
     try:
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover

@@ -15,7 +15,7 @@ import pandas as pd
 from her2study.cohort.source import describe_source
 from her2study.digest import canonical_digest
 from her2study.features.qa import annotation_summary
-from her2study.fitcache import use_fit_cache
+from her2study.fitcache import active_fit_cache, content_key, skops_bytes, use_fit_cache
 from her2study.model_artifact import log_model, portable_pipeline
 from her2study.report import paper_report
 from her2study.report.transport import (
@@ -110,15 +110,16 @@ def study(cfg, tracker) -> float:
     extra = [robustness_section(robust, cfg)] if len(robust) else []
     if by_site is not None:
         extra.append(transportability_section(by_site, cfg))
-    figures = make_figures(fits, y, split, cfg, source)
+    with use_fit_cache(cfg.cache_dir):  # figures whose inputs are unchanged: not redrawn
+        figures = make_figures(fits, y, split, cfg, source)
     with result_set(out) as stage:  # moved into out at the end: no partial result set
         tables = write_tables(stage, fits, metrics, comparison, tests, split, source, validation)
         if by_site is not None:
             tables += save_table(stage, "by_site", by_site, source, True)
         if len(robust):
             tables += save_table(stage, "robustness", robust, source, True)
-        for name, fig in figures.items():
-            fig.savefig(stage / f"{name}.png", dpi=120)
+        for name, png in figures.items():
+            (stage / f"{name}.png").write_bytes(png)
         report = paper_report(
             stage,
             cfg=cfg,
@@ -156,7 +157,8 @@ def study(cfg, tracker) -> float:
         extractor_digest=canonical_digest(extractor_params(cfg))[:16],
     )
     tracker.set_tags(tags)
-    log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
+    with use_fit_cache(cfg.cache_dir):  # model files and checks reused
+        log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     if tracker.run_id:
         log.info(
             f"MLflow run {tracker.run_id}, experiment '{cfg.tracking.experiment}' "
@@ -301,13 +303,16 @@ def write_tables(
     return paths
 
 
-def make_figures(fits, y, split, cfg, source) -> dict:
-    """ROC, calibration and decision curves per set; LASSO CV curve and coefficients; nomogram."""
-    from her2study.evaluation import decision_curve
+def make_figures(fits, y, split, cfg, source) -> dict[str, bytes]:
+    """ROC, calibration and decision curves per set; LASSO CV curve and coefficients; nomogram.
+
+    Each figure as PNG bytes, rendered once (and reused from the active fit cache while its
+    inputs, the code and matplotlib are unchanged): written to the run folder, embedded in the
+    report and logged to MLflow as they are."""
+    from her2study.evaluation.figure_cache import plot_decision_curves, rendered_png
     from her2study.evaluation.figures import (
         plot_calibration,
         plot_coefficients,
-        plot_dca,
         plot_lasso_path,
         plot_roc,
     )
@@ -329,17 +334,24 @@ def make_figures(fits, y, split, cfg, source) -> dict:
             continue
         yy = y[idx].to_numpy()
         curves = {f.name: (yy, getattr(f, attr).loc[idx].to_numpy()) for f in with_preds}
-        figs[f"roc_{set_name}"] = plot_roc(curves, title=f"ROC, {title}", note=note)
-        figs[f"calibration_{set_name}"] = plot_calibration(
-            curves, title=f"Calibration, {title}", note=note
+        figs[f"roc_{set_name}"] = rendered_png(plot_roc, curves, title=f"ROC, {title}", note=note)
+        figs[f"calibration_{set_name}"] = rendered_png(
+            plot_calibration, curves, title=f"Calibration, {title}", note=note
         )
-        dca = decision_curve(yy, {k: v[1] for k, v in curves.items()}, thresholds=thresholds)
-        figs[f"dca_{set_name}"] = plot_dca(dca, title=f"Decision curves, {title}", note=note)
+        figs[f"dca_{set_name}"] = rendered_png(
+            plot_decision_curves,
+            yy,
+            {k: v[1] for k, v in curves.items()},
+            thresholds,
+            title=f"Decision curves, {title}",
+            note=note,
+        )
     for fit in fits:
         tag = fit.name.replace(" ", "_")
         d = fit.details
         if "lasso_cv" in d:
-            figs[f"lasso_cv_{tag}"] = plot_lasso_path(
+            figs[f"lasso_cv_{tag}"] = rendered_png(
+                plot_lasso_path,
                 d["lasso_cv"],
                 lambda_min=d["lasso_lambda_min"],
                 higher_is_better=d["lasso_metric"] == "AUC",
@@ -348,14 +360,18 @@ def make_figures(fits, y, split, cfg, source) -> dict:
                 note=note,
             )
         if fit.kind == "radiomics" and fit.coefficients.notna().any():
-            figs[f"coefficients_{tag}"] = plot_coefficients(
-                fit.coefficients, title=f"Selected features, {fit.name}", note=note
+            figs[f"coefficients_{tag}"] = rendered_png(
+                plot_coefficients,
+                fit.coefficients,
+                title=f"Selected features, {fit.name}",
+                note=note,
             )
         if fit.kind == "nomogram":
             train = d["design"].loc[split.index[split == "train"]]
             ranges = {c: (float(train[c].min()), float(train[c].max())) for c in train.columns}
-            figs["nomogram"] = plot_nomogram(
-                fit.model.combined_,
+            figs["nomogram"] = rendered_png(
+                plot_nomogram,
+                fit.model.combined_.params_,  # what the drawing reads: const + coefficients
                 ranges,
                 title=f"Nomogram ({d['base_signature']} rad-score)",
                 note=note,
@@ -373,6 +389,30 @@ def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
         and isinstance(v, (int, float, np.integer, np.floating))
         and not np.isnan(v)
     }
+
+
+def log_checked_model(tracker, pipeline, card: dict, threshold: float) -> None:
+    """``model_artifact.log_model`` with the pipeline's skops file from the fit cache, and
+    MLflow's input-example check (a load + predict through MLflow's loader that only warns) run
+    once per model: skipped when the same files (pipeline bytes, card, threshold, code, MLflow
+    version) were checked before, as a marker in the active fit cache records."""
+    import hashlib
+
+    import mlflow
+
+    data = skops_bytes(pipeline)
+    cache = active_fit_cache()
+    key = None
+    if data is not None and cache is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        key = content_key("model_check", pipeline=digest, card=card, threshold=threshold)
+        key = content_key("model_check", key=key, mlflow=mlflow.__version__)
+    checked = key is not None and cache.get(key) is not None
+    log_model(
+        tracker, "model", pipeline, card, threshold, pipeline_bytes=data, validate=not checked
+    )
+    if key is not None and not checked:
+        cache.put(key, {}, {"kind": "model_check"})
 
 
 def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort) -> None:
@@ -398,17 +438,16 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
     n_nan = int(metrics.select_dtypes("number").isna().sum().sum())
     log.debug("%d NaN metric cells (not applicable to their set) not logged", n_nan)
     tracker.log_metrics(flat)
-    for path in tables:
-        tracker.log_artifact(path, "tables")
-    for name, fig in figures.items():
-        tracker.log_figure(fig, f"figures/{name}.png")
-    if (out / "report.html").is_file():
-        tracker.log_artifact(out / "report.html", "report")
+    groups = {  # one upload; the figures are the PNG files written (rendered once)
+        "tables": list(tables),
+        "figures": [out / f"{name}.png" for name in figures],
+        "report": [p for p in [out / "report.html"] if p.is_file()],
+        "logs": sorted(out.glob("*.log")),
+    }
     overrides = out / ".hydra" / "overrides.yaml"
     if overrides.is_file() and not any(k in overrides.read_text() for k in SECRET_KEYS):
-        tracker.log_artifact(overrides, "config")
-    for log_file in out.glob("*.log"):
-        tracker.log_artifact(log_file, "logs")
+        groups["config"] = [overrides]
+    tracker.log_artifact_groups(groups)
     for fit in fits:
         role = signature_role(fit.name, widths)
         child_tags = {"signature": fit.name, "kind": fit.kind, "sweep_id": scalars["sweep_id"]}
@@ -445,4 +484,4 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                     "parent run's metrics (apparent, out-of-fold, test)",
                 }
                 with tracker.mlflow_operation():  # a SIGTERM waits until it is written
-                    log_model(tracker, "model", pipe, card, float(thr))
+                    log_checked_model(tracker, pipe, card, float(thr))

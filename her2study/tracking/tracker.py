@@ -418,7 +418,9 @@ class Tracker:
         from mlflow.utils.validation import MAX_DATASET_SCHEMA_SIZE
 
         digest = mlflow.data.from_pandas(df, targets=targets).digest
-        ds = mlflow.data.from_pandas(df, targets=targets, name=f"{name_prefix}-{digest}")
+        ds = mlflow.data.from_pandas(  # the digest passed on: not computed twice
+            df, targets=targets, name=f"{name_prefix}-{digest}", digest=digest
+        )
         entity = ds._to_mlflow_entity()
         if entity.schema is not None and len(entity.schema) > MAX_DATASET_SCHEMA_SIZE:
             log.info("dataset schema of %d columns too large for MLflow: not logged", df.shape[1])
@@ -491,6 +493,25 @@ class Tracker:
         if run_id is None:
             return
         self._client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact_groups(self, groups: Mapping[str, list]) -> None:
+        """Files of several artifact folders (``{"tables": [paths], "figures": [...]}``) logged in
+        one call: linked (else copied) into one temporary tree, uploaded as a folder."""
+        if self._target() is None:
+            return
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="her2study-artifacts-") as tmp:
+            for folder, paths in groups.items():
+                dest = Path(tmp, folder)
+                dest.mkdir(parents=True, exist_ok=True)
+                for path in paths:
+                    try:
+                        os.link(path, dest / Path(path).name)
+                    except OSError:  # another file system, or no hard links
+                        shutil.copy2(path, dest / Path(path).name)
+            self.log_artifacts(tmp)
 
 
 def _run_tag(key: str, value: str):
