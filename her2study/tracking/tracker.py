@@ -412,23 +412,10 @@ class Tracker:
         run_id = self._target()
         if run_id is None:
             return None
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-        from mlflow.utils.validation import MAX_DATASET_SCHEMA_SIZE
+        from her2study.tracking.datasets import dataset_input
 
-        digest = mlflow.data.from_pandas(df, targets=targets).digest
-        ds = mlflow.data.from_pandas(  # the digest passed on: not computed twice
-            df, targets=targets, name=f"{name_prefix}-{digest}", digest=digest
-        )
-        entity = ds._to_mlflow_entity()
-        if entity.schema is not None and len(entity.schema) > MAX_DATASET_SCHEMA_SIZE:
-            log.info("dataset schema of %d columns too large for MLflow: not logged", df.shape[1])
-            entity = type(entity)(
-                entity.name, entity.digest, entity.source_type, entity.source, None, entity.profile
-            )
-        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
-        self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+        entity, digest = dataset_input(df, name_prefix, targets, context)
+        self._client.log_inputs(run_id, datasets=[entity])
         return digest
 
     @_guarded
