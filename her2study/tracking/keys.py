@@ -171,3 +171,17 @@ def _to_markdown(df) -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(x) for x in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def table_text(df, artifact_file: str) -> str:
+    """A DataFrame as the text of a ``.csv`` or ``.md`` (Markdown) artifact; a named or
+    non-range index is written as column(s)."""
+    import pandas as pd
+
+    ext = Path(artifact_file).suffix.lower()
+    if ext == ".csv":
+        keep_index = not isinstance(df.index, pd.RangeIndex) or df.index.name is not None
+        return df.to_csv(index=keep_index)
+    if ext in (".md", ".markdown"):
+        return _to_markdown(df)
+    raise ValueError(f"log_table writes .csv or .md files, not {artifact_file!r}")

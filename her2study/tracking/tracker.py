@@ -21,10 +21,10 @@ from her2study.tracking.keys import (
     _finite_float,
     _param_str,
     _tag_values,
-    _to_markdown,
     _to_plain,
     _unique_keys,
     params_to_log,
+    table_text,
 )
 from her2study.tracking.lifecycle import (
     ENDED_BY,
@@ -433,16 +433,7 @@ class Tracker:
         run_id = self._target()
         if run_id is None:
             return
-        import pandas as pd
-
-        ext = Path(artifact_file).suffix.lower()
-        if ext == ".csv":
-            keep_index = not isinstance(df.index, pd.RangeIndex) or df.index.name is not None
-            text = df.to_csv(index=keep_index)
-        elif ext in (".md", ".markdown"):
-            text = _to_markdown(df)
-        else:
-            raise ValueError(f"log_table writes .csv or .md files, not {artifact_file!r}")
+        text = table_text(df, artifact_file)
         self._client.log_text(run_id, text, artifact_file)
 
     @_guarded
