@@ -144,3 +144,73 @@ def test_inner_cv_with_every_selection_memo_predicts_as_refitting(compose):
     # each (fold, column set) tested its columns once; each LASSO path served both rules
     assert fast.mw_memo.hits > fast.mw_memo.misses
     assert fast.lasso_memo.hits >= fast.lasso_memo.misses > 0
+
+
+SPACE = {
+    "ring_width_mm": {"type": "categorical", "choices": [0, 1]},
+    "corr_threshold": {"type": "categorical", "choices": [0.8, 0.9]},
+    "mw_alpha": {"type": "categorical", "choices": [0.05, 0.2]},
+    "lasso_rule": {"type": "categorical", "choices": ["min", "1se"]},
+    "model": {"type": "categorical", "choices": ["logistic", "ridge"]},
+    "ridge": {"C": {"type": "float", "low": 0.01, "high": 10, "log": True}},
+}
+
+
+@pytest.mark.slow
+def test_outer_folds_in_separate_processes_give_the_results_of_one(tmp_path):
+    """search.outer_n_jobs=2 (loky worker processes, one shared SQLite file) against one
+    process: the same trials, winners, out-of-fold predictions, per-width estimates."""
+    import optuna
+    from conftest import compose_config
+
+    from her2study.search import nested_search, open_storage
+    from her2study.search.outer import fold_processes
+
+    design = _design(n=72, p=15)
+    common = [
+        "task=search",
+        "tracking=off",
+        "execution.progress=false",
+        "selection.lasso_cv=3",
+        "search.outer_folds=3",
+        "search.inner_folds=3",
+        "search.n_trials=4",
+        "search.n_startup_trials=3",
+        "search.final=false",
+    ]
+    runs = {}
+    for n_jobs in (1, 2):
+        cfg = compose_config(*common, f"search.outer_n_jobs={n_jobs}", space=SPACE)
+        storage = open_storage(f"sqlite:///{tmp_path / f'jobs{n_jobs}.db'}")
+        assert fold_processes(cfg, storage, 3) == n_jobs
+        runs[n_jobs] = (
+            _quiet(
+                nested_search, cfg, design, storage, "par", final=False, progress=lambda s: None
+            ),
+            storage,
+        )
+    (one, s1), (two, s2) = runs[1], runs[2]
+    pd.testing.assert_frame_equal(
+        one.folds.drop(columns="seconds"), two.folds.drop(columns="seconds")
+    )
+    pd.testing.assert_frame_equal(one.oof, two.oof)
+    pd.testing.assert_frame_equal(one.region_folds, two.region_folds)
+    pd.testing.assert_frame_equal(one.region_oof, two.region_oof)
+    assert one.estimate["pooled_auc"] == two.estimate["pooled_auc"]
+    for k in range(3):  # every trial of every study, as stored by the worker processes
+        t1 = optuna.load_study(study_name=f"par/outer0_{k}", storage=s1).trials
+        t2 = optuna.load_study(study_name=f"par/outer0_{k}", storage=s2).trials
+        assert [(t.params, t.value) for t in t1] == [(t.params, t.value) for t in t2]
+        assert len(t1) == 4
+    assert len(set(one.folds["params"])) > 1  # the folds chose differently: not a constant
+    # the worker processes really ran them (their pids are the trials' worker ids)
+    workers = {
+        t.user_attrs["worker"]
+        for k in range(3)
+        for t in optuna.load_study(study_name=f"par/outer0_{k}", storage=s2).trials
+    }
+    own = {
+        t.user_attrs["worker"]
+        for t in optuna.load_study(study_name="par/outer0_0", storage=s1).trials
+    }
+    assert own.isdisjoint(workers) and len(workers) >= 2

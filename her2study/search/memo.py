@@ -47,8 +47,9 @@ class InnerCV:
     The Spearman matrix of a fold's columns is computed once and shared by every correlation
     threshold (:class:`~her2study.selection.correlation.CorrelationMemo`, a quarter of
     ``cache_mb``), each column's Mann-Whitney test once per fold (``MannWhitneyMemo``) and the
-    LASSO path once for both lambda rules (``LassoPathMemo``; a sixteenth each). Thread-safe (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least
-    recently used entries go first).
+    LASSO path once for both lambda rules (``LassoPathMemo``; a sixteenth each). Thread-safe
+    (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least recently used entries go
+    first).
     """
 
     def __init__(

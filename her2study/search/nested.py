@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from her2study.errors import ConfigError
@@ -24,10 +22,8 @@ from her2study.evaluation.resampling import (
     permutation_p,
 )
 from her2study.search.candidate import (
-    Candidate,
     Design,
     base_config,
-    build_pipeline,
     candidate_from_params,
     permuted_design,
     region_choice,
@@ -55,9 +51,17 @@ from her2study.search.estimates import (  # noqa: F401
     summarise,
 )
 from her2study.search.memo import InnerCV
-from her2study.search.space import parse_space, resolve, space_digest
+from her2study.search.outer import (  # noqa: F401
+    _best_per_width,
+    _fit_predict,
+    _pruner,
+    _shortfall,
+    fold_processes,
+    parallel_folds,
+    run_outer_fold,
+)
+from her2study.search.space import parse_space, space_digest
 from her2study.search.storage import (
-    FIT_ERRORS,
     best_params,
     counted_states,
     make_objective,
@@ -67,36 +71,6 @@ from her2study.search.storage import (
     run_study,
     study_seed,
 )
-
-
-def _fit_predict(cand: Candidate, design: Design, tr, te, seed: int) -> tuple:
-    cols = design.columns(cand)
-    y = design.y
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = build_pipeline(cand, seed).fit(design.X.iloc[tr][cols], y.iloc[tr])
-        prob = pipe.predict_proba(design.X.iloc[te][cols])[:, 1]
-    return pipe, prob
-
-
-def _best_per_width(study, dims, defaults) -> dict:
-    """Per region choice ((name, outer edge mm), :func:`region_of_params`; a ring width without a
-    region_kind dimension): (best COMPLETE trial of that region by inner AUC, its assignment,
-    the number of COMPLETE trials of that region). Ties: the earliest trial, as Optuna's
-    best_trial."""
-    from optuna.trial import TrialState
-
-    best: dict = {}
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    for t in sorted(trials, key=lambda t: t.number):
-        params = resolve(dims, t.params, defaults)
-        key = region_of_params(params, defaults)
-        if key not in best:
-            best[key] = [t, params, 0]
-        elif t.value > best[key][0].value:
-            best[key][:2] = [t, params]
-        best[key][2] += 1
-    return best
 
 
 def _space_widths(dims, defaults) -> list[tuple]:
@@ -120,127 +94,41 @@ def _outer_loop(
 ) -> dict:
     """The outer repeated K-fold: one study per outer training fold, its winner (and, with
     ``per_width``, the best trial of each ring width) refitted and scored on the outer test
-    fold."""
+    fold (:func:`~her2study.search.outer.run_outer_fold`); the folds run in
+    ``execution.n_jobs`` processes (:func:`~her2study.search.outer.fold_processes`)."""
     s = cfg.search
     y = design.y
     outer = RepeatedStratifiedKFold(
         n_splits=s.outer_folds, n_repeats=s.outer_repeats, random_state=seed
     )
+    splits = list(outer.split(np.zeros(len(y)), y.to_numpy()))
     rows, oof_rows, selections, region_rows, region_oof, warns = [], [], [], [], [], []
     cache_stats = {"hits": 0, "misses": 0, "fits": 0}
-    idx = design.X.index
-    for j, (tr, te) in enumerate(outer.split(np.zeros(len(y)), y.to_numpy())):
+
+    def job(j, tr, te):
         r, k = divmod(j, s.outer_folds)
         name = f"{study_name}/outer{r}_{k}"
-        t_fold = time.monotonic()
-        sampler_seed = study_seed(seed, name, attrs["data"])
-        study = open_study(
-            storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, _pruner(s)
-        )
-        inner = InnerCV(design, idx[tr], s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb)
-        child = (
-            tracker.child(f"outer {r}.{k}", tags={"kind": "outer_fold", "repeat": r, "fold": k})
-            if tracker is not None
-            else contextlib.nullcontext()
-        )
-        with child:
-            objective = make_objective(
-                inner,
-                dims,
-                defaults,
-                cfg,
-                seed,
-                tracker if s.log_trials else None,
-                f"outer {r}.{k} ",
-            )
-            t_study = time.monotonic()
-            done = run_study(
-                study, objective, n_trials, s.timeout_s, s.n_jobs, counted_states(_pruner(s))
-            )
-            if n_complete(study) == 0:
-                raise ConfigError(
-                    f"no trial of study '{name}' completed: every configuration "
-                    "failed to fit; see the log, or widen search.space"
-                )
-            if done < n_trials:
-                warns.append(_shortfall(name, done, n_trials, s.timeout_s, t_study))
-            params = best_params(study, dims, defaults)
-            cand = candidate_from_params(params, cfg)
-            pipe, prob = _fit_predict(cand, design, tr, te, seed)
-            sel = selected_features(pipe)
-            yte = y.iloc[te].to_numpy()
-            outer_auc = float(roc_auc_score(yte, prob))
-            row = {
-                "repeat": r,
-                "fold": k,
-                "study": name,
-                "n_train": len(tr),
-                "n_test": len(te),
-                "n_trials": done,
-                "inner_auc": float(study.best_value),
-                "outer_auc": outer_auc,
-                "ring_width_mm": cand.ring_width_mm,
-                "region": cand.region()[0],
-                "use_clinical": cand.use_clinical,
-                "model": cand.model,
-                "n_selected": len(sel),
-                "params": json.dumps(params, sort_keys=True, default=str),
-                "seconds": 0.0,
-                "cache_hits": inner.hits,
-                "cache_misses": inner.misses,
-                "fits": inner.fits,
-            }
-            if per_width:
-                for (wname, w), (trial, wparams, n_w) in _best_per_width(
-                    study, dims, defaults
-                ).items():
-                    if wparams == params:
-                        wprob = prob  # the fold's winner: already refitted
-                    else:
-                        try:
-                            _, wprob = _fit_predict(
-                                candidate_from_params(wparams, cfg), design, tr, te, seed
-                            )
-                        except FIT_ERRORS as exc:
-                            warns.append(
-                                f"outer {r}.{k}: the best {wname} trial failed to "
-                                f"refit on the outer training fold ({exc}); that region has no "
-                                "estimate from this fold"
-                            )
-                            continue
-                    region_rows.append(
-                        {
-                            "repeat": r,
-                            "fold": k,
-                            "region": wname,
-                            "width_mm": w,
-                            "trial": trial.number,
-                            "n_trials_of_width": n_w,
-                            "inner_auc": float(trial.value),
-                            "outer_auc": float(roc_auc_score(yte, wprob)),
-                        }
-                    )
-                    for cid, lab, pv in zip(idx[te], yte, wprob, strict=True):
-                        region_oof.append(
-                            {
-                                "case_id": cid,
-                                "repeat": r,
-                                "fold": k,
-                                "region": wname,
-                                "width_mm": w,
-                                "label": int(lab),
-                                "prob": float(pv),
-                            }
-                        )
-            row["seconds"] = round(time.monotonic() - t_fold, 2)
-            rows.append(row)
-            for key in cache_stats:
-                cache_stats[key] += getattr(inner, key)
-            selections.append(sel)
-            for cid, lab, pv in zip(idx[te], yte, prob, strict=True):
-                oof_rows.append(
-                    {"case_id": cid, "repeat": r, "fold": k, "label": int(lab), "prob": float(pv)}
-                )
+        args = (cfg, design, storage, name, (r, k), tr, te, dims, defaults, attrs, seed)
+        return (*args, n_trials, per_width)
+
+    def child(r, k):
+        if tracker is None:
+            return contextlib.nullcontext()
+        return tracker.child(f"outer {r}.{k}", tags={"kind": "outer_fold", "repeat": r, "fold": k})
+
+    n_proc = fold_processes(cfg, storage, len(splits), tracker)
+    if n_proc > 1:
+        results = parallel_folds(n_proc, [job(j, tr, te) for j, (tr, te) in enumerate(splits)])
+    else:
+        results = None
+    for j, (tr, te) in enumerate(splits):
+        r, k = divmod(j, s.outer_folds)
+        with child(r, k):
+            if results is None:  # in this process, trials logged to the fold's run if asked
+                res = run_outer_fold(*job(j, tr, te), tracker if s.log_trials else None)
+            else:
+                res = next(results)
+            row, cand, params = res["row"], res["cand"], res["params"]
             if tracker is not None:
                 tracker.log_params(
                     {
@@ -252,14 +140,23 @@ def _outer_loop(
                 tracker.log_metrics(
                     {
                         "inner_auc": row["inner_auc"],
-                        "outer_auc": outer_auc,
-                        "n_selected": len(sel),
-                        "n_trials": done,
+                        "outer_auc": row["outer_auc"],
+                        "n_selected": row["n_selected"],
+                        "n_trials": row["n_trials"],
                     }
                 )
+        warns += res["warnings"]
+        rows.append(row)
+        oof_rows += res["oof"]
+        selections.append(res["selected"])
+        region_rows += res["region_rows"]
+        region_oof += res["region_oof"]
+        cache_stats["hits"] += row["cache_hits"]
+        cache_stats["misses"] += row["cache_misses"]
+        cache_stats["fits"] += row["fits"]
         progress(
-            f"outer {r}.{k}: inner AUC {row['inner_auc']:.3f} -> outer AUC {outer_auc:.3f}"
-            f"  [{cand.label()}]  ({row['seconds']:.0f} s, {done} trials)"
+            f"outer {r}.{k}: inner AUC {row['inner_auc']:.3f} -> outer AUC {row['outer_auc']:.3f}"
+            f"  [{cand.label()}]  ({row['seconds']:.0f} s, {row['n_trials']} trials)"
         )
     if per_width:
         seen = pd.DataFrame(region_rows, columns=["region", "width_mm"])
@@ -280,20 +177,6 @@ def _outer_loop(
         "cache": cache_stats,
         "warnings": warns,
     }
-
-
-def _pruner(s) -> str:
-    return str(OmegaConf.select(s, "pruner", default="none") or "none")
-
-
-def _shortfall(name: str, done: int, n_trials: int, timeout_s, t_start: float) -> str:
-    timed_out = timeout_s is not None and time.monotonic() - t_start >= float(timeout_s)
-    why = (
-        f"search.timeout_s={timeout_s:g} cut it"
-        if timed_out
-        else "the other trials failed to fit (see the log)"
-    )
-    return f"study '{name}' stopped at {done} of {n_trials} COMPLETE trials: {why}"
 
 
 def _feature_frequency(selections: list) -> pd.DataFrame:
