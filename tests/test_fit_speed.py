@@ -124,13 +124,17 @@ def test_inner_cv_with_every_selection_memo_predicts_as_refitting(compose):
     from her2study.search.memo import InnerCV
 
     sel = {**base_selection(compose()), "lasso_cv": 3, "lasso_n_lambdas": 10}
-    design = _design()
+    design = _design(n=72, p=24)
     cands = [
         Candidate(1.0, False, {**sel, "corr_threshold": t, "mw_alpha": a, "lasso_rule": r}, m, {})
-        for t in (0.8, 0.9)
-        for a in (0.05, 0.2)
-        for r in ("min", "1se")
-        for m in ("ridge", "lasso_logistic")
+        for t, a, r, m in [
+            (0.8, 0.05, "min", "ridge"),
+            (0.8, 0.05, "1se", "ridge"),
+            (0.9, 0.05, "min", "ridge"),
+            (0.9, 0.2, "min", "ridge"),
+            (0.9, 0.2, "1se", "lasso_logistic"),
+            (0.9, 0.2, "min", "lasso_logistic"),
+        ]
     ]
     fast = InnerCV(design, design.X.index, 3, seed=2, reuse=True)
     plain = InnerCV(design, design.X.index, 3, seed=2, reuse=False)
@@ -140,7 +144,7 @@ def test_inner_cv_with_every_selection_memo_predicts_as_refitting(compose):
         for a, b in zip(a_all, b_all, strict=True):
             np.testing.assert_array_equal(a, b)
         probs.add(np.concatenate(a_all).round(12).tobytes())
-    assert len(probs) > 4  # the candidates predict differently: the test can tell them apart
+    assert len(probs) > 3  # the candidates predict differently: the test can tell them apart
     # each (fold, column set) tested its columns once; each LASSO path served both rules
     assert fast.mw_memo.hits > fast.mw_memo.misses
     assert fast.lasso_memo.hits >= fast.lasso_memo.misses > 0
