@@ -163,7 +163,8 @@ SPACE = {
 @pytest.mark.slow
 def test_outer_folds_in_separate_processes_give_the_results_of_one(tmp_path):
     """search.outer_n_jobs=2 (loky worker processes, one shared SQLite file) against one
-    process: the same trials, winners, out-of-fold predictions, per-width estimates."""
+    process: the same trials, winners, out-of-fold predictions, per-width estimates, and the
+    same final search (run beside the folds)."""
     import optuna
     from conftest import compose_config
 
@@ -180,16 +181,15 @@ def test_outer_folds_in_separate_processes_give_the_results_of_one(tmp_path):
         "search.inner_folds=3",
         "search.n_trials=4",
         "search.n_startup_trials=3",
-        "search.final=false",
     ]
     runs = {}
     for n_jobs in (1, 2):
         cfg = compose_config(*common, f"search.outer_n_jobs={n_jobs}", space=SPACE)
         storage = open_storage(f"sqlite:///{tmp_path / f'jobs{n_jobs}.db'}")
-        assert fold_processes(cfg, storage, 3) == n_jobs
+        assert fold_processes(cfg, storage, 4) == n_jobs
         runs[n_jobs] = (
             _quiet(
-                nested_search, cfg, design, storage, "par", final=False, progress=lambda s: None
+                nested_search, cfg, design, storage, "par", final=True, progress=lambda s: None
             ),
             storage,
         )
@@ -201,17 +201,21 @@ def test_outer_folds_in_separate_processes_give_the_results_of_one(tmp_path):
     pd.testing.assert_frame_equal(one.region_folds, two.region_folds)
     pd.testing.assert_frame_equal(one.region_oof, two.region_oof)
     assert one.estimate["pooled_auc"] == two.estimate["pooled_auc"]
-    for k in range(3):  # every trial of every study, as stored by the worker processes
-        t1 = optuna.load_study(study_name=f"par/outer0_{k}", storage=s1).trials
-        t2 = optuna.load_study(study_name=f"par/outer0_{k}", storage=s2).trials
+    # the final search on all cases ran beside the folds in a worker: the same choice
+    assert one.chosen == two.chosen and one.final_inner_auc == two.final_inner_auc
+    for k in ["final"] + [
+        f"outer0_{i}" for i in range(3)
+    ]:  # every trial of every study, as stored by the worker processes
+        t1 = optuna.load_study(study_name=f"par/{k}", storage=s1).trials
+        t2 = optuna.load_study(study_name=f"par/{k}", storage=s2).trials
         assert [(t.params, t.value) for t in t1] == [(t.params, t.value) for t in t2]
         assert len(t1) == 4
     assert len(set(one.folds["params"])) > 1  # the folds chose differently: not a constant
     # the worker processes really ran them (their pids are the trials' worker ids)
     workers = {
         t.user_attrs["worker"]
-        for k in range(3)
-        for t in optuna.load_study(study_name=f"par/outer0_{k}", storage=s2).trials
+        for k in ["final", "outer0_0", "outer0_1", "outer0_2"]
+        for t in optuna.load_study(study_name=f"par/{k}", storage=s2).trials
     }
     own = {
         t.user_attrs["worker"]

@@ -50,7 +50,6 @@ from her2study.search.estimates import (  # noqa: F401
     selected_features,
     summarise,
 )
-from her2study.search.memo import InnerCV
 from her2study.search.outer import (  # noqa: F401
     _best_per_width,
     _fit_predict,
@@ -58,17 +57,15 @@ from her2study.search.outer import (  # noqa: F401
     _shortfall,
     fold_processes,
     parallel_folds,
+    run_final_study,
     run_outer_fold,
 )
 from her2study.search.space import parse_space, space_digest
 from her2study.search.storage import (
     best_params,
-    counted_states,
-    make_objective,
     n_complete,
     open_study,
     quiet_optuna,
-    run_study,
     study_seed,
 )
 
@@ -91,11 +88,14 @@ def _outer_loop(
     tracker=None,
     progress=print,
     per_width: bool = True,
+    final_job: tuple | None = None,
 ) -> dict:
     """The outer repeated K-fold: one study per outer training fold, its winner (and, with
     ``per_width``, the best trial of each ring width) refitted and scored on the outer test
     fold (:func:`~her2study.search.outer.run_outer_fold`); the folds run in
-    ``execution.n_jobs`` processes (:func:`~her2study.search.outer.fold_processes`)."""
+    ``search.outer_n_jobs`` processes (:func:`~her2study.search.outer.fold_processes`), and with
+    them, first, the final study's trials when ``final_job`` gives its arguments
+    (:func:`~her2study.search.outer.run_final_study`; ``run["final"]``)."""
     s = cfg.search
     y = design.y
     outer = RepeatedStratifiedKFold(
@@ -116,9 +116,15 @@ def _outer_loop(
             return contextlib.nullcontext()
         return tracker.child(f"outer {r}.{k}", tags={"kind": "outer_fold", "repeat": r, "fold": k})
 
-    n_proc = fold_processes(cfg, storage, len(splits), tracker)
+    n_proc = fold_processes(cfg, storage, len(splits) + (final_job is not None), tracker)
+    final_res = None
     if n_proc > 1:
-        results = parallel_folds(n_proc, [job(j, tr, te) for j, (tr, te) in enumerate(splits)])
+        jobs = [(run_outer_fold, job(j, tr, te)) for j, (tr, te) in enumerate(splits)]
+        if final_job is not None:
+            jobs.insert(0, (run_final_study, final_job))  # the largest study starts first
+        results = parallel_folds(n_proc, jobs)
+        if final_job is not None:
+            final_res = next(results)
     else:
         results = None
     for j, (tr, te) in enumerate(splits):
@@ -176,6 +182,7 @@ def _outer_loop(
         "region_oof": pd.DataFrame(region_oof),
         "cache": cache_stats,
         "warnings": warns,
+        "final": final_res,
     }
 
 
@@ -236,6 +243,14 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
         "selection": json.dumps(defaults, sort_keys=True, default=str),
     }
     t0 = time.monotonic()
+    do_final = s.final if final is None else final
+    final_name = f"{study_name}/final"
+    final_args = (cfg, design, storage, final_name, dims, defaults, attrs, seed)
+    n_studies = s.outer_folds * s.outer_repeats + 1
+    # the final study's trials run beside the outer folds when these run in worker processes
+    final_job = (
+        final_args if do_final and fold_processes(cfg, storage, n_studies, tracker) > 1 else None
+    )
     run = _outer_loop(
         cfg,
         design,
@@ -248,6 +263,7 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
         int(s.n_trials),
         tracker,
         progress,
+        final_job=final_job,
     )
     warns += [w for w in run["warnings"] if w not in warns]
     folds, oof = run["folds"], run["oof"]
@@ -319,27 +335,20 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
     estimate["kinds"] = dict(KINDS)
     result.warnings = list(warns)
 
-    if s.final if final is None else final:
+    if do_final:
         t1 = time.monotonic()
-        name = f"{study_name}/final"
+        fin = run["final"]
+        if fin is None:  # not run beside the outer folds: here, trials logged if asked
+            fin = run_final_study(*final_args, tracker if s.log_trials else None)
+        name = final_name
         sampler_seed = study_seed(seed, name, attrs["data"])
         study = open_study(
             storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, _pruner(s)
         )
-        inner = InnerCV(
-            design, design.X.index, s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb
-        )
-        objective = make_objective(
-            inner, dims, defaults, cfg, seed, tracker if s.log_trials else None, "final "
-        )
-        t_study = time.monotonic()
-        done = run_study(
-            study, objective, s.n_trials, s.timeout_s, s.n_jobs, counted_states(_pruner(s))
-        )
         if n_complete(study) == 0:
             raise ConfigError(f"no trial of study '{name}' completed")
-        if done < s.n_trials:
-            warns.append(_shortfall(name, done, int(s.n_trials), s.timeout_s, t_study))
+        if fin["warning"]:
+            warns.append(fin["warning"])
             estimate["warnings"] = list(warns)
             result.warnings = list(warns)
         result.chosen = best_params(study, dims, defaults)
@@ -351,7 +360,9 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
         study.set_user_attr("inner_folds", int(s.inner_folds))
         study.set_user_attr("base", json.loads(json.dumps(base_config(cfg), default=str)))
         study.set_user_attr("chosen_data", design.digest(design.columns(result.chosen_candidate)))
-        result.timings["final_s"] = round(time.monotonic() - t1, 2)
+        result.timings["final_s"] = round(
+            time.monotonic() - t1 + (fin["seconds"] if run["final"] is not None else 0.0), 2
+        )
         progress(
             f"final search on all {len(design.X.index)} cases: inner AUC "
             f"{result.final_inner_auc:.3f}  [{result.chosen_candidate.label()}]"

@@ -203,12 +203,40 @@ def run_outer_fold(
     }
 
 
-def _fold_in_worker(*args, **kwargs) -> dict:
-    """:func:`run_outer_fold` in a worker process: Optuna's per-trial lines off, as in the
-    parent."""
+def run_final_study(
+    cfg,
+    design: Design,
+    storage,
+    name: str,
+    dims,
+    defaults: dict,
+    attrs: dict,
+    seed: int,
+    trial_tracker=None,
+) -> dict:
+    """The trials of the search on all cases (``<study>/final``): the study is read back from the
+    storage by the caller. Returns ``done`` (counted trials), ``warning`` (a shortfall or None),
+    ``seconds``."""
+    s = cfg.search
+    t0 = time.monotonic()
+    pruner = _pruner(s)
+    sampler_seed = study_seed(seed, name, attrs["data"])
+    study = open_study(storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, pruner)
+    inner = InnerCV(design, design.X.index, s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb)
+    objective = make_objective(inner, dims, defaults, cfg, seed, trial_tracker, "final ")
+    t_study = time.monotonic()
+    done = run_study(study, objective, s.n_trials, s.timeout_s, s.n_jobs, counted_states(pruner))
+    warning = None
+    if done < s.n_trials:
+        warning = _shortfall(name, done, int(s.n_trials), s.timeout_s, t_study)
+    return {"done": done, "warning": warning, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def _in_worker(fn, *args) -> dict:
+    """``fn(*args)`` in a worker process: Optuna's per-trial lines off, as in the parent."""
     with quiet_optuna(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_outer_fold(*args, **kwargs)
+        return fn(*args)
 
 
 def fold_processes(cfg, storage, n_folds: int, tracker=None) -> int:
@@ -232,10 +260,10 @@ def fold_processes(cfg, storage, n_folds: int, tracker=None) -> int:
 
 
 def parallel_folds(n_jobs: int, jobs: list[tuple]):
-    """``run_outer_fold(*args)`` of every job in ``n_jobs`` worker processes, in job order, as
+    """``fn(*args)`` of every ``(fn, args)`` job in ``n_jobs`` worker processes, in job order, as
     they finish (a generator)."""
     from joblib import Parallel, delayed
 
     yield from Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_fold_in_worker)(*args) for args in jobs
+        delayed(_in_worker)(fn, *args) for fn, args in jobs
     )
