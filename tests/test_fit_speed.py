@@ -188,9 +188,7 @@ def test_outer_folds_in_separate_processes_give_the_results_of_one(tmp_path):
         storage = open_storage(f"sqlite:///{tmp_path / f'jobs{n_jobs}.db'}")
         assert fold_processes(cfg, storage, 4) == n_jobs
         runs[n_jobs] = (
-            _quiet(
-                nested_search, cfg, design, storage, "par", final=True, progress=lambda s: None
-            ),
+            _quiet(nested_search, cfg, design, storage, "par", final=True, progress=lambda s: None),
             storage,
         )
     (one, s1), (two, s2) = runs[1], runs[2]
