@@ -42,6 +42,7 @@ class SearchConfig:
     storage: Optional[str] = None  # null = sqlite:///<output_root>/optuna_<study>.db
     output_root: str = "outputs"  # relative to the cwd (not Hydra's run folder): resumable
     n_jobs: int = 1  # parallel trials (threads) within this process
+    outer_n_jobs: Optional[int] = 1  # outer folds in parallel processes; null = execution.n_jobs
     reuse: bool = True  # reuse fitted selection steps across trials (same fold, same params)
     cache_mb: int = 1024  # memory bound of the reuse cache, per study
     final: bool = True  # also search on all cases: the configuration to export

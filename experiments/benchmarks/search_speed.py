@@ -6,10 +6,14 @@ seed) on the 209-case synthetic default with the paper's extractor, features fro
 * ``plain``: every trial refits the whole Pipeline in every inner fold (``search.reuse=false``);
 * ``reuse``: fitted pipeline prefixes (scale + correlation, + Mann-Whitney, + LASSO, + model) are
   memoised per inner fold and shared by trials (``search.reuse=true``);
-* ``reuse, 2 threads``: the same with ``search.n_jobs=2``.
+* ``reuse, 2 threads``: the same with ``search.n_jobs=2``;
+* ``reuse, 2 processes``: the same with the outer folds in two worker processes
+  (``search.outer_n_jobs=2``, round 3).
 
-Reuse does not change any result: the first two rows run the same trials (same objective
-values, hence the same TPE proposals) and print the same nested AUC.
+Neither reuse nor processes change any result: the plain, reuse and processes rows run the same
+trials (same objective values, hence the same TPE proposals); the script checks that their
+out-of-fold predictions are identical (``same`` column). Threads do not promise that (two trials
+in flight change what TPE sees).
 
 Extract the features first, from the folder you will run this in (the cache is relative)::
 
@@ -54,6 +58,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--lasso-cv", type=int, default=5)
     ap.add_argument("--skip-threads", action="store_true")
+    ap.add_argument("--skip-processes", action="store_true")
+    ap.add_argument("--cache-dir", default=None, help="cache_dir of the extracted features")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -68,6 +74,7 @@ def main() -> None:
         f"search.inner_folds={args.inner}",
         f"search.n_trials={args.trials}",
         "search.final=false",
+        *([f"cache_dir={args.cache_dir}"] if args.cache_dir else []),
     ]
     t = time.perf_counter()
     design, cohort = load_design(make_cfg(base))
@@ -78,6 +85,8 @@ def main() -> None:
     runs = [("plain", ["search.reuse=false"]), ("reuse", ["search.reuse=true"])]
     if not args.skip_threads:
         runs.append(("reuse, 2 threads", ["search.reuse=true", "search.n_jobs=2"]))
+    if not args.skip_processes:
+        runs.append(("reuse, 2 processes", ["search.reuse=true", "search.outer_n_jobs=2"]))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in runs:
@@ -93,6 +102,10 @@ def main() -> None:
                 progress=lambda s: print("   ", s),
             )
             wall = time.perf_counter() - t
+            probs = res.oof["prob"].to_numpy()
+            if name == "plain":
+                plain_probs = probs
+            same = "threads" not in name and bool((probs == plain_probs).all())
             n = int(res.folds["n_trials"].sum())
             c = res.cache
             rows.append(
@@ -105,19 +118,24 @@ def main() -> None:
                     c["hits"],
                     res.estimate["pooled_auc"],
                     res.estimate["mean_outer_auc"],
+                    same,
                 )
             )
             print(f"{name}: {wall:.1f} s")
     print(
         "\n| run | wall s | trials | trials/min | step fits | reused | pooled AUC | "
-        "mean outer AUC |"
+        "mean outer AUC | same predictions as plain |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r[0]} | {r[1]:.1f} | {r[2]} | {r[3]:.1f} | {r[4]} | {r[5]} | {r[6]:.4f} | "
-            f"{r[7]:.4f} |"
+            f"{r[7]:.4f} | {'yes' if r[8] else ('-' if 'threads' in r[0] else 'NO')} |"
         )
+    print(
+        "speed-up over plain (trials/min): "
+        + ", ".join(f"{r[0]} {r[3] / rows[0][3]:.2f}x" for r in rows[1:])
+    )
 
 
 if __name__ == "__main__":

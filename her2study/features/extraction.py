@@ -284,6 +284,22 @@ def _extract_or_report(case: Case, *args) -> CaseResult:
         return CaseResult(case.case_id, errors=[f"case {case.case_id}: {err} -> fix: {err.fix}"])
 
 
+_WORKER_READY = False
+
+
+def _in_worker(job, *args) -> CaseResult:
+    """``job(*args)`` in a pool worker whose SimpleITK filters run on one thread: the pool
+    already has a process per core, and SimpleITK's default (a thread per core in every
+    worker) only makes the workers' filter threads compete for the same cores."""
+    global _WORKER_READY
+    if not _WORKER_READY:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+        _WORKER_READY = True
+    return job(*args)
+
+
 @contextlib.contextmanager
 def _backend(backend: str, n_jobs: int):
     """joblib backend context: loky/threading locally, dask or ray for a cluster. ``dask``: the
@@ -358,6 +374,8 @@ def extract_features(
     if misses or not cohort.cases:
         build_extractor(params)  # validate the settings once, before any extraction
     job = extract_case if on_error == "raise" else _extract_or_report
+    if n_jobs != 1:
+        job = functools.partial(_in_worker, job)
 
     def results():
         yield from served

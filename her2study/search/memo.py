@@ -15,6 +15,8 @@ from sklearn.model_selection import StratifiedKFold
 from her2study.errors import ConfigError
 from her2study.search.candidate import Candidate, Design, build_pipeline
 from her2study.selection.correlation import CorrelationMemo
+from her2study.selection.lasso import LassoPathMemo
+from her2study.selection.mannwhitney import MannWhitneyMemo
 
 # ------------------------------------------------------------------------------------------
 # Inner CV with reuse of fitted pipeline prefixes
@@ -44,8 +46,10 @@ class InnerCV:
     starts from its outputs. The result equals fitting the whole Pipeline per fold (tested).
     The Spearman matrix of a fold's columns is computed once and shared by every correlation
     threshold (:class:`~her2study.selection.correlation.CorrelationMemo`, a quarter of
-    ``cache_mb``). Thread-safe (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least
-    recently used entries go first).
+    ``cache_mb``), each column's Mann-Whitney test once per fold (``MannWhitneyMemo``) and the
+    LASSO path once for both lambda rules (``LassoPathMemo``; a sixteenth each). Thread-safe
+    (Optuna ``n_jobs``); the memo is bounded by ``cache_mb`` (least recently used entries go
+    first).
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class InnerCV:
         self._lock = threading.Lock()
         self._key_locks: dict = {}
         self.corr_memo = CorrelationMemo(max_mb=max(int(cache_mb) / 4, 1))
+        self.mw_memo = MannWhitneyMemo(max_mb=max(int(cache_mb) / 16, 1))
+        self.lasso_memo = LassoPathMemo(max_mb=max(int(cache_mb) / 16, 1))
         self.hits = 0
         self.misses = 0
         self.fits = 0
@@ -121,7 +127,7 @@ class InnerCV:
             def fit_step(step=step, prev=prev):
                 xtr, xva = prev if prev is not None else self._fold_data(i, cols)[:2]
                 fitted = clone(step)
-                with self._count(), self.corr_memo.active():
+                with self._count(), self.selection_memos():
                     ztr = fitted.fit_transform(xtr, ytr)
                 return ztr, fitted.transform(xva)
 
@@ -132,11 +138,19 @@ class InnerCV:
         def fit_final():
             xtr, xva = data
             fitted = clone(final)
-            with self._count():
+            with self._count(), self.selection_memos():  # lasso_logistic: the LASSO path
                 fitted.fit(xtr, ytr)
             return fitted.predict_proba(xva)[:, 1]
 
         return self._cached(key, fit_final)
+
+    @contextlib.contextmanager
+    def selection_memos(self):
+        """The threshold-free work of the selectors shared within this block: the Spearman
+        matrix (every correlation threshold), per-column Mann-Whitney tests (every column subset
+        and alpha), the LASSO path (both lambda rules)."""
+        with self.corr_memo.active(), self.mw_memo.active(), self.lasso_memo.active():
+            yield
 
     @contextlib.contextmanager
     def _count(self, steps: int = 1):

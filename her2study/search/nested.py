@@ -11,21 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import warnings
 
 import pandas as pd
 from omegaconf import OmegaConf
-from sklearn.metrics import roc_auc_score
 
 from her2study.errors import ConfigError
 from her2study.evaluation.resampling import (
     permutation_p,
 )
 from her2study.search.candidate import (
-    Candidate,
     Design,
     base_config,
-    build_pipeline,
     candidate_from_params,
     permuted_design,
     region_choice,
@@ -52,50 +48,25 @@ from her2study.search.estimates import (  # noqa: F401
     selected_features,
     summarise,
 )
-from her2study.search.memo import InnerCV
+from her2study.search.fold_run import (  # noqa: F401
+    _best_per_width,
+    _fit_predict,
+    _pruner,
+    _shortfall,
+    fold_processes,
+    parallel_folds,
+    run_final_study,
+    run_outer_fold,
+)
 from her2study.search.outer import outer_design, outer_folds
-from her2study.search.space import parse_space, resolve, space_digest
+from her2study.search.space import parse_space, space_digest
 from her2study.search.storage import (
-    FIT_ERRORS,
     best_params,
-    counted_states,
-    make_objective,
     n_complete,
     open_study,
     quiet_optuna,
-    run_study,
     study_seed,
 )
-
-
-def _fit_predict(cand: Candidate, design: Design, tr, te, seed: int) -> tuple:
-    cols = design.columns(cand)
-    y = design.y
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = build_pipeline(cand, seed, design).fit(design.X.iloc[tr][cols], y.iloc[tr])
-        prob = pipe.predict_proba(design.X.iloc[te][cols])[:, 1]
-    return pipe, prob
-
-
-def _best_per_width(study, dims, defaults) -> dict:
-    """Per region choice ((name, outer edge mm), :func:`region_of_params`; a ring width without a
-    region_kind dimension): (best COMPLETE trial of that region by inner AUC, its assignment,
-    the number of COMPLETE trials of that region). Ties: the earliest trial, as Optuna's
-    best_trial."""
-    from optuna.trial import TrialState
-
-    best: dict = {}
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    for t in sorted(trials, key=lambda t: t.number):
-        params = resolve(dims, t.params, defaults)
-        key = region_of_params(params, defaults)
-        if key not in best:
-            best[key] = [t, params, 0]
-        elif t.value > best[key][0].value:
-            best[key][:2] = [t, params]
-        best[key][2] += 1
-    return best
 
 
 def _space_widths(dims, defaults) -> list[tuple]:
@@ -116,128 +87,50 @@ def _outer_loop(
     tracker=None,
     progress=print,
     per_width: bool = True,
+    final_job: tuple | None = None,
 ) -> dict:
     """The outer repeated K-fold: one study per outer training fold, its winner (and, with
     ``per_width``, the best trial of each ring width) refitted and scored on the outer test
-    fold."""
+    fold (:func:`~her2study.search.fold_run.run_outer_fold`); the folds run in
+    ``search.outer_n_jobs`` processes (:func:`~her2study.search.fold_run.fold_processes`), and with
+    them, first, the final study's trials when ``final_job`` gives its arguments
+    (:func:`~her2study.search.fold_run.run_final_study`; ``run["final"]``)."""
     s = cfg.search
     y = design.y
+    splits = outer_folds(cfg, y, design.sites, seed)  # stratified, or by site
     rows, oof_rows, selections, region_rows, region_oof, warns = [], [], [], [], [], []
     cache_stats = {"hits": 0, "misses": 0, "fits": 0}
-    idx = design.X.index
-    for fold in outer_folds(cfg, y, design.sites, seed):  # stratified, or by site
-        r, k, tr, te = fold.repeat, fold.fold, fold.train, fold.test
+
+    def job(fold):
+        r, k = fold.repeat, fold.fold
         name = f"{study_name}/outer{r}_{k}"
-        t_fold = time.monotonic()
-        sampler_seed = study_seed(seed, name, attrs["data"])
-        study = open_study(
-            storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, _pruner(s)
-        )
-        inner = InnerCV(design, idx[tr], s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb)
-        child = (
-            tracker.child(f"outer {r}.{k}", tags={"kind": "outer_fold", "repeat": r, "fold": k})
-            if tracker is not None
-            else contextlib.nullcontext()
-        )
-        with child:
-            objective = make_objective(
-                inner,
-                dims,
-                defaults,
-                cfg,
-                seed,
-                tracker if s.log_trials else None,
-                f"outer {r}.{k} ",
-            )
-            t_study = time.monotonic()
-            done = run_study(
-                study, objective, n_trials, s.timeout_s, s.n_jobs, counted_states(_pruner(s))
-            )
-            if n_complete(study) == 0:
-                raise ConfigError(
-                    f"no trial of study '{name}' completed: every configuration "
-                    "failed to fit; see the log, or widen search.space"
-                )
-            if done < n_trials:
-                warns.append(_shortfall(name, done, n_trials, s.timeout_s, t_study))
-            params = best_params(study, dims, defaults)
-            cand = candidate_from_params(params, cfg)
-            pipe, prob = _fit_predict(cand, design, tr, te, seed)
-            sel = selected_features(pipe)
-            yte = y.iloc[te].to_numpy()
-            outer_auc = float(roc_auc_score(yte, prob))
-            row = {
-                "repeat": r,
-                "fold": k,
-                "held_out_site": fold.site,
-                "study": name,
-                "n_train": len(tr),
-                "n_test": len(te),
-                "n_trials": done,
-                "inner_auc": float(study.best_value),
-                "outer_auc": outer_auc,
-                "ring_width_mm": cand.ring_width_mm,
-                "region": cand.region()[0],
-                "use_clinical": cand.use_clinical,
-                "model": cand.model,
-                "n_selected": len(sel),
-                "params": json.dumps(params, sort_keys=True, default=str),
-                "seconds": 0.0,
-                "cache_hits": inner.hits,
-                "cache_misses": inner.misses,
-                "fits": inner.fits,
-            }
-            if per_width:
-                for (wname, w), (trial, wparams, n_w) in _best_per_width(
-                    study, dims, defaults
-                ).items():
-                    if wparams == params:
-                        wprob = prob  # the fold's winner: already refitted
-                    else:
-                        try:
-                            _, wprob = _fit_predict(
-                                candidate_from_params(wparams, cfg), design, tr, te, seed
-                            )
-                        except FIT_ERRORS as exc:
-                            warns.append(
-                                f"outer {r}.{k}: the best {wname} trial failed to "
-                                f"refit on the outer training fold ({exc}); that region has no "
-                                "estimate from this fold"
-                            )
-                            continue
-                    region_rows.append(
-                        {
-                            "repeat": r,
-                            "fold": k,
-                            "region": wname,
-                            "width_mm": w,
-                            "trial": trial.number,
-                            "n_trials_of_width": n_w,
-                            "inner_auc": float(trial.value),
-                            "outer_auc": float(roc_auc_score(yte, wprob)),
-                        }
-                    )
-                    for cid, lab, pv in zip(idx[te], yte, wprob, strict=True):
-                        region_oof.append(
-                            {
-                                "case_id": cid,
-                                "repeat": r,
-                                "fold": k,
-                                "region": wname,
-                                "width_mm": w,
-                                "label": int(lab),
-                                "prob": float(pv),
-                            }
-                        )
-            row["seconds"] = round(time.monotonic() - t_fold, 2)
-            rows.append(row)
-            for key in cache_stats:
-                cache_stats[key] += getattr(inner, key)
-            selections.append(sel)
-            for cid, lab, pv in zip(idx[te], yte, prob, strict=True):
-                oof_rows.append(
-                    {"case_id": cid, "repeat": r, "fold": k, "label": int(lab), "prob": float(pv)}
-                )
+        args = (cfg, design, storage, name, (r, k), fold.train, fold.test, dims, defaults, attrs)
+        return (*args, seed, n_trials, per_width, fold.site)
+
+    def child(r, k):
+        if tracker is None:
+            return contextlib.nullcontext()
+        return tracker.child(f"outer {r}.{k}", tags={"kind": "outer_fold", "repeat": r, "fold": k})
+
+    n_proc = fold_processes(cfg, storage, len(splits) + (final_job is not None), tracker)
+    final_res = None
+    if n_proc > 1:
+        jobs = [(run_outer_fold, job(fold)) for fold in splits]
+        if final_job is not None:
+            jobs.insert(0, (run_final_study, final_job))  # the largest study starts first
+        results = parallel_folds(n_proc, jobs)
+        if final_job is not None:
+            final_res = next(results)
+    else:
+        results = None
+    for fold in splits:
+        r, k = fold.repeat, fold.fold
+        with child(r, k):
+            if results is None:  # in this process, trials logged to the fold's run if asked
+                res = run_outer_fold(*job(fold), tracker if s.log_trials else None)
+            else:
+                res = next(results)
+            row, cand, params = res["row"], res["cand"], res["params"]
             if tracker is not None:
                 tracker.log_params(
                     {
@@ -249,14 +142,23 @@ def _outer_loop(
                 tracker.log_metrics(
                     {
                         "inner_auc": row["inner_auc"],
-                        "outer_auc": outer_auc,
-                        "n_selected": len(sel),
-                        "n_trials": done,
+                        "outer_auc": row["outer_auc"],
+                        "n_selected": row["n_selected"],
+                        "n_trials": row["n_trials"],
                     }
                 )
+        warns += res["warnings"]
+        rows.append(row)
+        oof_rows += res["oof"]
+        selections.append(res["selected"])
+        region_rows += res["region_rows"]
+        region_oof += res["region_oof"]
+        cache_stats["hits"] += row["cache_hits"]
+        cache_stats["misses"] += row["cache_misses"]
+        cache_stats["fits"] += row["fits"]
         progress(
-            f"outer {r}.{k}: inner AUC {row['inner_auc']:.3f} -> outer AUC {outer_auc:.3f}"
-            f"  [{cand.label()}]  ({row['seconds']:.0f} s, {done} trials)"
+            f"outer {r}.{k}: inner AUC {row['inner_auc']:.3f} -> outer AUC {row['outer_auc']:.3f}"
+            f"  [{cand.label()}]  ({row['seconds']:.0f} s, {row['n_trials']} trials)"
         )
     if per_width:
         seen = pd.DataFrame(region_rows, columns=["region", "width_mm"])
@@ -276,21 +178,8 @@ def _outer_loop(
         "region_oof": pd.DataFrame(region_oof),
         "cache": cache_stats,
         "warnings": warns,
+        "final": final_res,
     }
-
-
-def _pruner(s) -> str:
-    return str(OmegaConf.select(s, "pruner", default="none") or "none")
-
-
-def _shortfall(name: str, done: int, n_trials: int, timeout_s, t_start: float) -> str:
-    timed_out = timeout_s is not None and time.monotonic() - t_start >= float(timeout_s)
-    why = (
-        f"search.timeout_s={timeout_s:g} cut it"
-        if timed_out
-        else "the other trials failed to fit (see the log)"
-    )
-    return f"study '{name}' stopped at {done} of {n_trials} COMPLETE trials: {why}"
 
 
 def _feature_frequency(selections: list) -> pd.DataFrame:
@@ -344,6 +233,14 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
         "selection": json.dumps(defaults, sort_keys=True, default=str),
     }
     t0 = time.monotonic()
+    do_final = s.final if final is None else final
+    final_name = f"{study_name}/final"
+    final_args = (cfg, design, storage, final_name, dims, defaults, attrs, seed)
+    n_studies = s.outer_folds * s.outer_repeats + 1
+    # the final study's trials run beside the outer folds when these run in worker processes
+    final_job = (
+        final_args if do_final and fold_processes(cfg, storage, n_studies, tracker) > 1 else None
+    )
     run = _outer_loop(
         cfg,
         design,
@@ -356,6 +253,7 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
         int(s.n_trials),
         tracker,
         progress,
+        final_job=final_job,
     )
     warns += [w for w in run["warnings"] if w not in warns]
     folds, oof = run["folds"], run["oof"]
@@ -427,27 +325,20 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
     estimate["kinds"] = dict(KINDS)
     result.warnings = list(warns)
 
-    if s.final if final is None else final:
+    if do_final:
         t1 = time.monotonic()
-        name = f"{study_name}/final"
+        fin = run["final"]
+        if fin is None:  # not run beside the outer folds: here, trials logged if asked
+            fin = run_final_study(*final_args, tracker if s.log_trials else None)
+        name = final_name
         sampler_seed = study_seed(seed, name, attrs["data"])
         study = open_study(
             storage, name, s.sampler, sampler_seed, s.n_startup_trials, attrs, _pruner(s)
         )
-        inner = InnerCV(
-            design, design.X.index, s.inner_folds, seed, reuse=s.reuse, cache_mb=s.cache_mb
-        )
-        objective = make_objective(
-            inner, dims, defaults, cfg, seed, tracker if s.log_trials else None, "final "
-        )
-        t_study = time.monotonic()
-        done = run_study(
-            study, objective, s.n_trials, s.timeout_s, s.n_jobs, counted_states(_pruner(s))
-        )
         if n_complete(study) == 0:
             raise ConfigError(f"no trial of study '{name}' completed")
-        if done < s.n_trials:
-            warns.append(_shortfall(name, done, int(s.n_trials), s.timeout_s, t_study))
+        if fin["warning"]:
+            warns.append(fin["warning"])
             estimate["warnings"] = list(warns)
             result.warnings = list(warns)
         result.chosen = best_params(study, dims, defaults)
@@ -459,7 +350,9 @@ def _nested_search(cfg, design, storage, study_name, tracker, final, progress) -
         study.set_user_attr("inner_folds", int(s.inner_folds))
         study.set_user_attr("base", json.loads(json.dumps(base_config(cfg), default=str)))
         study.set_user_attr("chosen_data", design.digest(design.columns(result.chosen_candidate)))
-        result.timings["final_s"] = round(time.monotonic() - t1, 2)
+        result.timings["final_s"] = round(
+            time.monotonic() - t1 + (fin["seconds"] if run["final"] is not None else 0.0), 2
+        )
         progress(
             f"final search on all {len(design.X.index)} cases: inner AUC "
             f"{result.final_inner_auc:.3f}  [{result.chosen_candidate.label()}]"

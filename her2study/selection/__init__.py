@@ -26,9 +26,10 @@ from ._common import (  # noqa: F401
     _standardise,
     make_logistic_regression,
 )
+from ._l1path import _l1_logistic_path, _score_path  # noqa: F401
 from .correlation import CorrelationFilter
 from .icc import _ICC_KINDS, ICCFilter, icc, icc_from_ratings  # noqa: F401
-from .lasso import LassoCVSelector, _l1_logistic_path, _score_path  # noqa: F401
+from .lasso import LassoCVSelector, LassoPathMemo  # noqa: F401
 from .mannwhitney import MannWhitneyFilter
 
 __all__ = [

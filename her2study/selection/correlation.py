@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import hashlib
-import threading
 import warnings
-from collections import OrderedDict
 from numbers import Real
 
 import numpy as np
@@ -17,6 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._common import _binary_target, _rank, _standardise
+from ._memo import ArrayMemo, array_digest
 
 __all__ = ["CorrelationFilter", "CorrelationMemo"]
 
@@ -24,7 +20,7 @@ __all__ = ["CorrelationFilter", "CorrelationMemo"]
 _MEMO_FLOOR = 0.75
 
 
-class CorrelationMemo:
+class CorrelationMemo(ArrayMemo):
     """The threshold-free part of :meth:`CorrelationFilter.fit`, shared by every threshold.
 
     Keyed by the method and the bytes of ``X``: the constant columns, each feature's mean
@@ -35,57 +31,12 @@ class CorrelationMemo:
     used entries go first beyond ``max_mb``; thread-safe. Activate with :meth:`active`.
     """
 
-    def __init__(self, max_mb: float = 256):
-        self.max_bytes = int(max_mb * 2**20)
-        self._entries: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @contextlib.contextmanager
-    def active(self):
-        """Within this block (this thread), every ``CorrelationFilter.fit`` uses the memo."""
-        token = _ACTIVE.set(self)
-        try:
-            yield self
-        finally:
-            _ACTIVE.reset(token)
-
     @staticmethod
     def key(X: np.ndarray, method: str) -> tuple:
-        digest = hashlib.blake2b(np.ascontiguousarray(X).view(np.uint8), digest_size=20)
-        return (method, X.shape, X.dtype.str, digest.hexdigest())
+        return (method, array_digest(X))
 
     def get(self, key, threshold: float):
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry["floor"] > threshold:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry
-
-    def put(self, key, entry: dict) -> None:
-        size = sum(int(getattr(v, "nbytes", 0)) for v in entry.values())
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old["_size"]
-            entry["_size"] = size
-            self._entries[key] = entry
-            self._bytes += size
-            while self._bytes > self.max_bytes and len(self._entries) > 1:
-                _, gone = self._entries.popitem(last=False)
-                self._bytes -= gone["_size"]
-
-
-_ACTIVE: contextvars.ContextVar[CorrelationMemo | None] = contextvars.ContextVar(
-    "her2study_correlation_memo", default=None
-)
+        return self._lookup(key, lambda entry: entry["floor"] <= threshold)
 
 
 def _correlation_pairs(X: np.ndarray, method: str, floor: float) -> dict:
@@ -175,7 +126,7 @@ class CorrelationFilter(SelectorMixin, BaseEstimator):
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         n_samples, n_features = X.shape
 
-        memo = _ACTIVE.get()
+        memo = CorrelationMemo.current()
         key = CorrelationMemo.key(X, self.method) if memo is not None else None
         entry = memo.get(key, self.threshold) if memo is not None else None
         if entry is None:
