@@ -5,7 +5,7 @@ and AUC of every tumour and 1 mm ring feature, and the counts kept per region at
     PYTHONPATH=. python experiments/robustness/contour_phantom.py CACHE_DIR [N_CASES] [EXTRACTOR]
 
 ``CACHE_DIR`` holds the generated cohort, the perturbed masks and the feature cache (a second
-run extracts nothing). ``tests/test_robustness_phantom.py`` asserts the same statements inside the
+run extracts nothing). ``tests/test_contour_phantom.py`` asserts the same statements inside the
 paper pipeline (the filter fitted on training rows only).
 """
 
@@ -15,12 +15,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import pandas as pd
 from hydra import compose, initialize_config_dir
-from sklearn.metrics import roc_auc_score
+from icc_table import icc_table, report  # beside this script
 
 from her2study.config import register_configs
-from her2study.selection.robustness import RobustnessFilter, column_region
 from her2study.tasks.common import cohort_and_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,36 +46,12 @@ def overrides(cache: Path, n_cases: int = 40, extractor: str = "fast", extra=())
     ]
 
 
-def kept_counts(df: pd.DataFrame, threshold: float) -> dict:
-    by_region = df.assign(kept=df["icc"] >= threshold).groupby("region")["kept"]
-    return by_region.agg(["size", "sum"]).to_dict("index")
-
-
-def icc_table(cohort, fs) -> pd.DataFrame:
-    icc = RobustnessFilter().fit(fs.table).icc_
-    y = cohort.labels.loc[fs.table.index]
-    return pd.DataFrame(
-        {
-            "icc": icc,
-            "auc": [roc_auc_score(y, fs.table[c]) for c in icc.index],
-            "region": [column_region(c) for c in icc.index],
-        },
-        index=icc.index,
-    )
-
-
 def main(cache: Path, n_cases: int, extractor: str, extra=()) -> None:
     register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides(cache, n_cases, extractor, extra))
     cohort, fs = cohort_and_features(cfg)
-    df = icc_table(cohort, fs)
-    pd.set_option("display.width", 200)
-    print(df.sort_values(["region", "icc"]).round(3).to_string())
-    signal = df[(df["auc"] - 0.5).abs() > 0.4]
-    for threshold in (0.75, 0.9):
-        print(f"ICC >= {threshold}: all {kept_counts(df, threshold)}")
-        print(f"ICC >= {threshold}: signal-carrying {kept_counts(signal, threshold)}")
+    report(icc_table(cohort, fs))
 
 
 if __name__ == "__main__":
