@@ -48,11 +48,8 @@ from her2study.search.estimates import (  # noqa: F401
     selected_features,
     summarise,
 )
-from her2study.search.fold_run import (  # noqa: F401
-    _best_per_width,
-    _fit_predict,
+from her2study.search.fold_run import (
     _pruner,
-    _shortfall,
     fold_processes,
     parallel_folds,
     run_final_study,
