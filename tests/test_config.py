@@ -117,6 +117,21 @@ def test_importing_the_schema_imports_no_image_model_or_tracking_library():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_paper_task_imports_matplotlib_only_to_draw():
+    """A warm run takes every figure from the fit cache: importing the task (and the figure
+    modules) costs no matplotlib import; drawing one does."""
+    code = (
+        "import sys, her2study.tasks.paper, her2study.evaluation.figures as f;"
+        "before = 'matplotlib' in sys.modules;"
+        "f.plot_roc({'a': ([0, 1, 0, 1], [0.1, 0.9, 0.4, 0.6])}, band=None);"
+        "print(before, 'matplotlib' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "True"]
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_model_sweep_runs_one_job_per_model(tmp_path):

@@ -271,6 +271,10 @@ def test_paper_logs_harmonised_robust_models_that_predict_new_devices_as_in_memo
     assert len(logged) == 1  # the one radiomics signature (tumour + 1 mm ring)
     model_uri = f"models:/{logged[0].model_id}"
     name = client.get_run(logged[0].source_run_id).data.tags["signature"]
+    # the child run's metrics are the model's (logged after it, linked to it once)
+    child = client.get_run(logged[0].source_run_id).data.metrics
+    on_model = {m.key: m.value for m in client.get_logged_model(logged[0].model_id).metrics}
+    assert on_model == child and "test.auc" in on_model
     model, card = load_model(model_uri, uri)
     assert card["site_column"] == "device" and card["covariate_columns"] == ["age"]
     assert card["harmonise"]["devices"] == ["A", "B", "C"]

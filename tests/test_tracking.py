@@ -499,3 +499,28 @@ def test_server_refusing_access_names_the_credential_variables():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_log_dataset_reuses_digest_and_schema_from_the_fit_cache(tmp_path):
+    """With a fit cache active (task=paper), a re-run logs the same dataset entity (name, digest,
+    schema, profile) without recomputing MLflow's digest and schema; other values miss."""
+    from her2study.fitcache import use_fit_cache
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    X, y = _xy()
+    frame = X.assign(label=y.values)
+    logged = []
+    with use_fit_cache(tmp_path / "cache") as cache:
+        for _ in range(2):
+            with Tracker(uri, "data") as tr:
+                tr.log_dataset(frame, "synthetic-features", targets="label")
+            (inp,) = MlflowClient(uri).get_run(tr.run_id).inputs.dataset_inputs
+            logged.append(inp.dataset)
+        assert (cache.misses, cache.hits) == (1, 1)
+        first, second = logged
+        for field in ("name", "digest", "schema", "profile", "source_type"):
+            assert getattr(second, field) == getattr(first, field), field
+        assert first.digest == mlflow.data.from_pandas(frame, targets="label").digest
+        with Tracker(uri, "data") as tr:
+            digest = tr.log_dataset(frame.assign(f_a=0.0), "synthetic-features", targets="label")
+        assert cache.misses == 2 and digest != first.digest

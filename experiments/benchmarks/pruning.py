@@ -2,8 +2,8 @@
 
 The same nested search (default space of ``conf/search/default.yaml``, TPE with the same seed,
 the same outer and inner folds) runs side by side in one process on real pyradiomics features
-of a synthetic cohort (``extractor=fast``, tumour + 0.5, 1, 1.5, 2 and 3 mm rings, extracted
-once into ``--workdir``'s cache):
+of a synthetic cohort (``extractor=fast``, or ``--extractor paper``; tumour + 0.5, 1, 1.5, 2
+and 3 mm rings, extracted once into ``--workdir``'s cache):
 
 * ``none``: every trial runs every inner fold (the default, ``search.pruner=none``);
 * ``median`` / ``successive_halving``: the trial stops after an inner fold whose running mean
@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--pruners", default="median,successive_halving")
     ap.add_argument("--no-same-time", action="store_true", help="skip the equal-time runs")
     ap.add_argument("--workdir", default=None, help="where the features cache lives")
+    ap.add_argument("--extractor", default="fast", help="fast | paper (the default's settings)")
+    ap.add_argument("--tag", default="", help="results/pruning<tag>.md")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -131,7 +133,7 @@ def main() -> None:
 
     info = machine()
     base = [
-        "extractor=fast",
+        f"extractor={args.extractor}",
         f"data.synthetic.n_cases={args.cases}",
         "region.ring_widths_mm=[0.5,1,1.5,2,3]",
         f"selection.lasso_cv={args.lasso_cv}",
@@ -190,7 +192,7 @@ def main() -> None:
             f"load average at the end: {loadavg()}",
         ]
     )
-    write_result("pruning", False, md, rows)
+    write_result(f"pruning{args.tag}", False, md, rows)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,17 @@ DATA") is printed in small grey text in the lower-right corner of the figure.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .calibration import brier_score, calibration_curve_binned, calibration_smoothed
 from .delong import auc_delong
 from .metrics import check_binary_inputs
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn (a warm run draws none)
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_roc",
@@ -36,6 +38,9 @@ __all__ = [
 def _setup(ax, figsize):
     if ax is not None:
         return ax.figure, ax
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()

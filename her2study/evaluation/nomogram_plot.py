@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 __all__ = ["plot_nomogram"]
 
@@ -30,6 +28,8 @@ def _linear_params(fitted):
 
 def _axis_spec(name, spec):
     """(low, high, tick values, tick labels) for one predictor."""
+    from matplotlib.ticker import MaxNLocator
+
     if isinstance(spec, dict):
         values = np.asarray(list(spec), dtype=np.float64)
         return values.min(), values.max(), values, [str(v) for v in spec.values()]
@@ -94,6 +94,9 @@ def plot_nomogram(fitted_combined, feature_ranges, title=None, note=None):
     matplotlib.figure.Figure
         Built without pyplot (no global backend state); save it with ``fig.savefig``.
     """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     intercept, coefs = _linear_params(fitted_combined)
     missing = [n for n in coefs.index if n not in feature_ranges]
     if missing:

@@ -86,6 +86,7 @@ class InnerCV:
         self.hits = 0
         self.misses = 0
         self.fits = 0
+        self._values = None  # X as one float64 array (the memoised path's z-score input)
 
     # -- memo --
     def _cached(self, key, compute):
@@ -116,16 +117,34 @@ class InnerCV:
         tr, va = self.splits[i]
         return self.X.iloc[tr][list(cols)], self.X.iloc[va][list(cols)], self.y.iloc[tr]
 
+    def _fold_arrays(self, i: int, cols: tuple):
+        """The fold's columns as float64 arrays: what ``scale`` turns a frame into anyway, without
+        scikit-learn's per-column dtype checks of a frame of thousands of columns (the memoised
+        path's z-score on 2,600 columns took 85 ms on a frame). Column-major, as scikit-learn's
+        conversion of a frame: the column sums, hence every number after them, are then those
+        of the frame bit for bit (row-major sums round differently)."""
+        if self._values is None:
+            self._values = self.X.to_numpy(dtype=np.float64)
+        tr, va = self.splits[i]
+        j = self.X.columns.get_indexer(list(cols))
+        return (
+            np.asfortranarray(self._values[np.ix_(tr, j)]),
+            np.asfortranarray(self._values[np.ix_(va, j)]),
+        )
+
     def _prob_reuse(self, i: int, cols: tuple, cols_key, pipe) -> np.ndarray:
         key: tuple = ("fold", i, cols_key)
         ytr = self.y.iloc[self.splits[i][0]]
         data = None
+        # a frame only where a first step needs the case ids or column names (ComBat, the
+        # robustness filter); ``scale`` gives an array either way, so its outputs are equal
+        first = self._fold_arrays if pipe.steps[0][0] == "scale" else self._fold_data
         for name, step in pipe.steps[:-1]:
             key = key + ((name, _param_key(step)),)
             prev = data
 
             def fit_step(step=step, prev=prev):
-                xtr, xva = prev if prev is not None else self._fold_data(i, cols)[:2]
+                xtr, xva = prev if prev is not None else first(i, cols)[:2]
                 fitted = clone(step)
                 with self._count(), self.selection_memos():
                     ztr = fitted.fit_transform(xtr, ytr)

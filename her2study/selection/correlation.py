@@ -53,8 +53,11 @@ def _correlation_pairs(X: np.ndarray, method: str, floor: float) -> dict:
     np.fill_diagonal(abs_corr, 0.0)
     m = cols.size
     entry["mean_abs"] = abs_corr.sum(axis=1) / max(m - 1, 1)
-    # i < j always, so "ties drop the later column" means "drop j on ties".
-    i, j = np.nonzero(np.triu(abs_corr > floor, k=1))
+    # i < j always, so "ties drop the later column" means "drop j on ties". (The upper
+    # triangle taken from the pairs rather than by np.triu: no second n x n mask.)
+    i, j = np.nonzero(abs_corr > floor)
+    upper = i < j
+    i, j = i[upper], j[upper]
     strength = abs_corr[i, j]
     order = np.lexsort((j, i, -strength))
     entry["i"], entry["j"] = i[order].astype(np.intp), j[order].astype(np.intp)
@@ -160,23 +163,24 @@ class CorrelationFilter(SelectorMixin, BaseEstimator):
         n_above = int(above.sum())
         pairs_i, pairs_j = entry["i"][:n_above], entry["j"][:n_above]
         rho = entry["rho"][:n_above]
-        keep = np.ones(m, dtype=bool)
+        # Python lists in the loop over (up to ~10^5) pairs: a list index is a few times
+        # cheaper than a NumPy scalar's
+        keep = [True] * m
+        order = mean_abs.tolist() if self.rule == "mean_abs_corr" else None
+        if self.rule == "target":
+            order = (-score).tolist()  # drop the one less correlated with y: b on ties
+        cols_l, rho_l = cols.tolist(), rho.tolist()
         log = []
         for k, (a, b) in enumerate(zip(pairs_i.tolist(), pairs_j.tolist(), strict=True)):
             if not (keep[a] and keep[b]):
                 continue
-            if self.rule == "mean_abs_corr":
-                drop = b if mean_abs[b] >= mean_abs[a] else a
-            elif self.rule == "later":
-                drop = b
-            else:
-                drop = b if score[b] <= score[a] else a
+            drop = b if order is None or order[b] >= order[a] else a
             keep[drop] = False
             other = a if drop == b else b
-            log.append((int(cols[drop]), int(cols[other]), float(rho[k])))
+            log.append((cols_l[drop], cols_l[other], rho_l[k]))
         self.drop_log_ = log
         self.support_ = np.zeros(n_features, dtype=bool)
-        self.support_[cols[keep]] = True
+        self.support_[cols[np.asarray(keep, dtype=bool)]] = True
         return self
 
     def _get_support_mask(self):

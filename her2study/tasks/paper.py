@@ -391,11 +391,12 @@ def _numbers(row: pd.Series, prefix: str = "") -> dict[str, float]:
     }
 
 
-def log_checked_model(tracker, pipeline, card: dict, threshold: float) -> None:
+def log_checked_model(tracker, pipeline, card: dict, threshold: float) -> str | None:
     """``model_artifact.log_model`` with the pipeline's skops file from the fit cache, and
     MLflow's input-example check (a load + predict through MLflow's loader that only warns) run
     once per model: skipped when the same files (pipeline bytes, card, threshold, code, MLflow
-    version) were checked before, as a marker in the active fit cache records."""
+    version) were checked before, as a marker in the active fit cache records. Returns the
+    logged model's id (``m-...``; None when tracking is off)."""
     import hashlib
 
     import mlflow
@@ -408,11 +409,12 @@ def log_checked_model(tracker, pipeline, card: dict, threshold: float) -> None:
         key = content_key("model_check", pipeline=digest, card=card, threshold=threshold)
         key = content_key("model_check", key=key, mlflow=mlflow.__version__)
     checked = key is not None and cache.get(key) is not None
-    log_model(
+    uri = log_model(
         tracker, "model", pipeline, card, threshold, pipeline_bytes=data, validate=not checked
     )
     if key is not None and not checked:
         cache.put(key, {}, {"kind": "model_check"})
+    return uri.removeprefix("models:/") if uri else None
 
 
 def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort) -> None:
@@ -464,11 +466,7 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                     "n_selected": n_sel,
                 }
             )
-            for _, r in metrics[metrics["signature"] == fit.name].iterrows():
-                tracker.log_metrics(_numbers(r, f"{r['set']}."))
-            if fit.coefficients is not None:
-                coef = fit.coefficients.rename_axis("feature").reset_index()
-                tracker.log_table(coef, "selected_features.csv")
+            model_id = None
             if cfg.tracking.log_model and fit.kind == "radiomics":
                 thr = metrics.loc[metrics["signature"] == fit.name, "threshold"].iloc[0]
                 # no case-id lookups, no perturbed features: what predicting a new case needs
@@ -484,4 +482,11 @@ def log_to_mlflow(tracker, cfg, fits, metrics, tables, figures, out, fs, cohort)
                     "parent run's metrics (apparent, out-of-fold, test)",
                 }
                 with tracker.mlflow_operation():  # a SIGTERM waits until it is written
-                    log_checked_model(tracker, pipe, card, float(thr))
+                    model_id = log_checked_model(tracker, pipe, card, float(thr))
+            # after the model, linked to it (MLflow would otherwise read back every metric of
+            # the run to copy it onto the model: one query per metric)
+            for _, r in metrics[metrics["signature"] == fit.name].iterrows():
+                tracker.log_metrics(_numbers(r, f"{r['set']}."), model_id=model_id)
+            if fit.coefficients is not None:
+                coef = fit.coefficients.rename_axis("feature").reset_index()
+                tracker.log_table(coef, "selected_features.csv")

@@ -351,9 +351,12 @@ class Tracker:
                 logged.update(new)
 
     @_guarded
-    def log_metrics(self, d: Mapping[str, Any], step: int | None = None) -> None:
+    def log_metrics(
+        self, d: Mapping[str, Any], step: int | None = None, model_id: str | None = None
+    ) -> None:
         """Log numeric metrics; None/NaN/inf/non-numbers are skipped and named in the run's
-        ``skipped_metrics`` tag. Keys are sanitised (:func:`sanitize_key`)."""
+        ``skipped_metrics`` tag. Keys are sanitised (:func:`sanitize_key`). ``model_id``: the
+        MLflow logged model (``m-...``) they describe, shown on its page."""
         run_id = self._target()
         if run_id is None or not d:
             return
@@ -366,7 +369,7 @@ class Tracker:
             if val is None:
                 skipped.append(key)
                 continue
-            metrics.append(Metric(key, val, ts, int(step or 0)))
+            metrics.append(Metric(key, val, ts, int(step or 0), model_id=model_id))
         self._client.log_batch(run_id, metrics=metrics)  # batched by MLflow's client
         if skipped:
             with self._lock:
