@@ -455,8 +455,14 @@ def test_signal_ends_parent_and_child_killed(tmp_path, sig):
         "        print(tr.run_id, tr.current_run_id, flush=True)\n"
         "        time.sleep(120)\n"
     )
+    # SIGINT as a terminal delivers it: a process started from a background job inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
     proc = subprocess.Popen(
-        [sys.executable, str(script), uri], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        [sys.executable, str(script), uri],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         parent, child = proc.stdout.readline().split()
