@@ -351,9 +351,7 @@ class Tracker:
                 logged.update(new)
 
     @_guarded
-    def log_metrics(
-        self, d: Mapping[str, Any], step: int | None = None, model_id: str | None = None
-    ) -> None:
+    def log_metrics(self, d: Mapping[str, Any], step: int | None = None, model_id=None) -> None:
         """Log numeric metrics; None/NaN/inf/non-numbers are skipped and named in the run's
         ``skipped_metrics`` tag. Keys are sanitised (:func:`sanitize_key`). ``model_id``: the
         MLflow logged model (``m-...``) they describe, shown on its page."""
