@@ -31,30 +31,22 @@ def dataset_input(df, name_prefix: str, targets: str | None, context: str):
     if cache is not None:
         key = content_key("mlflow_dataset", frame=df, targets=targets, mlflow=mlflow.__version__)
     stored = cache.get(key) if key is not None else None
-    if stored is not None and stored[1].get("kind") == "mlflow_dataset":
-        meta = stored[1]
-        digest = meta["digest"]
+    if stored is not None:
+        digest, schema, profile = (stored[1][k] for k in ("digest", "schema", "profile"))
         source = CodeDatasetSource(tags=registry.resolve_tags())
-        entity = Dataset(
-            f"{name_prefix}-{digest}",
-            digest,
-            source._get_source_type(),
-            source.to_json(),
-            meta["schema"],
-            meta["profile"],
-        )
+        source_type, source = source._get_source_type(), source.to_json()
     else:
         digest = mlflow.data.from_pandas(df, targets=targets).digest
         ds = mlflow.data.from_pandas(  # the digest passed on: not computed twice
             df, targets=targets, name=f"{name_prefix}-{digest}", digest=digest
         )
-        entity = ds._to_mlflow_entity()
-        if entity.schema is not None and len(entity.schema) > MAX_DATASET_SCHEMA_SIZE:
+        computed = ds._to_mlflow_entity()
+        schema, profile = computed.schema, computed.profile
+        source_type, source = computed.source_type, computed.source
+        if schema is not None and len(schema) > MAX_DATASET_SCHEMA_SIZE:
             log.info("dataset schema of %d columns too large for MLflow: not logged", df.shape[1])
-            entity = Dataset(
-                entity.name, entity.digest, entity.source_type, entity.source, None, entity.profile
-            )
+            schema = None
         if key is not None:
-            meta = {"digest": digest, "schema": entity.schema, "profile": entity.profile}
-            cache.put(key, {}, {"kind": "mlflow_dataset", **meta})
+            cache.put(key, {}, {"digest": digest, "schema": schema, "profile": profile})
+    entity = Dataset(f"{name_prefix}-{digest}", digest, source_type, source, schema, profile)
     return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]), digest
